@@ -1,0 +1,17 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""anomalib-bayes-pfl: Bayes-PFL (CVPR 2025) as an anomalib 2.x model.
+
+After ``pip install anomalib-bayes-pfl``, ``anomalib train --model BayesPFL ...`` works like any built-in model;
+``anomalib_bayes_pfl.BayesPFL`` is the full class path that needs no autoload hook.
+"""
+
+from .model import BayesPFL, BayesPFLConfig, BayesPFLModel, load_clip
+from .registration import register
+
+__version__ = "0.1.0"
+
+register("BayesPFL", BayesPFL)
+
+__all__ = ["BayesPFL", "BayesPFLConfig", "BayesPFLModel", "__version__", "load_clip"]

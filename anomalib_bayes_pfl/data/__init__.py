@@ -1,0 +1,8 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Data helpers: per-image class names and synthetic dataset trees."""
+
+from .class_names import class_name_from_path, resolve_class_names
+
+__all__ = ["class_name_from_path", "resolve_class_names"]

@@ -1,0 +1,48 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Class name of each image, which Bayes-PFL writes into its prompts.
+
+anomalib batches carry no per-image category, so the name is read from the image path. In the MVTec AD layout
+(``<root>/<category>/{train,test}/<defect>/<image>``) and the processed VisA layout
+(``<root>/visa_pytorch/<category>/{train,test}/<defect>/<image>``) it is the folder above the split folder.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+SPLIT_FOLDERS = frozenset({"train", "test"})
+
+
+def class_name_from_path(image_path: str) -> str | None:
+    """Return the category folder of an MVTec-style or VisA-style image path, or ``None`` for other layouts.
+
+    Example:
+        >>> class_name_from_path("datasets/MVTecAD/metal_nut/test/scratch/000.png")
+        'metal_nut'
+        >>> class_name_from_path("my_images/part_01.png") is None
+        True
+    """
+    parts = Path(image_path).parts
+    if len(parts) >= 4 and parts[-3] in SPLIT_FOLDERS:
+        return parts[-4]
+    return None
+
+
+def resolve_class_names(
+    image_paths: Sequence[str] | None,
+    num_images: int,
+    *,
+    override: str | None,
+    fallback: str,
+) -> list[str]:
+    """Return one class name per image.
+
+    Precedence: ``override`` (the model's ``class_name``) for every image; else the category folder of each path;
+    else ``fallback`` (the datamodule's category when it has one, otherwise ``"object"``).
+    """
+    if override is not None:
+        return [override] * num_images
+    if image_paths is None:
+        return [fallback] * num_images
+    return [class_name_from_path(str(path)) or fallback for path in image_paths]

@@ -1,0 +1,325 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Bayes-PFL as an anomalib model: training stages, optimisers, components and head-only checkpoints.
+
+Paper: Qin et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detection", CVPR 2025, arXiv 2503.10080.
+
+Training follows the authors' code (bayes_pfl_method.md §6-7) with one change: the stage switch is a fixed epoch
+count instead of patience on the *target* dataset, so nothing here ever looks at the categories it will be
+evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained (so the Engine trains it) and
+``ZERO_SHOT`` once it is trained or loaded (so the Engine only evaluates).
+"""
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
+from anomalib.models.components import AnomalibModule
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.types import STEP_OUTPUT
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torch.optim import Adam
+from torch.optim.lr_scheduler import LambdaLR
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+from anomalib_bayes_pfl.data.class_names import resolve_class_names
+
+from .backbone import load_clip
+from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
+from .loss import BayesPFLLoss
+from .reference_checkpoint import load_head_weights
+from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel
+
+logger = logging.getLogger(__name__)
+
+CLIP_PREFIX = "model.clip."
+ADAM_BETAS = (0.5, 0.999)
+
+
+class BayesPFL(AnomalibModule):
+    """Bayes-PFL: zero-shot anomaly detection with prompt flows over a frozen CLIP.
+
+    Train once on an annotated auxiliary dataset, then detect and segment defects in unseen categories.
+
+    Args:
+        clip_model: open_clip model name, or the path of an open_clip model-config JSON file.
+        clip_pretrained: open_clip tag (e.g. ``"openai"``), local CLIP checkpoint (e.g. OpenAI's
+            ``ViT-L-14-336px.pt``), or ``None`` for random weights.
+        clip_quick_gelu: Force QuickGELU towers; the authors' heads were trained with exact GELU.
+        image_size: Side of the square model input (518 in the paper).
+        tap_layers: 1-based vision blocks to tap; ``None`` = quarter points of the depth (6, 12, 18, 24).
+        num_prompts: B, prompt sets in the bank.
+        prompt_context_len: P, context vectors per prompt.
+        prompt_state_len: Q, state vectors per prompt.
+        num_flow_steps: K, planar steps per distribution (0 = plain Gaussians).
+        num_samples: R, Monte-Carlo rounds per image at evaluation.
+        image_specific_distribution: Shift context vectors by image-specific samples (ablation switch).
+        image_agnostic_distribution: Shift state vectors by image-agnostic samples (ablation switch).
+        residual_attention: Use the residual cross-modal attention (ablation switch).
+        orthogonality_loss: Add the authors' prompt orthogonality loss.
+        iad_log_det_per_batch: Keep the authors' division of the image-agnostic log-determinant by the batch size.
+        kl_weight: Weight of the KL term.
+        smoothing_sigma: Gaussian sigma of the anomaly map in input pixels (0 = none).
+        eval_seed: Seed of the evaluation noise.
+        stage_one_epochs: Epochs of stage 1 (all losses, all head parameters).
+        stage_two_epochs: Epochs of stage 2 (classification loss, image classifier only); 0 skips stage 2.
+        prompt_learning_rate: Learning rate of the prompt vectors.
+        flow_learning_rate: Learning rate of the flow parameters and image-agnostic inputs.
+        temperature_learning_rate: Learning rate of the two temperatures.
+        learning_rate: Learning rate of every other head parameter, and of stage 2.
+        warmup_ratio: Fraction of the stage-1 steps with a linear warm-up before the cosine decay.
+        prompt_weights: Trained head to load: a checkpoint of ``anomalib train``, or the authors'
+            ``train_visa.pth`` / ``train_mvtec.pth``. With it the model is zero-shot and is not trained again.
+        class_name: Class name for every image; ``None`` reads it from each image path (MVTec AD / VisA layouts),
+            then falls back to the datamodule's category, then to ``"object"``.
+        pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
+        post_processor: Post-processor, ``True`` for the default.
+        evaluator: Evaluator, ``True`` for image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
+        visualizer: Visualizer, ``True`` for anomalib's image visualizer.
+
+    Example:
+        >>> model = BayesPFL(
+        ...     clip_model="tests/assets/model_configs/tiny-clip.json", clip_pretrained=None, image_size=64
+        ... )
+        >>> model.learning_type.value
+        'one_class'
+    """
+
+    def __init__(
+        self,
+        clip_model: str = "ViT-L-14-336",
+        clip_pretrained: str | None = "openai",
+        clip_quick_gelu: bool = False,
+        image_size: int = 518,
+        tap_layers: Sequence[int] | None = None,
+        num_prompts: int = 3,
+        prompt_context_len: int = 5,
+        prompt_state_len: int = 5,
+        num_flow_steps: int = 10,
+        num_samples: int = 10,
+        image_specific_distribution: bool = True,
+        image_agnostic_distribution: bool = True,
+        residual_attention: bool = True,
+        orthogonality_loss: bool = True,
+        iad_log_det_per_batch: bool = True,
+        kl_weight: float = 0.01,
+        smoothing_sigma: float = 8.0,
+        eval_seed: int = 333,
+        stage_one_epochs: int = 20,
+        stage_two_epochs: int = 5,
+        prompt_learning_rate: float = 1e-3,
+        flow_learning_rate: float = 1e-3,
+        temperature_learning_rate: float = 1e-2,
+        learning_rate: float = 1e-4,
+        warmup_ratio: float = 0.1,
+        prompt_weights: str | None = None,
+        class_name: str | None = None,
+        pre_processor: PreProcessor | bool = True,
+        post_processor: PostProcessor | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        if pre_processor is True:
+            pre_processor = self.configure_pre_processor((image_size, image_size))
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        if stage_one_epochs < 0 or stage_two_epochs < 0 or stage_one_epochs + stage_two_epochs == 0:
+            msg = (
+                f"stage_one_epochs={stage_one_epochs} and stage_two_epochs={stage_two_epochs}: both must be >= 0 "
+                f"and at least one positive."
+            )
+            raise ValueError(msg)
+        self.config = BayesPFLConfig(
+            image_size=image_size,
+            tap_layers=tuple(tap_layers) if tap_layers is not None else None,
+            residual_attention=residual_attention,
+            prompt=PromptConfig(num_prompts, prompt_context_len, prompt_state_len),
+            flow=FlowConfig(
+                num_flow_steps,
+                image_specific_distribution,
+                image_agnostic_distribution,
+                iad_log_det_per_batch,
+            ),
+            scoring=ScoringConfig(num_samples, smoothing_sigma, eval_seed),
+        )
+        clip = load_clip(clip_model, clip_pretrained, quick_gelu=clip_quick_gelu)
+        self.model = BayesPFLModel(self.config, clip, clip_name=clip_model)
+        if prompt_weights is not None:
+            load_head_weights(self.model, prompt_weights)
+            logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", prompt_weights)
+        self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
+        self.class_name = class_name
+        self.stage_one_epochs = stage_one_epochs
+        self.stage_two_epochs = stage_two_epochs
+        self.learning_rates = {
+            "prompts": prompt_learning_rate,
+            "temperatures": temperature_learning_rate,
+            "flows": flow_learning_rate,
+            "other": learning_rate,
+        }
+        self.warmup_ratio = warmup_ratio
+        self.automatic_optimization = False
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize to a square with bicubic interpolation (aspect ratio not kept) and apply CLIP's normalisation."""
+        return PreProcessor(
+            transform=Compose([
+                Resize(image_size or (518, 518), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                Normalize(mean=list(OPENAI_DATASET_MEAN), std=list(OPENAI_DATASET_STD)),
+            ]),
+        )
+
+    def configure_post_processor(self) -> PostProcessor:
+        """Normalise scores and set thresholds from the validation data, as for any anomalib model."""
+        return PostProcessor()
+
+    @staticmethod
+    def configure_evaluator() -> Evaluator:
+        """The zero-shot literature's metrics: image AUROC, AP (AUPR) and F1Max; pixel AUROC and AUPRO."""
+        test_metrics = [
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ]
+        return Evaluator(test_metrics=test_metrics)
+
+    @property
+    def learning_type(self) -> LearningType:
+        """``ZERO_SHOT`` once the head is trained or loaded, else ``ONE_CLASS`` so that the Engine trains it."""
+        return LearningType.ZERO_SHOT if self.model.is_trained else LearningType.ONE_CLASS
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """The epoch count is a model argument: the Engine lets these override ``--trainer.*``."""
+        return {"max_epochs": self.stage_one_epochs + self.stage_two_epochs, "num_sanity_val_steps": 0}
+
+    def configure_optimizers(self) -> tuple[list[Adam], list[dict[str, Any]]]:
+        """Stage 1: Adam over four learning-rate groups with a warm-up cosine schedule; stage 2: the classifier."""
+        groups = self.model.parameter_groups()
+        stage_one = Adam(
+            [{"params": groups[name], "lr": lr} for name, lr in self.learning_rates.items() if groups[name]],
+            betas=ADAM_BETAS,
+        )
+        stage_two = Adam(groups["classifier"], lr=self.learning_rates["other"], betas=ADAM_BETAS)
+        total_epochs = self.stage_one_epochs + self.stage_two_epochs
+        stage_one_steps = max(1, self.trainer.estimated_stepping_batches * self.stage_one_epochs // total_epochs)
+        warmup_steps = int(self.warmup_ratio * stage_one_steps)
+
+        def warmup_cosine(step: int) -> float:
+            if step < warmup_steps:
+                return step / max(1, warmup_steps)
+            progress = (step - warmup_steps) / max(1, stage_one_steps - warmup_steps)
+            return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+        schedule = {"scheduler": LambdaLR(stage_one, warmup_cosine), "interval": "step"}
+        return [stage_one, stage_two], [schedule]
+
+    @property
+    def current_stage(self) -> int:
+        """Training stage of the current epoch."""
+        return 1 if self.current_epoch < self.stage_one_epochs else 2
+
+    def _class_names(self, batch: Batch) -> list[str]:
+        category = getattr(getattr(self.trainer, "datamodule", None), "category", "") if self._trainer else ""
+        return resolve_class_names(
+            batch.image_path,
+            batch.image.shape[0],
+            override=self.class_name,
+            fallback=category or DEFAULT_CLASS_NAME,
+        )
+
+    @staticmethod
+    def _check_images(batch: Batch) -> None:
+        if not torch.isfinite(batch.image).all():
+            bad = (~torch.isfinite(batch.image)).flatten(1).any(dim=1)
+            paths = [p for p, is_bad in zip(batch.image_path or [], bad.tolist(), strict=False) if is_bad]
+            msg = f"images contain NaN or Inf values: {paths or 'batch without paths'}; check the data and transforms."
+            raise ValueError(msg)
+
+    def on_train_epoch_start(self) -> None:
+        """Switch the image head to the current stage."""
+        self.model.image_head_stage = self.current_stage
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """One optimiser step of the current stage, with one prompt set of the bank drawn for the batch."""
+        del args, kwargs
+        self._check_images(batch)
+        stage = self.current_stage
+        output = self.model(batch.image, self._class_names(batch))
+        prompt_index = int(torch.randint(self.config.prompt.num_prompts, (1,)))
+        masks = batch.gt_mask.float() if batch.gt_mask is not None else None
+        terms = self.loss(
+            output.image_logits,
+            output.pixel_logits,
+            output.text_embeddings,
+            output.kl,
+            batch.gt_label,
+            masks,
+            prompt_index=prompt_index,
+            stage=stage,
+        )
+        optimizer = self.optimizers()[stage - 1]
+        optimizer.zero_grad()
+        self.manual_backward(terms.total)
+        optimizer.step()
+        if stage == 1:
+            self.lr_schedulers().step()
+        batch_size = batch.image.shape[0]
+        self.log("train_loss", terms.total, prog_bar=True, batch_size=batch_size)
+        for name, value in terms._asdict().items():
+            if name != "total":
+                self.log(f"train_loss_{name}", value, batch_size=batch_size)
+        return {"loss": terms.total.detach()}
+
+    def on_train_end(self) -> None:
+        """The head is trained: the model is zero-shot from now on."""
+        self.model.is_trained = True
+
+    def _evaluate(self, batch: Batch) -> Batch:
+        self._check_images(batch)
+        predictions = self.model(batch.image, self._class_names(batch))
+        return batch.update(**predictions._asdict())
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the validation batch; the post-processor collects its thresholds from it."""
+        del args, kwargs
+        return self._evaluate(batch)
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the test batch with each image's class name."""
+        del args, kwargs
+        return self._evaluate(batch)
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        """Score the prediction batch with each image's class name."""
+        del args, kwargs
+        return self._evaluate(batch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the checkpoint head-only: the frozen CLIP is rebuilt from ``clip_model`` / ``clip_pretrained``."""
+        super().on_save_checkpoint(checkpoint)
+        state = checkpoint["state_dict"]
+        for key in [key for key in state if key.startswith(CLIP_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the live frozen CLIP tensors back before Lightning's strict ``load_state_dict``."""
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint["state_dict"]
+        for key, value in self.model.clip.state_dict().items():
+            state.setdefault(CLIP_PREFIX + key, value)

@@ -1,0 +1,51 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Pure scoring functions: pixel logits, the aggregated anomaly map and the image probability.
+
+Text embeddings come in two halves, normal first: normal item ``i`` pairs with abnormal item ``i + M``, where
+``M = B`` in training and ``M = B * R`` at evaluation (authors: VPB.py L168-187).
+
+The anomaly map is the mean over layers and pairs of ``softmax(upsample(normal), upsample(abnormal))[abnormal]``
+(authors: test.py L158-165). The two-way softmax equals ``sigmoid(abnormal - normal)`` and bilinear upsampling is
+linear, so each pair is upsampled once, as a difference, instead of twice.
+
+Shape legend: N images, M pairs, L patch tokens (a square grid g x g), D joint width, H x W output size.
+"""
+
+import torch
+from torch.nn import functional as F  # noqa: N812
+
+
+def pixel_logits(patches: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Scaled cosine similarities ``(N, 2M, g, g)`` between unit-norm ``patches`` (N, L, D) and ``text`` (N, 2M, D)."""
+    num_images, num_patches, _ = patches.shape
+    grid = round(num_patches**0.5)
+    logits = logit_scale.exp() * patches @ text.transpose(1, 2)
+    return logits.transpose(1, 2).reshape(num_images, -1, grid, grid)
+
+
+def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling with ``align_corners=True``, as the authors (VPB.py L324-334)."""
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
+
+
+def anomaly_map(layer_logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Mean abnormal probability ``(N, H, W)`` over all layers and normal/abnormal pairs.
+
+    Args:
+        layer_logits: One ``(N, 2M, g, g)`` tensor of pixel logits per tapped layer.
+        size: Output size ``(H, W)``.
+    """
+    total = None
+    for logits in layer_logits:
+        normal, abnormal = logits.chunk(2, dim=1)
+        probabilities = torch.sigmoid(upsample(abnormal - normal, size)).mean(dim=1)
+        total = probabilities if total is None else total + probabilities
+    return total / len(layer_logits)
+
+
+def image_probability(logits: torch.Tensor) -> torch.Tensor:
+    """Mean abnormal probability ``(N,)`` over the M normal/abnormal pairs of image logits ``(N, 2M)``."""
+    normal, abnormal = logits.chunk(2, dim=1)
+    return torch.sigmoid(abnormal - normal).mean(dim=1)

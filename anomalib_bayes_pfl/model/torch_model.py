@@ -1,0 +1,249 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""PyTorch model of Bayes-PFL: frozen CLIP taps, prompt flows, batched text pass, RCA, maps and scores.
+
+Data flows top to bottom in :meth:`BayesPFLModel.forward`: image taps, distribution samples, prompt vectors,
+text tower, RCA and pixel logits per layer, anomaly map, image probability. The model has no trainer, optimiser
+or file I/O; in eval mode it returns anomalib's ``InferenceBatch``.
+
+Evaluation noise is drawn once, from ``config.scoring.eval_seed``, and shared by all images: each image still
+gets its own samples (its Gaussian and flows depend on its features), and its scores do not depend on the batch
+it is in or on the evaluation order. The authors redraw the image-specific noise per image and cache the
+image-agnostic samples at the first test image (VPB.py L277-283; bayes_pfl_method.md §10.8-10.9).
+
+Shape legend: N images, B prompt sets, R samples, L patch tokens, C vision width, D joint width.
+"""
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+from anomalib.data import InferenceBatch
+from anomalib.models.components import GaussianBlur2d
+from open_clip.model import CLIP
+from torch import nn
+
+from .backbone import check_image_tower, encode_image_taps
+from .config import BayesPFLConfig, resolve_tap_layers
+from .flows import PromptDistributions
+from .image_head import ImageClassificationHead
+from .prompts import ClassNameTokenizer, PromptBank, encode_prompts
+from .rca import ResidualCrossModalAttention
+from .scoring import anomaly_map, image_probability, pixel_logits
+
+DEFAULT_CLASS_NAME = "object"
+
+
+class BayesPFLTrainOutput(NamedTuple):
+    """What the losses need from one training forward pass.
+
+    Attributes:
+        image_logits: ``(N, 2B)`` image logits, normal half first.
+        pixel_logits: Per tapped layer ``(N, 2B, g, g)`` pixel logits; empty in stage 2.
+        text_embeddings: ``(N, 2B, D)`` unit-norm text embeddings.
+        kl: Unweighted sum of the distributions' KL terms.
+    """
+
+    image_logits: torch.Tensor
+    pixel_logits: list[torch.Tensor]
+    text_embeddings: torch.Tensor
+    kl: torch.Tensor
+
+
+class BayesPFLModel(nn.Module):
+    """Bayes-PFL head around a frozen CLIP.
+
+    Args:
+        config: Head configuration.
+        clip: A frozen open_clip ``CLIP`` from :func:`~anomalib_bayes_pfl.model.backbone.load_clip`. Its joint
+            embedding width must equal its text width, because samples in the joint space shift text tokens.
+        clip_name: Name used in error messages.
+
+    Example:
+        >>> from anomalib_bayes_pfl.model.backbone import load_clip
+        >>> clip = load_clip("tests/assets/model_configs/tiny-clip.json", pretrained=None)
+        >>> model = BayesPFLModel(BayesPFLConfig(image_size=64, tap_layers=(1, 2, 3, 4)), clip).eval()
+        >>> output = model(torch.randn(2, 3, 64, 64), ["bottle", "screw"])
+        >>> output.pred_score.shape, output.anomaly_map.shape
+        (torch.Size([2]), torch.Size([2, 64, 64]))
+    """
+
+    def __init__(self, config: BayesPFLConfig, clip: CLIP, *, clip_name: str = "CLIP") -> None:
+        super().__init__()
+        check_image_tower(clip)
+        embed_dim = clip.text_projection.shape[-1]
+        text_width = clip.token_embedding.embedding_dim
+        vision_width = clip.visual.conv1.out_channels
+        if embed_dim != text_width:
+            msg = (
+                f"'{clip_name}' has joint embedding width {embed_dim} but text width {text_width}; Bayes-PFL shifts "
+                f"text tokens by samples in the joint space, so the two must be equal (true for ViT-L/14, ViT-B/16)."
+            )
+            raise ValueError(msg)
+        self.config = config
+        self.tap_layers = resolve_tap_layers(config.tap_layers, len(clip.visual.transformer.resblocks), clip_name)
+        self.clip = clip.requires_grad_(False).eval()
+        self.tokenizer = ClassNameTokenizer(
+            config.prompt.context_len + config.prompt.state_len, clip.positional_embedding.shape[0]
+        )
+        self.prompts = PromptBank(config.prompt, text_width)
+        self.distributions = PromptDistributions(config.flow, embed_dim, vision_width // 2)
+        self.rca = ResidualCrossModalAttention(
+            vision_width,
+            embed_dim,
+            len(self.tap_layers),
+            num_heads=config.attention_heads,
+            enabled=config.residual_attention,
+        )
+        self.image_head = ImageClassificationHead(vision_width, embed_dim, len(self.tap_layers))
+        self.pixel_logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
+        sigma = config.scoring.smoothing_sigma
+        self.smoothing = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else nn.Identity()
+        generator = torch.Generator().manual_seed(config.scoring.eval_seed)
+        noise = torch.randn(3, config.scoring.num_samples, embed_dim, generator=generator)
+        self.register_buffer("eval_context_noise", noise[0].unsqueeze(1), persistent=False)
+        self.register_buffer("eval_normal_noise", noise[1], persistent=False)
+        self.register_buffer("eval_abnormal_noise", noise[2], persistent=False)
+        self.default_class_name = DEFAULT_CLASS_NAME
+        self.image_head_stage = 1
+        self.is_trained = False
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """Store which image head scores images and whether the head was trained, with the weights."""
+        return {"image_head_stage": self.image_head_stage, "is_trained": self.is_trained}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`get_extra_state` stored."""
+        self.image_head_stage = int(state["image_head_stage"])
+        self.is_trained = bool(state["is_trained"])
+
+    def train(self, mode: bool = True) -> "BayesPFLModel":
+        """Switch the head's mode; the frozen CLIP always stays in eval mode."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def head_state_dict(self) -> dict[str, Any]:
+        """Return the state dict without the frozen CLIP, which is rebuilt from its source on load."""
+        return {key: value for key, value in self.state_dict().items() if not key.startswith("clip.")}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by learning-rate group (authors: train.py L133-161).
+
+        Returns:
+            ``prompts`` (prompt vectors), ``temperatures``, ``flows`` (flow parameters and IAD input vectors),
+            ``other`` (Gaussian encoders, RCA, image head), and ``classifier`` (the stage-2 subset of ``other``).
+        """
+        groups: dict[str, list[nn.Parameter]] = {"prompts": [], "temperatures": [], "flows": [], "other": []}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            if name.startswith("prompts."):
+                groups["prompts"].append(parameter)
+            elif name.endswith("logit_scale"):
+                groups["temperatures"].append(parameter)
+            elif name.startswith("distributions.") and (".flow_" in name or name.endswith(".state")):
+                groups["flows"].append(parameter)
+            else:
+                groups["other"].append(parameter)
+        head = self.image_head
+        groups["classifier"] = [
+            *head.text_mapping.parameters(),
+            *head.image_mapping.parameters(),
+            *head.patch_pooling.parameters(),
+        ]
+        return groups
+
+    def _class_names(self, class_names: Sequence[str] | None, num_images: int) -> list[str]:
+        if class_names is None:
+            return [self.default_class_name] * num_images
+        if len(class_names) != num_images:
+            msg = f"got {len(class_names)} class names for {num_images} images; pass one class name per image."
+            raise ValueError(msg)
+        return list(class_names)
+
+    def encode_text(
+        self,
+        features: torch.Tensor,
+        class_names: list[str],
+        noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample prompt shifts and encode every prompt of every image in one text-tower pass.
+
+        Args:
+            features: ``(N, D)`` global image features.
+            class_names: One class name per image.
+            noise: Standard-normal draws for the ISD ``(R, N or 1, D)`` and the two IADs ``(R, D)``.
+
+        Returns:
+            Unit-norm text embeddings ``(N, 2 * R * B, D)`` (normal half first, index ``r * B + b`` within a
+            half) and the unweighted KL term.
+        """
+        num_samples = noise[1].shape[0]
+        shifts = self.distributions(features, *noise)
+        learnable = self.prompts(
+            shifts.context,
+            shifts.normal,
+            shifts.abnormal,
+            num_images=features.shape[0],
+            num_samples=num_samples,
+        )
+        num_images, _, _, bank, num_tokens, width = learnable.shape
+        learnable = learnable.reshape(num_images, 2 * num_samples * bank, num_tokens, width)
+        tokens = self.tokenizer(class_names, device=features.device)
+        text = encode_prompts(self.clip, learnable, tokens)
+        return nn.functional.normalize(text, dim=-1), shifts.kl
+
+    def layer_pixel_logits(self, text: torch.Tensor, patch_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per tapped layer, RCA-updated text against projected patches: ``(N, T, g, g)`` each."""
+        logits = []
+        for layer, tokens in enumerate(patch_tokens):
+            patches = self.rca.project_patches(tokens, layer)
+            logits.append(pixel_logits(patches, self.rca(text, patches), self.pixel_logit_scale))
+        return logits
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        class_names: Sequence[str] | None = None,
+    ) -> InferenceBatch | BayesPFLTrainOutput:
+        """Score ``images`` ``(N, 3, H, H)``, or compute the training outputs in training mode.
+
+        Args:
+            images: Pre-processed images.
+            class_names: One class name per image; ``None`` uses ``default_class_name`` for all.
+        """
+        names = self._class_names(class_names, images.shape[0])
+        features = encode_image_taps(self.clip, images, self.tap_layers)
+        if self.training:
+            return self._training_forward(features.global_features, features.patch_tokens, names)
+        noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
+        text, _ = self.encode_text(features.global_features, names, noise)
+        layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
+        maps = self.smoothing(anomaly_map(layer_logits, images.shape[-2:]).unsqueeze(1)).squeeze(1)
+        image_logits = self.image_head(
+            text, features.global_features, features.patch_tokens, stage=self.image_head_stage
+        )
+        return InferenceBatch(pred_score=image_probability(image_logits), anomaly_map=maps)
+
+    def _training_forward(
+        self,
+        global_features: torch.Tensor,
+        patch_tokens: list[torch.Tensor],
+        class_names: list[str],
+    ) -> BayesPFLTrainOutput:
+        """One fresh sample per image and per image-agnostic distribution (authors: PFL.py L33-51)."""
+        num_images, embed_dim = global_features.shape
+        noise = (
+            torch.randn(1, num_images, embed_dim, device=global_features.device),
+            torch.randn(1, embed_dim, device=global_features.device),
+            torch.randn(1, embed_dim, device=global_features.device),
+        )
+        stage = self.image_head_stage
+        # Stage 2 trains the classifier only: nothing before it needs gradients, and no pixel map is needed.
+        with torch.set_grad_enabled(stage == 1 and torch.is_grad_enabled()):
+            text, kl = self.encode_text(global_features, class_names, noise)
+        pixel = self.layer_pixel_logits(text, patch_tokens) if stage == 1 else []
+        image_logits = self.image_head(text, global_features, patch_tokens, stage=stage)
+        return BayesPFLTrainOutput(image_logits, pixel, text, kl)
