@@ -15,6 +15,7 @@ Shape legend: N images, M pairs, L patch tokens (a square grid g x g), D joint w
 
 import torch
 from torch.nn import functional as F  # noqa: N812
+from torchvision.transforms.v2.functional import gaussian_blur
 
 
 def pixel_logits(patches: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -49,3 +50,14 @@ def image_probability(logits: torch.Tensor) -> torch.Tensor:
     """Mean abnormal probability ``(N,)`` over the M normal/abnormal pairs of image logits ``(N, 2M)``."""
     normal, abnormal = logits.chunk(2, dim=1)
     return torch.sigmoid(abnormal - normal).mean(dim=1)
+
+
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian-smooth maps ``(N, H, W)``, with SciPy's default kernel extent of 4 sigma (authors' ``sigma=8``).
+
+    The kernel is derived from ``sigma`` on each call instead of being stored, so checkpoints carry no constants.
+    """
+    if sigma <= 0:
+        return maps
+    kernel_size = 2 * int(4 * sigma + 0.5) + 1
+    return gaussian_blur(maps.unsqueeze(1), [kernel_size, kernel_size], [sigma, sigma]).squeeze(1)

@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import torch
 from anomalib.data import InferenceBatch
-from anomalib.models.components import GaussianBlur2d
 from open_clip.model import CLIP
 from torch import nn
 
@@ -30,7 +29,7 @@ from .flows import PromptDistributions
 from .image_head import ImageClassificationHead
 from .prompts import ClassNameTokenizer, PromptBank, encode_prompts
 from .rca import ResidualCrossModalAttention
-from .scoring import anomaly_map, image_probability, pixel_logits
+from .scoring import anomaly_map, image_probability, pixel_logits, smooth
 
 DEFAULT_CLASS_NAME = "object"
 
@@ -98,8 +97,6 @@ class BayesPFLModel(nn.Module):
         )
         self.image_head = ImageClassificationHead(vision_width, embed_dim, len(self.tap_layers))
         self.pixel_logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
-        sigma = config.scoring.smoothing_sigma
-        self.smoothing = GaussianBlur2d(sigma=sigma, channels=1) if sigma > 0 else nn.Identity()
         generator = torch.Generator().manual_seed(config.scoring.eval_seed)
         noise = torch.randn(3, config.scoring.num_samples, embed_dim, generator=generator)
         self.register_buffer("eval_context_noise", noise[0].unsqueeze(1), persistent=False)
@@ -221,7 +218,7 @@ class BayesPFLModel(nn.Module):
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
         text, _ = self.encode_text(features.global_features, names, noise)
         layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
-        maps = self.smoothing(anomaly_map(layer_logits, images.shape[-2:]).unsqueeze(1)).squeeze(1)
+        maps = smooth(anomaly_map(layer_logits, images.shape[-2:]), self.config.scoring.smoothing_sigma)
         image_logits = self.image_head(
             text, features.global_features, features.patch_tokens, stage=self.image_head_stage
         )

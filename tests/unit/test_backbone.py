@@ -1,0 +1,126 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""CLIP loading from every source, and the image taps pinned against open_clip's own forward."""
+
+import pytest
+import torch
+
+from anomalib_bayes_pfl.model.backbone import (
+    encode_image_taps,
+    interpolate_positional_embedding,
+    load_clip,
+    read_clip_state_dict,
+)
+from anomalib_bayes_pfl.model.config import resolve_tap_layers
+
+
+def test_global_feature_matches_encode_image(tiny_clip):
+    images = torch.randn(2, 3, 32, 32)
+    features = encode_image_taps(tiny_clip, images, (1, 2, 3, 4))
+    torch.testing.assert_close(features.global_features, tiny_clip.encode_image(images), rtol=0, atol=1e-6)
+
+
+def test_taps_are_raw_block_outputs_without_cls(tiny_clip):
+    images = torch.randn(2, 3, 32, 32)
+    captured = []
+    hooks = [block.register_forward_hook(lambda _m, _i, out: captured.append(out)) for block in tiny_clip.visual.transformer.resblocks]
+    try:
+        tiny_clip.encode_image(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    features = encode_image_taps(tiny_clip, images, (2, 4))
+    for tap, block_output in zip(features.patch_tokens, (captured[1], captured[3]), strict=True):
+        torch.testing.assert_close(tap, block_output[1:].permute(1, 0, 2))  # LND -> NLD, CLS dropped
+        assert tap.shape == (2, 16, 64)
+
+
+def test_larger_input_interpolates_positions(tiny_clip):
+    features = encode_image_taps(tiny_clip, torch.randn(1, 3, 64, 64), (1, 2, 3, 4))
+    assert [tuple(t.shape) for t in features.patch_tokens] == [(1, 64, 64)] * 4
+    positions = tiny_clip.visual.positional_embedding
+    assert interpolate_positional_embedding(positions, 4) is positions
+    resized = interpolate_positional_embedding(positions, 8)
+    assert resized.shape == (65, 64)
+    torch.testing.assert_close(resized[0], positions[0])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 64, 64), (1, 4, 64, 64), (1, 3, 64, 48), (3, 64, 64)])
+def test_bad_image_shapes_are_named(tiny_clip, shape):
+    with pytest.raises(ValueError, match=r"images must be \(N, 3, H, H\)"):
+        encode_image_taps(tiny_clip, torch.randn(shape), (1, 2, 3, 4))
+
+
+def test_image_side_must_fit_patches(tiny_clip):
+    with pytest.raises(ValueError, match="multiple of the CLIP patch size 8"):
+        encode_image_taps(tiny_clip, torch.randn(1, 3, 60, 60), (1, 2, 3, 4))
+
+
+def test_clip_is_frozen(tiny_clip):
+    assert not any(parameter.requires_grad for parameter in tiny_clip.parameters())
+    assert not tiny_clip.training
+
+
+def test_state_dict_file_round_trip(tiny_clip, tiny_clip_path, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in tiny_clip.state_dict().items()}}, path)
+    loaded = load_clip(tiny_clip_path, pretrained=str(path))
+    text = torch.randint(0, 49408, (2, 77))
+    torch.testing.assert_close(loaded.encode_text(text), tiny_clip.encode_text(text), rtol=0, atol=0)
+
+
+def test_openai_style_jit_archive_is_read(tiny_clip, tiny_clip_path, tmp_path):
+    """OpenAI ships TorchScript archives with metadata keys; they load into exact-GELU towers."""
+
+    class Archive(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.visual = tiny_clip.visual
+            self.input_resolution = torch.nn.Parameter(torch.tensor(32), requires_grad=False)
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.visual(image)
+
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.trace(Archive(), torch.randn(1, 3, 32, 32), check_trace=False).save(str(path))
+    state = read_clip_state_dict(str(path))
+    assert "input_resolution" not in state
+    torch.testing.assert_close(state["visual.conv1.weight"], tiny_clip.visual.conv1.weight)
+
+
+def test_quick_gelu_switch(tiny_clip_path):
+    exact = load_clip(tiny_clip_path, pretrained=None)
+    quick = load_clip(tiny_clip_path, pretrained=None, quick_gelu=True)
+    assert type(exact.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
+    assert type(quick.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
+
+
+def test_missing_weights_file_names_the_option(tiny_clip_path):
+    with pytest.raises(FileNotFoundError, match="weights/ViT-L-14-336px.pt.*clip_pretrained"):
+        load_clip(tiny_clip_path, pretrained="weights/ViT-L-14-336px.pt")
+
+
+def test_unknown_tag_lists_known_tags():
+    with pytest.raises(ValueError, match="known tags: .*openai"):
+        load_clip("ViT-B-16", pretrained="no-such-tag")
+
+
+def test_unreachable_download_is_actionable(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="pass its local path as --model.clip_pretrained"):
+        load_clip("ViT-B-16", pretrained="openai", cache_dir=str(tmp_path))
+
+
+def test_unknown_model_and_missing_config():
+    with pytest.raises(ValueError, match="Unknown CLIP model 'ViT-Nope'"):
+        load_clip("ViT-Nope", pretrained=None)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_clip("missing.json", pretrained=None)
+
+
+def test_tap_layers_default_and_range():
+    assert resolve_tap_layers(None, 24, "ViT-L-14-336") == (6, 12, 18, 24)
+    assert resolve_tap_layers(None, 12, "ViT-B-16") == (3, 6, 9, 12)
+    with pytest.raises(ValueError, match=r"has 12 blocks; use 1-based block numbers in 1..12, e.g. \(3, 6, 9, 12\)"):
+        resolve_tap_layers((6, 12, 18, 24), 12, "ViT-B-16")

@@ -1,0 +1,126 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The Lightning module: defaults, learning type, class names, input checks, optimisers and schedule."""
+
+import inspect
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib import LearningType
+from anomalib.data import ImageBatch
+
+from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.model.config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
+
+
+def tiny_module(tiny_clip_path: str, **kwargs) -> BayesPFL:
+    arguments = {
+        "clip_model": tiny_clip_path,
+        "clip_pretrained": None,
+        "image_size": 64,
+        "num_prompts": 2,
+        "prompt_context_len": 2,
+        "prompt_state_len": 2,
+        "num_flow_steps": 2,
+        "num_samples": 2,
+        "smoothing_sigma": 1.0,
+    }
+    return BayesPFL(**{**arguments, **kwargs})
+
+
+def test_signature_defaults_agree_with_config():
+    defaults = {name: p.default for name, p in inspect.signature(BayesPFL).parameters.items()}
+    prompt, flow, scoring, config = PromptConfig(), FlowConfig(), ScoringConfig(), BayesPFLConfig()
+    assert (defaults["num_prompts"], defaults["prompt_context_len"], defaults["prompt_state_len"]) == (
+        prompt.num_prompts,
+        prompt.context_len,
+        prompt.state_len,
+    )
+    assert defaults["num_flow_steps"] == flow.num_flow_steps
+    assert defaults["image_specific_distribution"] == flow.image_specific
+    assert defaults["image_agnostic_distribution"] == flow.image_agnostic
+    assert defaults["iad_log_det_per_batch"] == flow.iad_log_det_per_batch
+    assert (defaults["num_samples"], defaults["smoothing_sigma"], defaults["eval_seed"]) == (
+        scoring.num_samples,
+        scoring.smoothing_sigma,
+        scoring.eval_seed,
+    )
+    assert (defaults["image_size"], defaults["tap_layers"], defaults["residual_attention"]) == (
+        config.image_size,
+        config.tap_layers,
+        config.residual_attention,
+    )
+
+
+def test_paper_defaults():
+    defaults = {name: p.default for name, p in inspect.signature(BayesPFL).parameters.items()}
+    assert defaults["clip_model"] == "ViT-L-14-336"
+    assert defaults["image_size"] == 518
+    assert (defaults["num_prompts"], defaults["prompt_context_len"], defaults["prompt_state_len"]) == (3, 5, 5)
+    assert (defaults["num_flow_steps"], defaults["num_samples"], defaults["kl_weight"]) == (10, 10, 0.01)
+    assert defaults["clip_quick_gelu"] is False
+
+
+def test_learning_type_follows_training(tiny_clip_path):
+    module = tiny_module(tiny_clip_path)
+    assert module.learning_type == LearningType.ONE_CLASS
+    module.on_train_end()
+    assert module.learning_type == LearningType.ZERO_SHOT
+    assert module.trainer_arguments == {"max_epochs": 25, "num_sanity_val_steps": 0}
+
+
+def test_pre_processor_resizes_and_normalises(tiny_clip_path):
+    module = tiny_module(tiny_clip_path)
+    image = torch.full((1, 3, 100, 80), 0.5)
+    out = module.pre_processor.transform(image)
+    assert out.shape == (1, 3, 64, 64)
+    torch.testing.assert_close(out[0, :, 0, 0], (0.5 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]))
+
+
+def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatch):
+    module = tiny_module(tiny_clip_path)
+    batch = ImageBatch(
+        image=torch.zeros(3, 3, 64, 64),
+        image_path=["d/MVTecAD/metal_nut/test/scratch/000.png", "d/visa_pytorch/pcb1/test/bad/001.JPG", "upload/x.png"],
+    )
+    assert module._class_names(batch) == ["metal_nut", "pcb1", "object"]
+    monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="widget")))
+    module._trainer = object()
+    assert module._class_names(batch)[2] == "widget"
+    module.class_name = "gear"
+    assert module._class_names(batch) == ["gear"] * 3
+
+
+def test_nan_images_are_named(tiny_clip_path):
+    module = tiny_module(tiny_clip_path)
+    image = torch.zeros(2, 3, 64, 64)
+    image[1, 0, 3, 3] = float("nan")
+    batch = ImageBatch(image=image, image_path=["a/good.png", "a/broken.png"])
+    with pytest.raises(ValueError, match=r"NaN or Inf.*broken.png"):
+        module.validation_step(batch)
+
+
+def test_epochs_must_be_positive(tiny_clip_path):
+    with pytest.raises(ValueError, match="stage_one_epochs=0 and stage_two_epochs=0"):
+        tiny_module(tiny_clip_path, stage_one_epochs=0, stage_two_epochs=0)
+
+
+def test_optimisers_and_warmup_cosine(tiny_clip_path, monkeypatch):
+    module = tiny_module(tiny_clip_path, stage_one_epochs=4, stage_two_epochs=1)
+    monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(estimated_stepping_batches=50))
+    (stage_one, stage_two), (schedule,) = module.configure_optimizers()
+    assert [group["lr"] for group in stage_one.param_groups] == [0.0, 0.0, 0.0, 0.0]  # warm-up starts at 0
+    assert stage_one.defaults["betas"] == (0.5, 0.999)
+    assert len(stage_two.param_groups[0]["params"]) == len(module.model.parameter_groups()["classifier"])
+    scheduler = schedule["scheduler"]
+    assert schedule["interval"] == "step"
+    factors = []
+    for _ in range(40):  # 4 of 5 epochs of 50 steps: 40 stage-one steps, 4 of them warm-up
+        stage_one.step()
+        scheduler.step()
+        factors.append(scheduler.get_last_lr()[0] / 1e-3)
+    assert factors[2] == pytest.approx(0.75)
+    assert max(factors) == pytest.approx(1.0)
+    assert factors[-1] == pytest.approx(0.0, abs=1e-9)

@@ -1,0 +1,160 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""BayesPFLModel: outputs, batch independence, reproducibility, frozen CLIP, parameter groups, faithful size."""
+
+import pytest
+import torch
+from anomalib.data import InferenceBatch
+
+from anomalib_bayes_pfl.model import BayesPFLModel
+from anomalib_bayes_pfl.model.config import FlowConfig, PromptConfig
+from anomalib_bayes_pfl.model.flows import PromptDistributions
+from anomalib_bayes_pfl.model.image_head import ImageClassificationHead
+from anomalib_bayes_pfl.model.prompts import PromptBank
+from anomalib_bayes_pfl.model.rca import ResidualCrossModalAttention
+
+from ..helpers import tiny_config
+
+IMAGES = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+NAMES = ["bottle", "screw", "bottle", "pcb1", "carpet"]
+
+
+def test_eval_output(tiny_model):
+    with torch.no_grad():
+        output = tiny_model(IMAGES, NAMES)
+    assert isinstance(output, InferenceBatch)
+    assert output.pred_score.shape == (5,)
+    assert output.anomaly_map.shape == (5, 64, 64)
+    assert ((output.pred_score >= 0) & (output.pred_score <= 1)).all()
+    assert ((output.anomaly_map >= 0) & (output.anomaly_map <= 1)).all()
+
+
+def test_scores_do_not_depend_on_the_batch(tiny_model):
+    with torch.no_grad():
+        together = tiny_model(IMAGES, NAMES)
+        alone = [tiny_model(IMAGES[i : i + 1], NAMES[i : i + 1]) for i in range(5)]
+        reversed_batch = tiny_model(IMAGES.flip(0), NAMES[::-1])
+    torch.testing.assert_close(torch.cat([a.pred_score for a in alone]), together.pred_score, rtol=0, atol=1e-5)
+    torch.testing.assert_close(torch.cat([a.anomaly_map for a in alone]), together.anomaly_map, rtol=0, atol=1e-5)
+    torch.testing.assert_close(reversed_batch.pred_score.flip(0), together.pred_score, rtol=0, atol=1e-5)
+
+
+def test_evaluation_is_reproducible_and_seeded(tiny_clip):
+    torch.manual_seed(0)
+    first = BayesPFLModel(tiny_config(), tiny_clip).eval()
+    second = BayesPFLModel(tiny_config(), tiny_clip).eval()
+    second.load_state_dict(first.state_dict())
+    torch.manual_seed(999)  # the global RNG does not matter
+    with torch.no_grad():
+        torch.testing.assert_close(first(IMAGES, NAMES).pred_score, second(IMAGES, NAMES).pred_score, rtol=0, atol=0)
+    other_seed = tiny_config(scoring=tiny_config().scoring.__class__(num_samples=3, smoothing_sigma=1.0, eval_seed=1))
+    third = BayesPFLModel(other_seed, tiny_clip).eval()
+    third.load_state_dict(first.state_dict())
+    with torch.no_grad():
+        assert not torch.allclose(first(IMAGES, NAMES).pred_score, third(IMAGES, NAMES).pred_score)
+
+
+def test_each_image_gets_its_own_class_prompt(tiny_model):
+    with torch.no_grad():
+        as_bottle = tiny_model(IMAGES[:1], ["bottle"]).pred_score
+        as_screw = tiny_model(IMAGES[:1], ["screw"]).pred_score
+        default = tiny_model(IMAGES[:1]).pred_score
+        as_object = tiny_model(IMAGES[:1], ["object"]).pred_score
+    assert not torch.allclose(as_bottle, as_screw)
+    torch.testing.assert_close(default, as_object)
+    with pytest.raises(ValueError, match="2 class names for 5 images"):
+        tiny_model(IMAGES, ["a", "b"])
+
+
+def test_training_output_and_frozen_clip(tiny_model):
+    tiny_model.train()
+    assert not tiny_model.clip.training
+    output = tiny_model(IMAGES[:2], NAMES[:2])
+    assert output.image_logits.shape == (2, 4)
+    assert [tuple(p.shape) for p in output.pixel_logits] == [(2, 4, 8, 8)] * 4
+    assert output.text_embeddings.shape == (2, 4, 32)
+    (output.image_logits.sum() + sum(p.sum() for p in output.pixel_logits) + output.kl).backward()
+    assert all(p.grad is None for p in tiny_model.clip.parameters())
+    assert tiny_model.prompts.context.grad is not None
+    assert tiny_model.distributions.image_specific.flow_u.weight.grad is not None
+    assert tiny_model.distributions.normal.state.grad is not None
+
+
+def test_stage_two_trains_only_the_classifier(tiny_model):
+    tiny_model.train()
+    tiny_model.image_head_stage = 2
+    output = tiny_model(IMAGES[:2], NAMES[:2])
+    assert output.pixel_logits == []
+    output.image_logits.sum().backward()
+    classifier = {id(p) for p in tiny_model.parameter_groups()["classifier"]}
+    for name, parameter in tiny_model.named_parameters():
+        if id(parameter) in classifier:
+            assert parameter.grad is not None, name
+        elif name != "image_head.logit_scale":
+            assert parameter.grad is None, name
+
+
+def test_parameter_groups_partition_the_head(tiny_model):
+    groups = tiny_model.parameter_groups()
+    stage_one = [p for name in ("prompts", "temperatures", "flows", "other") for p in groups[name]]
+    trainable = [p for p in tiny_model.parameters() if p.requires_grad]
+    assert len({id(p) for p in stage_one}) == len(stage_one) == len(trainable)
+    assert {id(p) for p in groups["classifier"]} <= {id(p) for p in groups["other"]}
+    assert len(groups["temperatures"]) == 2
+    assert len(groups["prompts"]) == 3
+
+
+def test_extra_state_round_trip(tiny_clip, tiny_model):
+    tiny_model.image_head_stage, tiny_model.is_trained = 2, True
+    state = tiny_model.state_dict()
+    fresh = BayesPFLModel(tiny_config(), tiny_clip)
+    fresh.load_state_dict(state)
+    assert (fresh.image_head_stage, fresh.is_trained) == (2, True)
+    assert not any(key.startswith("clip.") for key in tiny_model.head_state_dict())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "attribute"),
+    [
+        ({"residual_attention": False}, "rca.query"),
+        ({"flow": FlowConfig(num_flow_steps=0)}, None),
+        ({"flow": FlowConfig(num_flow_steps=3, image_specific=False)}, "distributions.image_specific"),
+        ({"flow": FlowConfig(num_flow_steps=3, image_agnostic=False)}, None),
+    ],
+)
+def test_ablations_run(tiny_clip, overrides, attribute):
+    model = BayesPFLModel(tiny_config(**overrides), tiny_clip).eval()
+    if attribute is not None:
+        module_name, _, leaf = attribute.rpartition(".")
+        assert getattr(model.get_submodule(module_name), leaf) is None
+    with torch.no_grad():
+        output = model(IMAGES[:2], NAMES[:2])
+    assert torch.isfinite(output.pred_score).all()
+
+
+def test_rejects_clip_with_different_joint_and_text_width(tiny_clip_path, tmp_path):
+    import json
+
+    config = json.loads(open(tiny_clip_path).read())
+    config["embed_dim"] = 48
+    path = tmp_path / "wide-clip.json"
+    path.write_text(json.dumps(config))
+    from anomalib_bayes_pfl.model import load_clip
+
+    with pytest.raises(ValueError, match="joint embedding width 48 but text width 32"):
+        BayesPFLModel(tiny_config(), load_clip(str(path), pretrained=None))
+
+
+def test_head_size_of_the_default_configuration():
+    """ViT-L/14 dimensions: the authors' 27,370,017 parameters less their unused decoders and p_mu layers."""
+    embed, vision, layers = 768, 1024, 4
+    modules = [
+        PromptBank(PromptConfig(), embed),
+        PromptDistributions(FlowConfig(), embed, vision // 2),
+        ResidualCrossModalAttention(vision, embed, layers),
+        ImageClassificationHead(vision, embed, layers),
+    ]
+    count = sum(p.numel() for module in modules for p in module.parameters()) + 1  # + pixel temperature
+    unused = 2 * 1_050_368 + 3 * 590_592  # decoders, p_mu (bayes_pfl_method.md §12)
+    assert count == 27_370_017 - unused
