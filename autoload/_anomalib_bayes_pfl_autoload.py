@@ -25,7 +25,7 @@ class _ImportAfterAnomalibModels(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:
         self._searching = False
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201
+    def find_spec(self, fullname, path=None, target=None):
         if fullname != TARGET or self._searching:
             return None
         self._searching = True
@@ -37,7 +37,7 @@ class _ImportAfterAnomalibModels(importlib.abc.MetaPathFinder):
             return None
         execute = spec.loader.exec_module
 
-        def exec_module(module):  # noqa: ANN001, ANN202
+        def exec_module(module):
             execute(module)
             _import_plugin()
 
@@ -48,7 +48,7 @@ class _ImportAfterAnomalibModels(importlib.abc.MetaPathFinder):
 def _import_plugin() -> None:
     try:
         __import__(PLUGIN)
-    except Exception as error:  # noqa: BLE001 - a broken plugin must never break anomalib itself
+    except Exception as error:
         sys.stderr.write(f"[{PLUGIN}] autoload failed: {error!r}; use --model {PLUGIN}.BayesPFL instead.\n")
 
 

@@ -14,6 +14,7 @@ from anomalib_bayes_pfl.model import BayesPFLModel, load_clip
 
 from .helpers import TINY_CLIP, tiny_config
 
+
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never touch the network: any outgoing connection fails at once."""

@@ -57,8 +57,12 @@ def write_mvtec_tree(
     Example:
         >>> import tempfile
         >>> tree = write_mvtec_tree(tempfile.mkdtemp(), ["cat"], num_train=1, num_test_good=1, num_test_defect=1)
-        >>> sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.png"))
-        ['cat/ground_truth/defect/000_mask.png', 'cat/test/defect/000.png', 'cat/test/good/000.png', 'cat/train/good/000.png']
+        >>> for path in sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.png")):
+        ...     print(path)
+        cat/ground_truth/defect/000_mask.png
+        cat/test/defect/000.png
+        cat/test/good/000.png
+        cat/train/good/000.png
     """
     root = Path(root)
     rng = np.random.default_rng(seed)

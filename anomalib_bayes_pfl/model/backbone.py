@@ -24,6 +24,8 @@ from torch.nn import functional as F  # noqa: N812
 
 logger = logging.getLogger(__name__)
 
+RANDOM_INIT_SEED = 0
+
 # Keys of OpenAI's JIT archives that are metadata, not CLIP parameters.
 _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
@@ -135,7 +137,8 @@ def load_clip(
         clip_model: An open_clip model name, or the path of an open_clip model-config JSON file (any architecture
             whose joint embedding width equals its text width).
         pretrained: An open_clip tag (downloaded into open_clip's cache), a local checkpoint file (OpenAI JIT
-            archive, state dict or safetensors), or ``None`` for random weights.
+            archive, state dict or safetensors), or ``None`` for random weights (always the same ones, drawn
+            from a fixed seed).
         quick_gelu: Force QuickGELU activations; ``False`` keeps the config's activation (exact GELU for the
             standard ViT configs).
         cache_dir: Download directory for tags (open_clip's default when ``None``).
@@ -149,7 +152,11 @@ def load_clip(
         False
     """
     model_name = _resolve_model_name(clip_model)
-    clip = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
+    # Random weights are seeded, so that a head-only checkpoint of a randomly initialised CLIP (tests,
+    # benchmarks) rebuilds the same CLIP on load; the global RNG is left untouched.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        clip = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
     if not isinstance(clip, CLIP):
         msg = f"'{clip_model}' builds a {type(clip).__name__}; Bayes-PFL needs a standard open_clip CLIP model."
         raise TypeError(msg)

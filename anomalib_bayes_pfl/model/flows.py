@@ -274,4 +274,3 @@ class PromptDistributions(nn.Module):
             kl = kl + kl_divergence(normal_sample, log_det_scale=scale)
             kl = kl + kl_divergence(abnormal_sample, log_det_scale=scale)
         return PromptShifts(context, normal, abnormal, kl)
-

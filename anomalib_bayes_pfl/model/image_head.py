@@ -63,7 +63,9 @@ class ImageClassificationHead(nn.Module):
                 nn.init.zeros_(module.bias)
         nn.init.constant_(self.logit_scale, torch.log(torch.tensor(1 / 0.07)).item())
 
-    def image_embedding(self, global_features: torch.Tensor, patch_tokens: list[torch.Tensor], stage: int) -> torch.Tensor:
+    def image_embedding(
+        self, global_features: torch.Tensor, patch_tokens: list[torch.Tensor], stage: int
+    ) -> torch.Tensor:
         """Return the unit-norm image embedding ``(N, D)`` that stage ``stage`` compares with the text."""
         if stage == 1:
             return F.normalize(global_features, dim=-1)

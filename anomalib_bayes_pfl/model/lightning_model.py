@@ -176,10 +176,12 @@ class BayesPFL(AnomalibModule):
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
         """Resize to a square with bicubic interpolation (aspect ratio not kept) and apply CLIP's normalisation."""
         return PreProcessor(
-            transform=Compose([
-                Resize(image_size or (518, 518), interpolation=InterpolationMode.BICUBIC, antialias=True),
-                Normalize(mean=list(OPENAI_DATASET_MEAN), std=list(OPENAI_DATASET_STD)),
-            ]),
+            transform=Compose(
+                [
+                    Resize(image_size or (518, 518), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                    Normalize(mean=list(OPENAI_DATASET_MEAN), std=list(OPENAI_DATASET_STD)),
+                ]
+            ),
         )
 
     def configure_post_processor(self) -> PostProcessor:
@@ -252,12 +254,18 @@ class BayesPFL(AnomalibModule):
             raise ValueError(msg)
 
     def on_train_epoch_start(self) -> None:
-        """Switch the image head to the current stage."""
-        self.model.image_head_stage = self.current_stage
+        """Switch the image head to the current stage; stage 2 frees stage 1's Adam moments.
 
-    def training_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+        They are never used again, and without them the checkpoints written in stage 2 (the final one included)
+        hold the head and the classifier's moments only: about 124 MB instead of 311 MB for ViT-L-14-336.
+        """
+        self.model.image_head_stage = self.current_stage
+        if self.current_stage == 2:
+            self.optimizers()[0].optimizer.state.clear()
+
+    def training_step(self, batch: Batch, batch_idx: int = 0) -> STEP_OUTPUT:
         """One optimiser step of the current stage, with one prompt set of the bank drawn for the batch."""
-        del args, kwargs
+        del batch_idx
         self._check_images(batch)
         stage = self.current_stage
         output = self.model(batch.image, self._class_names(batch))
@@ -277,6 +285,7 @@ class BayesPFL(AnomalibModule):
         optimizer.zero_grad()
         self.manual_backward(terms.total)
         optimizer.step()
+        self.model.is_trained = True  # in the state of every checkpoint written from now on
         if stage == 1:
             self.lr_schedulers().step()
         batch_size = batch.image.shape[0]
@@ -286,28 +295,24 @@ class BayesPFL(AnomalibModule):
                 self.log(f"train_loss_{name}", value, batch_size=batch_size)
         return {"loss": terms.total.detach()}
 
-    def on_train_end(self) -> None:
-        """The head is trained: the model is zero-shot from now on."""
-        self.model.is_trained = True
-
     def _evaluate(self, batch: Batch) -> Batch:
         self._check_images(batch)
         predictions = self.model(batch.image, self._class_names(batch))
         return batch.update(**predictions._asdict())
 
-    def validation_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+    def validation_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the validation batch; the post-processor collects its thresholds from it."""
-        del args, kwargs
+        del batch_idx, dataloader_idx
         return self._evaluate(batch)
 
-    def test_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+    def test_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the test batch with each image's class name."""
-        del args, kwargs
+        del batch_idx, dataloader_idx
         return self._evaluate(batch)
 
-    def predict_step(self, batch: Batch, *args, **kwargs) -> STEP_OUTPUT:
+    def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the prediction batch with each image's class name."""
-        del args, kwargs
+        del batch_idx, dataloader_idx
         return self._evaluate(batch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

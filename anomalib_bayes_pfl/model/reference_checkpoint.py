@@ -114,7 +114,10 @@ def load_head_weights(model: BayesPFLModel, path: str) -> None:
     """
     file = Path(path).expanduser()
     if not file.is_file():
-        msg = f"prompt weights '{path}' do not exist; pass the checkpoint written by 'anomalib train' or an authors' .pth."
+        msg = (
+            f"prompt weights '{path}' do not exist; pass the checkpoint written by 'anomalib train' or the "
+            f"authors' train_visa.pth / train_mvtec.pth."
+        )
         raise FileNotFoundError(msg)
     state, extra_state = _head_state_from_file(file)
     state = {key: value for key, value in state.items() if not key.startswith("clip.")}

@@ -24,7 +24,10 @@ def test_global_feature_matches_encode_image(tiny_clip):
 def test_taps_are_raw_block_outputs_without_cls(tiny_clip):
     images = torch.randn(2, 3, 32, 32)
     captured = []
-    hooks = [block.register_forward_hook(lambda _m, _i, out: captured.append(out)) for block in tiny_clip.visual.transformer.resblocks]
+    hooks = [
+        block.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        for block in tiny_clip.visual.transformer.resblocks
+    ]
     try:
         tiny_clip.encode_image(images)
     finally:
@@ -97,25 +100,25 @@ def test_quick_gelu_switch(tiny_clip_path):
 
 
 def test_missing_weights_file_names_the_option(tiny_clip_path):
-    with pytest.raises(FileNotFoundError, match="weights/ViT-L-14-336px.pt.*clip_pretrained"):
+    with pytest.raises(FileNotFoundError, match=r"weights/ViT-L-14-336px\.pt.*clip_pretrained"):
         load_clip(tiny_clip_path, pretrained="weights/ViT-L-14-336px.pt")
 
 
 def test_unknown_tag_lists_known_tags():
-    with pytest.raises(ValueError, match="known tags: .*openai"):
+    with pytest.raises(ValueError, match=r"known tags: .*openai"):
         load_clip("ViT-B-16", pretrained="no-such-tag")
 
 
 def test_unreachable_download_is_actionable(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="pass its local path as --model.clip_pretrained"):
+    with pytest.raises(RuntimeError, match=r"pass its local path as --model\.clip_pretrained"):
         load_clip("ViT-B-16", pretrained="openai", cache_dir=str(tmp_path))
 
 
 def test_unknown_model_and_missing_config():
     with pytest.raises(ValueError, match="Unknown CLIP model 'ViT-Nope'"):
         load_clip("ViT-Nope", pretrained=None)
-    with pytest.raises(FileNotFoundError, match="missing.json"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.json"):
         load_clip("missing.json", pretrained=None)
 
 
@@ -124,3 +127,14 @@ def test_tap_layers_default_and_range():
     assert resolve_tap_layers(None, 12, "ViT-B-16") == (3, 6, 9, 12)
     with pytest.raises(ValueError, match=r"has 12 blocks; use 1-based block numbers in 1..12, e.g. \(3, 6, 9, 12\)"):
         resolve_tap_layers((6, 12, 18, 24), 12, "ViT-B-16")
+
+
+def test_random_weights_are_reproducible_and_leave_the_global_rng(tiny_clip_path):
+    torch.manual_seed(5)
+    expected_next = torch.rand(1)
+    torch.manual_seed(5)
+    first = load_clip(tiny_clip_path, pretrained=None)
+    assert torch.equal(torch.rand(1), expected_next)
+    second = load_clip(tiny_clip_path, pretrained=None)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -21,14 +21,21 @@ from anomalib_bayes_pfl.model.flows import (
 def test_log_det_matches_finite_difference_jacobian():
     torch.manual_seed(0)
     dim, steps = 5, 4
-    u, w, b = torch.randn(steps, dim, dtype=torch.float64), torch.randn(steps, dim, dtype=torch.float64), torch.randn(steps, dtype=torch.float64)
+    u, w, b = (
+        torch.randn(steps, dim, dtype=torch.float64),
+        torch.randn(steps, dim, dtype=torch.float64),
+        torch.randn(steps, dtype=torch.float64),
+    )
     z = torch.randn(dim, dtype=torch.float64)
     _, log_det = planar_flow(z, u, w, b)
     step = 1e-6
-    jacobian = torch.stack([
-        (planar_flow(z + step * e, u, w, b)[0] - planar_flow(z - step * e, u, w, b)[0]) / (2 * step)
-        for e in torch.eye(dim, dtype=torch.float64)
-    ], dim=1)
+    jacobian = torch.stack(
+        [
+            (planar_flow(z + step * e, u, w, b)[0] - planar_flow(z - step * e, u, w, b)[0]) / (2 * step)
+            for e in torch.eye(dim, dtype=torch.float64)
+        ],
+        dim=1,
+    )
     expected = torch.log(torch.abs(torch.linalg.det(jacobian)))
     assert log_det.item() == pytest.approx(expected.item(), abs=1e-4)
 
@@ -79,7 +86,9 @@ def test_image_specific_samples_per_image_and_round():
     torch.testing.assert_close(alone.zk[:, 0], sample.zk[:, 1])
 
 
-@pytest.mark.parametrize(("image_specific", "image_agnostic"), [(True, True), (False, True), (True, False), (False, False)])
+@pytest.mark.parametrize(
+    ("image_specific", "image_agnostic"), [(True, True), (False, True), (True, False), (False, False)]
+)
 def test_ablation_switches(image_specific, image_agnostic):
     config = FlowConfig(num_flow_steps=2, image_specific=image_specific, image_agnostic=image_agnostic)
     distributions = PromptDistributions(config, embed_dim=8, hidden_dim=4)

@@ -63,11 +63,10 @@ def test_paper_defaults():
     assert defaults["clip_quick_gelu"] is False
 
 
-def test_learning_type_follows_training(tiny_clip_path):
+def test_untrained_head_is_one_class(tiny_clip_path):
+    """The Engine trains ONE_CLASS models and skips training for ZERO_SHOT ones (tests/integration covers both)."""
     module = tiny_module(tiny_clip_path)
     assert module.learning_type == LearningType.ONE_CLASS
-    module.on_train_end()
-    assert module.learning_type == LearningType.ZERO_SHOT
     assert module.trainer_arguments == {"max_epochs": 25, "num_sanity_val_steps": 0}
 
 
@@ -76,7 +75,10 @@ def test_pre_processor_resizes_and_normalises(tiny_clip_path):
     image = torch.full((1, 3, 100, 80), 0.5)
     out = module.pre_processor.transform(image)
     assert out.shape == (1, 3, 64, 64)
-    torch.testing.assert_close(out[0, :, 0, 0], (0.5 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]))
+    torch.testing.assert_close(
+        out[0, :, 0, 0],
+        (0.5 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+    )
 
 
 def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatch):

@@ -36,7 +36,9 @@ def test_dice_and_orthogonality():
 def test_stage_two_is_classification_only():
     loss = BayesPFLLoss()
     logits = torch.randn(2, 4)
-    terms = loss(logits, [], torch.randn(2, 4, 8), torch.tensor(5.0), torch.tensor([0, 1]), None, prompt_index=1, stage=2)
+    terms = loss(
+        logits, [], torch.randn(2, 4, 8), torch.tensor(5.0), torch.tensor([0, 1]), None, prompt_index=1, stage=2
+    )
     expected = torch.nn.functional.cross_entropy(logits[:, [1, 3]], torch.tensor([0, 1]))
     torch.testing.assert_close(terms.total, expected)
 
@@ -60,7 +62,9 @@ def test_losses_go_down_on_a_tiny_batch(tiny_clip):
 
     def step(prompt_index: int, *, update: bool) -> torch.Tensor:
         output = model(images, names)
-        terms = loss_fn(*output[:2], output.text_embeddings, output.kl, labels, masks, prompt_index=prompt_index, stage=1)
+        terms = loss_fn(
+            *output[:2], output.text_embeddings, output.kl, labels, masks, prompt_index=prompt_index, stage=1
+        )
         if update:
             optimizer.zero_grad()
             terms.total.backward()

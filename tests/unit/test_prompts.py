@@ -49,7 +49,9 @@ def test_batched_prompts_equal_encode_text(tiny_clip):
     tokens = tokenizer(names)
     batch = learnable.expand(3, 4, -1, -1)  # 4 identical prompts per image
     encoded = encode_prompts(tiny_clip, batch, tokens)
-    reference = tiny_clip.encode_text(open_clip.tokenize(["red shiny bottle", "red shiny toothbrush", "red shiny metal nut"]))
+    reference = tiny_clip.encode_text(
+        open_clip.tokenize(["red shiny bottle", "red shiny toothbrush", "red shiny metal nut"])
+    )
     for prompt in range(4):
         torch.testing.assert_close(encoded[:, prompt], reference, rtol=0, atol=1e-5)
 

@@ -28,7 +28,9 @@ def test_map_is_mean_of_all_layer_prompt_sample_maps():
 
 def test_image_probability_is_mean_pair_softmax():
     logits = torch.randn(3, 8)
-    expected = torch.stack([torch.stack([logits[:, i], logits[:, i + 4]], 1).softmax(1)[:, 1] for i in range(4)]).mean(0)
+    expected = torch.stack([torch.stack([logits[:, i], logits[:, i + 4]], 1).softmax(1)[:, 1] for i in range(4)]).mean(
+        0
+    )
     torch.testing.assert_close(image_probability(logits), expected)
 
 

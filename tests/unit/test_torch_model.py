@@ -3,6 +3,8 @@
 
 """BayesPFLModel: outputs, batch independence, reproducibility, frozen CLIP, parameter groups, faithful size."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from anomalib.data import InferenceBatch
@@ -136,7 +138,7 @@ def test_ablations_run(tiny_clip, overrides, attribute):
 def test_rejects_clip_with_different_joint_and_text_width(tiny_clip_path, tmp_path):
     import json
 
-    config = json.loads(open(tiny_clip_path).read())
+    config = json.loads(Path(tiny_clip_path).read_text())
     config["embed_dim"] = 48
     path = tmp_path / "wide-clip.json"
     path.write_text(json.dumps(config))

@@ -1,0 +1,71 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""``anomalib train --model BayesPFL`` in a fresh process, exactly as a user runs it."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ..helpers import TINY_CLIP
+
+pytestmark = pytest.mark.slow
+
+ANOMALIB = shutil.which("anomalib")
+
+
+def anomalib_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    environment = {key: value for key, value in os.environ.items() if key != "ANOMALIB_BAYES_PFL_NO_AUTOLOAD"}
+    return subprocess.run(
+        [ANOMALIB, *args], capture_output=True, text=True, cwd=cwd, env=environment, timeout=600, check=False
+    )
+
+
+TINY_MODEL = (
+    f"--model.clip_model={TINY_CLIP}",
+    "--model.clip_pretrained=null",
+    "--model.image_size=64",
+    "--model.num_samples=2",
+    "--model.stage_one_epochs=1",
+    "--model.stage_two_epochs=1",
+)
+
+
+def test_help_lists_the_model_arguments(tmp_path):
+    result = anomalib_cli("train", "--model.help", "BayesPFL", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for argument in ("--model.clip_pretrained", "--model.prompt_weights", "--model.num_flow_steps"):
+        assert argument in result.stdout
+
+
+@pytest.mark.parametrize("model", ["BayesPFL", "anomalib_bayes_pfl.BayesPFL"])
+def test_train_prints_metrics_and_writes_images(tmp_path, mvtec_tree, model):
+    result = anomalib_cli(
+        "train",
+        "--model",
+        model,
+        *TINY_MODEL,
+        "--data",
+        "MVTecAD",
+        f"--data.root={mvtec_tree}",
+        "--data.category=tile_a",
+        "--data.train_batch_size=2",
+        "--data.eval_batch_size=3",
+        "--data.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--default_root_dir=results",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for metric in ("image_AUROC", "image_AUPR", "image_F1Max", "pixel_AUROC", "pixel_AUPRO"):
+        assert metric in result.stdout
+    run = tmp_path / "results" / "BayesPFL" / "MVTecAD" / "tile_a" / "latest"
+    assert len(list((run / "images").rglob("*.png"))) == 6
+    state = torch.load(run / "weights" / "lightning" / "model.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+    assert not any(key.startswith("model.clip.") for key in state)

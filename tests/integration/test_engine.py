@@ -1,0 +1,86 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Training through anomalib's Engine, head-only checkpoints, and reloading them."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from anomalib import LearningType
+from anomalib.data import MVTecAD
+from anomalib.engine import Engine
+
+from anomalib_bayes_pfl import BayesPFL
+
+from ..unit.test_lightning_model import tiny_module
+
+
+def _datamodule(root: Path, category: str = "tile_a") -> MVTecAD:
+    return MVTecAD(root=root, category=category, train_batch_size=2, eval_batch_size=3, num_workers=0)
+
+
+def _scores(module: BayesPFL, datamodule: MVTecAD) -> tuple[torch.Tensor, torch.Tensor]:
+    module.eval()
+    datamodule.setup()
+    scores, maps = [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            batch = module.pre_processor(batch.image)
+            names = ["tile_a"] * batch.shape[0]
+            output = module.model(batch, names)
+            scores.append(output.pred_score)
+            maps.append(output.anomaly_map)
+    return torch.cat(scores), torch.cat(maps)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_clip_path, mvtec_tree):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("results")
+    module = tiny_module(tiny_clip_path, stage_one_epochs=2, stage_two_epochs=1)
+    engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
+    engine.train(module, datamodule=_datamodule(mvtec_tree))
+    checkpoint = next(root.rglob("model.ckpt"))
+    return module, checkpoint
+
+
+def test_training_runs_both_stages_and_becomes_zero_shot(trained):
+    module, _ = trained
+    assert module.learning_type == LearningType.ZERO_SHOT
+    assert module.model.image_head_stage == 2
+
+
+def test_checkpoint_is_head_only_and_small(trained):
+    module, checkpoint = trained
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = saved["state_dict"]
+    assert not any(key.startswith("model.clip.") for key in state)
+    stage_one, stage_two = saved["optimizer_states"]
+    assert stage_one["state"] == {}  # stage 1's Adam moments are freed when stage 2 starts
+    assert len(stage_two["state"]) == len(module.model.parameter_groups()["classifier"])
+    head = sum(v.numel() for k, v in state.items() if k.startswith("model.") and isinstance(v, torch.Tensor))
+    assert head == sum(p.numel() for n, p in module.model.named_parameters() if not n.startswith("clip."))
+
+
+def test_checkpoint_round_trip_gives_identical_scores(trained, mvtec_tree):
+    module, checkpoint = trained
+    reloaded = BayesPFL.load_from_checkpoint(checkpoint)
+    assert reloaded.learning_type == LearningType.ZERO_SHOT
+    expected_scores, expected_maps = _scores(module, _datamodule(mvtec_tree))
+    scores, maps = _scores(reloaded, _datamodule(mvtec_tree))
+    torch.testing.assert_close(scores, expected_scores, rtol=0, atol=0)
+    torch.testing.assert_close(maps, expected_maps, rtol=0, atol=0)
+
+
+def test_prompt_weights_make_a_zero_shot_model(trained, tiny_clip_path, mvtec_tree, tmp_path):
+    module, checkpoint = trained
+    zero_shot = tiny_module(tiny_clip_path, prompt_weights=str(checkpoint))
+    assert zero_shot.learning_type == LearningType.ZERO_SHOT
+    torch.testing.assert_close(
+        _scores(zero_shot, _datamodule(mvtec_tree))[0], _scores(module, _datamodule(mvtec_tree))[0]
+    )
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    engine.train(zero_shot, datamodule=_datamodule(mvtec_tree, "tile_b"))  # zero-shot: validate + test only
+    assert torch.equal(zero_shot.model.prompts.context, module.model.prompts.context)
+    assert (tmp_path / "BayesPFL" / "MVTecAD" / "tile_b").is_dir()
