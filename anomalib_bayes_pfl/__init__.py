@@ -7,11 +7,13 @@ After ``pip install anomalib-bayes-pfl``, ``anomalib train --model BayesPFL ...`
 ``anomalib_bayes_pfl.BayesPFL`` is the full class path that needs no autoload hook.
 """
 
+from .data import ZeroShotCrossDataset
 from .model import BayesPFL, BayesPFLConfig, BayesPFLModel, load_clip
 from .registration import register
 
 __version__ = "0.1.0"
 
 register("BayesPFL", BayesPFL)
+register("ZeroShotCrossDataset", ZeroShotCrossDataset, namespace="anomalib.data")
 
-__all__ = ["BayesPFL", "BayesPFLConfig", "BayesPFLModel", "__version__", "load_clip"]
+__all__ = ["BayesPFL", "BayesPFLConfig", "BayesPFLModel", "ZeroShotCrossDataset", "__version__", "load_clip"]

@@ -46,4 +46,4 @@ def tiny_model(tiny_clip) -> BayesPFLModel:
 
 @pytest.fixture(scope="session")
 def mvtec_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mvtec_tree(tmp_path_factory.mktemp("mvtec"), ["tile_a", "tile_b"])
+    return write_mvtec_tree(tmp_path_factory.mktemp("mvtec"), ["tile_a", "tile_b", "tile_c"])

@@ -1,8 +1,9 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Data helpers: per-image class names and synthetic dataset trees."""
+"""Data: the cross-dataset datamodule, per-image class names and synthetic dataset trees."""
 
 from .class_names import class_name_from_path, resolve_class_names
+from .cross_dataset import ZeroShotCrossDataset
 
-__all__ = ["class_name_from_path", "resolve_class_names"]
+__all__ = ["ZeroShotCrossDataset", "class_name_from_path", "resolve_class_names"]

@@ -14,16 +14,18 @@ evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained (so
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch import Callback
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim import Adam
@@ -31,6 +33,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_bayes_pfl.data.class_names import resolve_class_names
+from anomalib_bayes_pfl.protocol import PerCategoryMetrics, paper_top_k, top_k_mean
 
 from .backbone import load_clip
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
@@ -80,6 +83,11 @@ class BayesPFL(AnomalibModule):
             ``train_visa.pth`` / ``train_mvtec.pth``. With it the model is zero-shot and is not trained again.
         class_name: Class name for every image; ``None`` reads it from each image path (MVTec AD / VisA layouts),
             then falls back to the datamodule's category, then to ``"object"``.
+        synthetic_anomalies: Probability that a normal training image is replaced by a synthetic anomaly (anomalib's
+            Perlin generator) with its mask, for training data that has no anomalous images. 0 disables it.
+        image_score: ``probability`` reports the model's own score in the per-category table; ``paper`` adds the
+            authors' transductive fusion of the probability and the top-k map mean, min-max normalised per
+            category (for comparison with published numbers only).
         pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
         post_processor: Post-processor, ``True`` for the default.
         evaluator: Evaluator, ``True`` for image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
@@ -122,6 +130,8 @@ class BayesPFL(AnomalibModule):
         warmup_ratio: float = 0.1,
         prompt_weights: str | None = None,
         class_name: str | None = None,
+        synthetic_anomalies: float = 0.0,
+        image_score: Literal["probability", "paper"] = "probability",
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -170,6 +180,14 @@ class BayesPFL(AnomalibModule):
             "other": learning_rate,
         }
         self.warmup_ratio = warmup_ratio
+        if not 0.0 <= synthetic_anomalies <= 1.0:
+            msg = f"synthetic_anomalies is a probability in [0, 1], got {synthetic_anomalies}."
+            raise ValueError(msg)
+        self.anomaly_generator = (
+            PerlinAnomalyGenerator(probability=synthetic_anomalies) if synthetic_anomalies else None
+        )
+        self.image_score = image_score
+        self.last_map_scores: torch.Tensor | None = None
         self.automatic_optimization = False
 
     @classmethod
@@ -207,8 +225,17 @@ class BayesPFL(AnomalibModule):
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """The epoch count is a model argument: the Engine lets these override ``--trainer.*``."""
-        return {"max_epochs": self.stage_one_epochs + self.stage_two_epochs, "num_sanity_val_steps": 0}
+        """The epoch count is a model argument: the Engine lets these override ``--trainer.*``.
+
+        Validation only sets the post-processor's thresholds (nothing selects a model), so it runs once, after the
+        last epoch.
+        """
+        epochs = self.stage_one_epochs + self.stage_two_epochs
+        return {"max_epochs": epochs, "check_val_every_n_epoch": epochs, "num_sanity_val_steps": 0}
+
+    def configure_callbacks(self) -> list[Callback]:
+        """Per-category metrics first, so that they read raw scores before the post-processor normalises them."""
+        return [PerCategoryMetrics(self.image_score), *super().configure_callbacks()]
 
     def configure_optimizers(self) -> tuple[list[Adam], list[dict[str, Any]]]:
         """Stage 1: Adam over four learning-rate groups with a warm-up cosine schedule; stage 2: the classifier."""
@@ -253,6 +280,21 @@ class BayesPFL(AnomalibModule):
             msg = f"images contain NaN or Inf values: {paths or 'batch without paths'}; check the data and transforms."
             raise ValueError(msg)
 
+    def on_train_start(self) -> None:
+        """Stop before training on data that cannot teach the prompts what an anomaly looks like."""
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        samples = getattr(dataset, "samples", None)
+        if self.anomaly_generator is None and samples is not None and not (samples.label_index == 1).any():
+            msg = (
+                "BayesPFL is trained on an annotated *auxiliary* dataset with anomalous images, then used zero-shot "
+                "on unseen categories, but this training set has normal images only. Either evaluate with trained "
+                "prompts (no training): --model.prompt_weights <anomalib_train_checkpoint.ckpt or train_visa.pth>; "
+                "or train on an auxiliary dataset: --data anomalib_bayes_pfl.ZeroShotCrossDataset "
+                "--data.auxiliary_root datasets/visa --data.target_root datasets/MVTecAD; or synthesise anomalies "
+                "on the normal images: --model.synthetic_anomalies 0.5."
+            )
+            raise ValueError(msg)
+
     def on_train_epoch_start(self) -> None:
         """Switch the image head to the current stage; stage 2 frees stage 1's Adam moments.
 
@@ -268,15 +310,15 @@ class BayesPFL(AnomalibModule):
         del batch_idx
         self._check_images(batch)
         stage = self.current_stage
-        output = self.model(batch.image, self._class_names(batch))
+        images, labels, masks = self._training_inputs(batch)
+        output = self.model(images, self._class_names(batch))
         prompt_index = int(torch.randint(self.config.prompt.num_prompts, (1,)))
-        masks = batch.gt_mask.float() if batch.gt_mask is not None else None
         terms = self.loss(
             output.image_logits,
             output.pixel_logits,
             output.text_embeddings,
             output.kl,
-            batch.gt_label,
+            labels,
             masks,
             prompt_index=prompt_index,
             stage=stage,
@@ -295,10 +337,34 @@ class BayesPFL(AnomalibModule):
                 self.log(f"train_loss_{name}", value, batch_size=batch_size)
         return {"loss": terms.total.detach()}
 
+    def _training_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Images, labels and masks (``None`` when the data has none), with synthetic anomalies if enabled."""
+        images, labels = batch.image, batch.gt_label
+        masks = batch.gt_mask.float() if batch.gt_mask is not None else None
+        if self.anomaly_generator is None:
+            return images, labels, masks
+        mean = images.new_tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+        std = images.new_tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+        augmented, synthetic_masks = self.anomaly_generator((images * std + mean).clamp(0, 1))
+        synthetic_masks = synthetic_masks.squeeze(1) * (labels == 0).view(-1, 1, 1)  # real anomalies stay as they are
+        is_synthetic = synthetic_masks.flatten(1).amax(dim=1) > 0
+        images = torch.where(synthetic_masks.unsqueeze(1) > 0, (augmented - mean) / std, images)
+        masks = torch.maximum(masks, synthetic_masks) if masks is not None else synthetic_masks
+        return images, torch.where(is_synthetic, torch.ones_like(labels), labels), masks
+
     def _evaluate(self, batch: Batch) -> Batch:
         self._check_images(batch)
-        predictions = self.model(batch.image, self._class_names(batch))
-        return batch.update(**predictions._asdict())
+        names = self._class_names(batch)
+        scores = self.model.score(batch.image, names)
+        if self.image_score == "paper":
+            k = torch.tensor([paper_top_k(name) for name in names])
+            self.last_map_scores = torch.stack(
+                [
+                    top_k_mean(raw.unsqueeze(0), int(top_k))[0]
+                    for raw, top_k in zip(scores.raw_anomaly_map, k, strict=True)
+                ]
+            )
+        return batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
 
     def validation_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the validation batch; the post-processor collects its thresholds from it."""

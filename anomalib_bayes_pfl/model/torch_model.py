@@ -50,6 +50,20 @@ class BayesPFLTrainOutput(NamedTuple):
     kl: torch.Tensor
 
 
+class BayesPFLScores(NamedTuple):
+    """Evaluation outputs, with the unsmoothed map that the authors' top-k image score reads.
+
+    Attributes:
+        pred_score: ``(N,)`` mean abnormal probability over the B * R image-level pairs.
+        anomaly_map: ``(N, H, W)`` smoothed anomaly map.
+        raw_anomaly_map: ``(N, H, W)`` the same map before smoothing.
+    """
+
+    pred_score: torch.Tensor
+    anomaly_map: torch.Tensor
+    raw_anomaly_map: torch.Tensor
+
+
 class BayesPFLModel(nn.Module):
     """Bayes-PFL head around a frozen CLIP.
 
@@ -211,18 +225,29 @@ class BayesPFLModel(nn.Module):
             images: Pre-processed images.
             class_names: One class name per image; ``None`` uses ``default_class_name`` for all.
         """
+        if self.training:
+            names = self._class_names(class_names, images.shape[0])
+            features = encode_image_taps(self.clip, images, self.tap_layers)
+            return self._training_forward(features.global_features, features.patch_tokens, names)
+        scores = self.score(images, class_names)
+        return InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
+
+    def score(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> BayesPFLScores:
+        """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more)."""
         names = self._class_names(class_names, images.shape[0])
         features = encode_image_taps(self.clip, images, self.tap_layers)
-        if self.training:
-            return self._training_forward(features.global_features, features.patch_tokens, names)
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
         text, _ = self.encode_text(features.global_features, names, noise)
         layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
-        maps = smooth(anomaly_map(layer_logits, images.shape[-2:]), self.config.scoring.smoothing_sigma)
+        raw_map = anomaly_map(layer_logits, images.shape[-2:])
         image_logits = self.image_head(
             text, features.global_features, features.patch_tokens, stage=self.image_head_stage
         )
-        return InferenceBatch(pred_score=image_probability(image_logits), anomaly_map=maps)
+        return BayesPFLScores(
+            image_probability(image_logits),
+            smooth(raw_map, self.config.scoring.smoothing_sigma),
+            raw_map,
+        )
 
     def _training_forward(
         self,

@@ -42,17 +42,24 @@ def test_help_lists_the_model_arguments(tmp_path):
         assert argument in result.stdout
 
 
-@pytest.mark.parametrize("model", ["BayesPFL", "anomalib_bayes_pfl.BayesPFL"])
-def test_train_prints_metrics_and_writes_images(tmp_path, mvtec_tree, model):
+@pytest.mark.parametrize(
+    ("model", "data"),
+    [("BayesPFL", "ZeroShotCrossDataset"), ("anomalib_bayes_pfl.BayesPFL", "anomalib_bayes_pfl.ZeroShotCrossDataset")],
+)
+def test_train_prints_metrics_and_writes_images(tmp_path, mvtec_tree, model, data):
     result = anomalib_cli(
         "train",
         "--model",
         model,
         *TINY_MODEL,
         "--data",
-        "MVTecAD",
-        f"--data.root={mvtec_tree}",
-        "--data.category=tile_a",
+        data,
+        f"--data.auxiliary_root={mvtec_tree}",
+        "--data.auxiliary_format=mvtec",
+        "--data.auxiliary_categories=[tile_a, tile_b]",
+        f"--data.target_root={mvtec_tree}",
+        "--data.target_format=mvtec",
+        "--data.target_categories=[tile_c]",
         "--data.train_batch_size=2",
         "--data.eval_batch_size=3",
         "--data.num_workers=0",
@@ -61,10 +68,19 @@ def test_train_prints_metrics_and_writes_images(tmp_path, mvtec_tree, model):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for metric in ("image_AUROC", "image_AUPR", "image_F1Max", "pixel_AUROC", "pixel_AUPRO"):
+    for metric in (
+        "image_AUROC",
+        "image_AUPR",
+        "image_F1Max",
+        "pixel_AUROC",
+        "pixel_AUPRO",
+        "category_mean_image_AUROC",
+    ):
         assert metric in result.stdout
-    run = tmp_path / "results" / "BayesPFL" / "MVTecAD" / "tile_a" / "latest"
+    assert "Per-category test metrics" in result.stdout
+    run = tmp_path / "results" / "BayesPFL" / mvtec_tree.name / "tile_c" / "latest"
     assert len(list((run / "images").rglob("*.png"))) == 6
+    assert (run / "per_category_metrics.csv").is_file()
     state = torch.load(run / "weights" / "lightning" / "model.ckpt", map_location="cpu", weights_only=False)[
         "state_dict"
     ]

@@ -4,6 +4,7 @@
 """Training through anomalib's Engine, head-only checkpoints, and reloading them."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from anomalib import LearningType
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
-from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 
 from ..unit.test_lightning_model import tiny_module
 
@@ -34,15 +35,54 @@ def _scores(module: BayesPFL, datamodule: MVTecAD) -> tuple[torch.Tensor, torch.
     return torch.cat(scores), torch.cat(maps)
 
 
+def _cross_dataset(root: Path) -> ZeroShotCrossDataset:
+    return ZeroShotCrossDataset(
+        auxiliary_root=str(root),
+        auxiliary_format="mvtec",
+        auxiliary_categories=["tile_a", "tile_b"],
+        target_root=str(root),
+        target_format="mvtec",
+        target_categories=["tile_c"],
+        train_batch_size=2,
+        eval_batch_size=3,
+        num_workers=0,
+    )
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_clip_path, mvtec_tree):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("results")
     module = tiny_module(tiny_clip_path, stage_one_epochs=2, stage_two_epochs=1)
     engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
-    engine.train(module, datamodule=_datamodule(mvtec_tree))
+    engine.train(module, datamodule=_cross_dataset(mvtec_tree))
     checkpoint = next(root.rglob("model.ckpt"))
     return module, checkpoint
+
+
+def test_normal_only_training_data_stops_with_the_protocol(tiny_clip_path, mvtec_tree, tmp_path):
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    with pytest.raises(ValueError, match=r"normal images only.*--model\.prompt_weights.*ZeroShotCrossDataset"):
+        engine.train(tiny_module(tiny_clip_path), datamodule=_datamodule(mvtec_tree))
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_synthetic_anomalies_train_on_normal_images(tiny_clip_path, mvtec_tree, tmp_path):
+    module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0, synthetic_anomalies=1.0)
+    normal_images = module.pre_processor.transform(torch.rand(2, 3, 64, 64))
+    batch = SimpleNamespace(
+        image=normal_images, gt_label=torch.zeros(2, dtype=torch.long), gt_mask=torch.zeros(2, 64, 64)
+    )
+    images, labels, masks = module._training_inputs(batch)
+    assert labels.tolist() == [1, 1]
+    assert masks.shape == (2, 64, 64)
+    assert (masks.flatten(1).amax(1) > 0).all()
+    changed = (images != normal_images).any(dim=1)
+    assert changed.any()
+    assert not changed[masks == 0].any()  # only pixels inside the synthetic masks change
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    engine.train(module, datamodule=_datamodule(mvtec_tree))
+    assert module.learning_type == LearningType.ZERO_SHOT
 
 
 def test_training_runs_both_stages_and_becomes_zero_shot(trained):
@@ -84,3 +124,31 @@ def test_prompt_weights_make_a_zero_shot_model(trained, tiny_clip_path, mvtec_tr
     engine.train(zero_shot, datamodule=_datamodule(mvtec_tree, "tile_b"))  # zero-shot: validate + test only
     assert torch.equal(zero_shot.model.prompts.context, module.model.prompts.context)
     assert (tmp_path / "BayesPFL" / "MVTecAD" / "tile_b").is_dir()
+
+
+def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_clip_path, mvtec_tree, tmp_path):
+    import pandas as pd
+
+    data = _cross_dataset(mvtec_tree)
+    data.auxiliary_categories, data.target_categories = ["tile_c"], ["tile_a", "tile_b"]
+    data.category = ""
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0, image_score="paper")
+    results = engine.train(module, datamodule=data)
+    table = pd.read_csv(next(tmp_path.rglob("per_category_metrics.csv")), index_col="category")
+    assert list(table.index) == ["tile_a", "tile_b", "mean"]
+    for column in (
+        "image_AUROC",
+        "image_AUPR",
+        "image_F1Max",
+        "pixel_AUROC",
+        "pixel_AUPRO",
+        "pixel_AUPR",
+        "paper_image_AUROC",
+    ):
+        assert table[column].between(0, 1).all(), column
+        assert table.loc["mean", column] == pytest.approx(table.loc[["tile_a", "tile_b"], column].mean())
+    assert results[0]["category_mean_image_AUROC"] == pytest.approx(table.loc["mean", "image_AUROC"])
+    images = sorted(p.relative_to(next(tmp_path.rglob("images"))).as_posix() for p in tmp_path.rglob("images/**/*.png"))
+    assert len(images) == 12  # 6 test images in each target category, none overwritten
+    assert images[0].startswith("tile_a/test/")

@@ -1,0 +1,181 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Train on an annotated auxiliary dataset, evaluate on the categories of another one.
+
+The zero-shot protocol of Bayes-PFL (bayes_pfl_method.md §7): the head is trained on the *test* split of an
+auxiliary dataset (its anomalous images with masks, and its normal test images), all categories together, and
+evaluated on target categories it has never seen. anomalib's CLI passes one ``--data`` to both training and
+testing, so this datamodule holds both sides; it reuses anomalib's ``MVTecADDataset`` and ``VisaDataset``.
+
+Formats: ``mvtec`` is the MVTec AD layout (``<root>/<category>/{train/good,test/<defect>,ground_truth/<defect>}``),
+which also suits one's own data; ``visa`` is anomalib's processed VisA layout (``<root>/visa_pytorch/<category>``).
+"""
+
+import copy
+import logging
+from collections.abc import Sequence
+from functools import reduce
+from operator import add
+from pathlib import Path
+from typing import Literal
+
+from anomalib.data import AnomalibDataModule, MVTecAD, Visa
+from anomalib.data.datasets import AnomalibDataset
+from anomalib.data.datasets.image.mvtecad import MVTecADDataset
+from anomalib.data.datasets.image.visa import VisaDataset
+from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from torchvision.transforms.v2 import Transform
+
+logger = logging.getLogger(__name__)
+
+DatasetFormat = Literal["mvtec", "visa"]
+
+
+def _category_root(root: Path, dataset_format: DatasetFormat) -> Path:
+    return root / "visa_pytorch" if dataset_format == "visa" else root
+
+
+def discover_categories(root: str | Path, dataset_format: DatasetFormat) -> list[str]:
+    """Return the sorted category folders (those holding a ``test`` folder) of a dataset tree."""
+    base = _category_root(Path(root), dataset_format)
+    if not base.is_dir():
+        return []
+    return sorted(folder.name for folder in base.iterdir() if (folder / "test").is_dir())
+
+
+def _make_dataset(root: Path, dataset_format: DatasetFormat, category: str) -> AnomalibDataset:
+    if dataset_format == "visa":
+        return VisaDataset(root=root / "visa_pytorch", category=category, split=Split.TEST)
+    return MVTecADDataset(root=root, category=category, split=Split.TEST)
+
+
+class ZeroShotCrossDataset(AnomalibDataModule):
+    """Auxiliary dataset for training, target dataset for testing (e.g. VisA -> MVTec AD).
+
+    Args:
+        auxiliary_root: Root of the auxiliary dataset.
+        auxiliary_format: Layout of the auxiliary dataset.
+        auxiliary_categories: Auxiliary categories to train on; ``None`` takes every category found.
+        target_root: Root of the target dataset.
+        target_format: Layout of the target dataset.
+        target_categories: Target categories to evaluate; ``None`` takes every category found.
+        train_batch_size: Training batch size.
+        eval_batch_size: Evaluation batch size (any size: scores do not depend on it).
+        num_workers: Data-loading workers.
+        train_augmentations: Augmentations of the auxiliary training images.
+        val_augmentations: Augmentations of the validation images.
+        test_augmentations: Augmentations of the target images.
+        augmentations: Augmentations of every subset, where the specific ones are not given.
+        val_split_mode: ``auxiliary``: calibrate thresholds and normalisation on the auxiliary data, never on the
+            target; ``same_as_test``: on the target test images, as anomalib's MVTecAD and Visa do.
+        download: Let anomalib download a missing MVTec AD or VisA (never implied).
+        seed: Seed of anomalib's splitting utilities.
+
+    Example:
+        >>> import tempfile
+        >>> from anomalib_bayes_pfl.data.synthetic import write_mvtec_tree
+        >>> root = write_mvtec_tree(tempfile.mkdtemp(), ["aux_a", "aux_b", "target"])
+        >>> data = ZeroShotCrossDataset(
+        ...     auxiliary_root=root, auxiliary_format="mvtec", auxiliary_categories=["aux_a", "aux_b"],
+        ...     target_root=root, target_format="mvtec", target_categories=["target"], num_workers=0,
+        ... )
+        >>> data.setup()
+        >>> len(data.train_data), len(data.test_data)
+        (12, 6)
+    """
+
+    def __init__(
+        self,
+        auxiliary_root: str = "./datasets/visa",
+        auxiliary_format: DatasetFormat = "visa",
+        auxiliary_categories: Sequence[str] | None = None,
+        target_root: str = "./datasets/MVTecAD",
+        target_format: DatasetFormat = "mvtec",
+        target_categories: Sequence[str] | None = None,
+        train_batch_size: int = 8,
+        eval_batch_size: int = 8,
+        num_workers: int = 4,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        val_split_mode: Literal["auxiliary", "same_as_test"] = "same_as_test",
+        download: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            val_split_mode=ValSplitMode.FROM_DIR if val_split_mode == "auxiliary" else ValSplitMode.SAME_AS_TEST,
+            test_split_mode=TestSplitMode.FROM_DIR,
+            seed=seed,
+        )
+        self.auxiliary_root = Path(auxiliary_root)
+        self.auxiliary_format = auxiliary_format
+        self.auxiliary_categories = list(auxiliary_categories) if auxiliary_categories is not None else None
+        self.target_root = Path(target_root)
+        self.target_format = target_format
+        self.target_categories = list(target_categories) if target_categories is not None else None
+        self.download = download
+        if self.target_categories is not None and len(self.target_categories) == 1:
+            self.category = self.target_categories[0]
+
+    @property
+    def name(self) -> str:
+        """The target root's folder name: output paths and image file names keep the categories apart."""
+        return self.target_root.resolve().name
+
+    def _resolve(self, root: Path, dataset_format: DatasetFormat, categories: list[str] | None, side: str) -> list[str]:
+        found = discover_categories(root, dataset_format)
+        if categories is None:
+            if not found:
+                msg = (
+                    f"no {dataset_format} categories found under {_category_root(root, dataset_format)} for the "
+                    f"{side} dataset; check --data.{side}_root, or pass --data.download true to let anomalib "
+                    f"download MVTec AD or VisA."
+                )
+                raise FileNotFoundError(msg)
+            return found
+        missing = [category for category in categories if category not in found]
+        if missing:
+            msg = (
+                f"{side} categories {missing} not found under {_category_root(root, dataset_format)} "
+                f"(found: {found}); check --data.{side}_root and --data.{side}_categories, or pass "
+                f"--data.download true to let anomalib download MVTec AD or VisA."
+            )
+            raise FileNotFoundError(msg)
+        return categories
+
+    def prepare_data(self) -> None:
+        """Download through anomalib only when ``download`` is set; otherwise only check that the data is there."""
+        if self.download:
+            for root, dataset_format, categories in (
+                (self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories),
+                (self.target_root, self.target_format, self.target_categories),
+            ):
+                datamodule = Visa if dataset_format == "visa" else MVTecAD
+                for category in categories or [None]:
+                    arguments = {"root": root} if category is None else {"root": root, "category": category}
+                    datamodule(**arguments).prepare_data()
+        self._resolve(self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories, "auxiliary")
+        self._resolve(self.target_root, self.target_format, self.target_categories, "target")
+
+    def _setup(self, _stage: str | None = None) -> None:
+        auxiliary = self._resolve(self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories, "auxiliary")
+        target = self._resolve(self.target_root, self.target_format, self.target_categories, "target")
+        overlap = (
+            sorted(set(auxiliary) & set(target)) if self.auxiliary_root.resolve() == self.target_root.resolve() else []
+        )
+        if overlap:
+            logger.warning("Categories %s are in both the auxiliary and the target set: they are not unseen.", overlap)
+        logger.info("Auxiliary (training) categories: %s; target (test) categories: %s", auxiliary, target)
+        self.train_data = reduce(add, (_make_dataset(self.auxiliary_root, self.auxiliary_format, c) for c in auxiliary))
+        self.test_data = reduce(add, (_make_dataset(self.target_root, self.target_format, c) for c in target))
+        if self.val_split_mode == ValSplitMode.FROM_DIR:
+            self.val_data = copy.deepcopy(self.train_data)

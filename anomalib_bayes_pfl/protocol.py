@@ -1,0 +1,159 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Per-category metrics, the zero-shot literature's protocol: each metric per target category, then the mean.
+
+anomalib's Evaluator pools every test image, while zero-shot papers report per-category figures averaged over
+categories. :class:`PerCategoryMetrics` keeps one set of metrics per category (read from each image path), prints
+the table, writes it as CSV next to the run's other outputs, and logs the means as ``category_mean_<metric>`` so
+that they also reach ``engine.test`` results and ``anomalib benchmark`` CSVs.
+
+It reads the model's raw scores: it runs before the post-processor, whose min-max normalisation clamps scores
+outside the validation range and would tie them.
+
+``image_score="paper"`` adds the authors' fused image score: per category, min-max normalise the probability and
+the mean of the top-k values of the unsmoothed anomaly map, and average the two (authors:
+metric_and_visualization.py L161-189). It is transductive (it needs the whole test set of a category) and its k is
+tuned per category by the authors, so it is an offline evaluation option, never the model's own score.
+"""
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
+from anomalib.metrics.base import AnomalibMetric
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from anomalib_bayes_pfl.data.class_names import class_name_from_path
+
+logger = logging.getLogger(__name__)
+
+CSV_NAME = "per_category_metrics.csv"
+MEAN_ROW = "mean"
+UNKNOWN_CATEGORY = "all"
+# The authors' top-k for the map score: 20 for these categories, 2000 for all others.
+PAPER_SMALL_TOP_K_CATEGORIES = frozenset(
+    {"capsules", "macaroni1", "macaroni2", "pipe_fryum", "screw", "cashew", "chewinggum"}
+)
+
+
+def paper_top_k(category: str) -> int:
+    """The authors' k for ``category`` (tuned on the test categories; see the module docstring)."""
+    return 20 if category in PAPER_SMALL_TOP_K_CATEGORIES else 2000
+
+
+def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` largest values of each map ``(N, H, W)`` (all values when a map is smaller)."""
+    flat = maps.flatten(1)
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+def fuse_paper_scores(probabilities: torch.Tensor, map_scores: torch.Tensor) -> torch.Tensor:
+    """``0.5 * minmax(p) + 0.5 * minmax(s)`` over one category's test images."""
+
+    def min_max(values: torch.Tensor) -> torch.Tensor:
+        span = values.max() - values.min()
+        return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
+
+    return 0.5 * min_max(probabilities) + 0.5 * min_max(map_scores)
+
+
+def _metrics() -> list[AnomalibMetric]:
+    return [
+        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
+        F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+    ]
+
+
+class PerCategoryMetrics(Callback):
+    """Compute test metrics per category and their mean over categories.
+
+    Args:
+        image_score: ``probability``: the model's own score (works one image at a time); ``paper``: the authors'
+            transductive fusion, for comparison with published numbers.
+    """
+
+    def __init__(self, image_score: Literal["probability", "paper"] = "probability") -> None:
+        self.image_score = image_score
+        self.metrics: dict[str, list[AnomalibMetric]] = {}
+        self.image_values: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.table: pd.DataFrame | None = None
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start from empty metrics for every test run."""
+        del trainer, pl_module
+        self.metrics, self.image_values, self.table = {}, {}, None
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Route each image's raw scores and maps to the metrics of its category."""
+        del trainer, outputs, batch_idx, dataloader_idx
+        paths = batch.image_path or [None] * batch.image.shape[0]
+        categories = [
+            class_name_from_path(str(path)) or UNKNOWN_CATEGORY if path else UNKNOWN_CATEGORY for path in paths
+        ]
+        map_scores = getattr(pl_module, "last_map_scores", None)
+        for category in dict.fromkeys(categories):
+            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+            subset = SimpleNamespace(
+                pred_score=batch.pred_score[index].detach().cpu(),
+                gt_label=batch.gt_label[index].cpu() if batch.gt_label is not None else None,
+                anomaly_map=batch.anomaly_map[index].detach().cpu() if batch.anomaly_map is not None else None,
+                gt_mask=batch.gt_mask[index].cpu() if batch.gt_mask is not None else None,
+            )
+            for metric in self.metrics.setdefault(category, _metrics()):
+                metric.update(subset)
+            if self.image_score == "paper" and subset.gt_label is not None:
+                values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
+                values["probability"].append(subset.pred_score)
+                values["map"].append(map_scores[index].cpu())
+                values["label"].append(subset.gt_label)
+
+    def _row(self, category: str) -> dict[str, float]:
+        row = {}
+        for metric in self.metrics[category]:
+            value = metric.compute()
+            row[metric.name] = float("nan") if value is None else float(value)
+        if category in self.image_values:
+            values = {name: torch.cat(parts) for name, parts in self.image_values[category].items()}
+            fused = fuse_paper_scores(values["probability"], values["map"])
+            for metric in (AUROC(fields=["pred_score", "gt_label"]), AUPR(fields=["pred_score", "gt_label"])):
+                metric.update(SimpleNamespace(pred_score=fused, gt_label=values["label"]))
+                row[f"paper_image_{type(metric).__name__}"] = float(metric.compute())
+        return row
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Compute the table, print it, write it as CSV and log the means over categories."""
+        rows = {}
+        for category in sorted(self.metrics):
+            try:
+                rows[category] = self._row(category)
+            except (RuntimeError, ValueError) as error:  # e.g. a category with a single label
+                logger.warning("Metrics of category %s could not be computed: %s", category, error)
+        table = pd.DataFrame.from_dict(rows, orient="index")
+        table.loc[MEAN_ROW] = table.mean(skipna=True)
+        table.index.name = "category"
+        self.table = table
+        path = Path(trainer.default_root_dir) / CSV_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(path)
+        print(f"\nPer-category test metrics (mean over {len(rows)} categories), written to {path}:")
+        print(table.to_string(float_format=lambda value: f"{value:.4f}"))
+        for name, value in table.loc[MEAN_ROW].items():
+            if pd.notna(value):
+                pl_module.log(f"category_mean_{name}", float(value))
