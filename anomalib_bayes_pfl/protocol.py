@@ -28,7 +28,7 @@ from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
 from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-from anomalib_bayes_pfl.data.class_names import class_name_from_path
+from anomalib_bayes_pfl.data.class_names import category_of
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +102,10 @@ class PerCategoryMetrics(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Route each image's raw scores and maps to the metrics of its category."""
-        del trainer, outputs, batch_idx, dataloader_idx
+        del outputs, batch_idx, dataloader_idx
+        lookup = getattr(getattr(trainer, "datamodule", None), "class_name_of", None)
         paths = batch.image_path or [None] * batch.image.shape[0]
-        categories = [
-            class_name_from_path(str(path)) or UNKNOWN_CATEGORY if path else UNKNOWN_CATEGORY for path in paths
-        ]
+        categories = [category_of(path, lookup) or UNKNOWN_CATEGORY for path in paths]
         map_scores = getattr(pl_module, "last_map_scores", None)
         for category in dict.fromkeys(categories):
             index = torch.tensor([i for i, c in enumerate(categories) if c == category])

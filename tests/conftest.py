@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from anomalib_bayes_pfl.data.synthetic import write_mvtec_tree
+from anomalib_bayes_pfl.data.synthetic import write_tree
 from anomalib_bayes_pfl.model import BayesPFLModel, load_clip
 
 from .helpers import TINY_CLIP, tiny_config
@@ -46,4 +46,4 @@ def tiny_model(tiny_clip) -> BayesPFLModel:
 
 @pytest.fixture(scope="session")
 def mvtec_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_mvtec_tree(tmp_path_factory.mktemp("mvtec"), ["tile_a", "tile_b", "tile_c"])
+    return write_tree(tmp_path_factory.mktemp("mvtec"), ["tile_a", "tile_b", "tile_c"])

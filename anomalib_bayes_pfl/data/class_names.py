@@ -8,7 +8,7 @@ anomalib batches carry no per-image category, so the name is read from the image
 (``<root>/visa_pytorch/<category>/{train,test}/<defect>/<image>``) it is the folder above the split folder.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SPLIT_FOLDERS = frozenset({"train", "test"})
@@ -29,20 +29,29 @@ def class_name_from_path(image_path: str) -> str | None:
     return None
 
 
+def category_of(image_path: str | None, lookup: Callable[[str], str | None] | None = None) -> str | None:
+    """Category of one image: the datamodule's ``lookup`` first, then the MVTec AD / VisA path layout."""
+    if image_path is None:
+        return None
+    return (lookup(str(image_path)) if lookup is not None else None) or class_name_from_path(str(image_path))
+
+
 def resolve_class_names(
     image_paths: Sequence[str] | None,
     num_images: int,
     *,
     override: str | None,
     fallback: str,
+    lookup: Callable[[str], str | None] | None = None,
 ) -> list[str]:
     """Return one class name per image.
 
-    Precedence: ``override`` (the model's ``class_name``) for every image; else the category folder of each path;
+    Precedence: ``override`` (the model's ``class_name``) for every image; else the image's category from the
+    datamodule (``lookup``, e.g. :meth:`ZeroShotCrossDataset.class_name_of`) or from its MVTec AD / VisA path;
     else ``fallback`` (the datamodule's category when it has one, otherwise ``"object"``).
     """
     if override is not None:
         return [override] * num_images
     if image_paths is None:
         return [fallback] * num_images
-    return [class_name_from_path(str(path)) or fallback for path in image_paths]
+    return [category_of(path, lookup) or fallback for path in image_paths]

@@ -8,8 +8,13 @@ auxiliary dataset (its anomalous images with masks, and its normal test images),
 evaluated on target categories it has never seen. anomalib's CLI passes one ``--data`` to both training and
 testing, so this datamodule holds both sides; it reuses anomalib's ``MVTecADDataset`` and ``VisaDataset``.
 
-Formats: ``mvtec`` is the MVTec AD layout (``<root>/<category>/{train/good,test/<defect>,ground_truth/<defect>}``),
-which also suits one's own data; ``visa`` is anomalib's processed VisA layout (``<root>/visa_pytorch/<category>``).
+Formats:
+
+- ``mvtec``: the MVTec AD layout, ``<root>/<category>/{train/good,test/good,test/<defect>,ground_truth/<defect>}``;
+- ``visa``: anomalib's processed VisA layout, ``<root>/visa_pytorch/<category>/...`` (the same shape);
+- ``folder``: one's own data, ``<root>/<category>/good/*`` for normal images, ``<root>/<category>/<defect>/*`` for
+  anomalous ones and, optionally, masks with the same file stems in ``<root>/<category>/ground_truth/<defect>/``.
+  Without masks the pixel losses are skipped and the head learns from image labels alone.
 """
 
 import copy
@@ -22,6 +27,7 @@ from typing import Literal
 
 from anomalib.data import AnomalibDataModule, MVTecAD, Visa
 from anomalib.data.datasets import AnomalibDataset
+from anomalib.data.datasets.image.folder import FolderDataset
 from anomalib.data.datasets.image.mvtecad import MVTecADDataset
 from anomalib.data.datasets.image.visa import VisaDataset
 from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
@@ -29,7 +35,9 @@ from torchvision.transforms.v2 import Transform
 
 logger = logging.getLogger(__name__)
 
-DatasetFormat = Literal["mvtec", "visa"]
+DatasetFormat = Literal["mvtec", "visa", "folder"]
+NORMAL_FOLDER = "good"
+MASK_FOLDER = "ground_truth"
 
 
 def _category_root(root: Path, dataset_format: DatasetFormat) -> Path:
@@ -37,16 +45,39 @@ def _category_root(root: Path, dataset_format: DatasetFormat) -> Path:
 
 
 def discover_categories(root: str | Path, dataset_format: DatasetFormat) -> list[str]:
-    """Return the sorted category folders (those holding a ``test`` folder) of a dataset tree."""
+    """Return the sorted category folders of a dataset tree (those with a ``test`` or, for folders, a ``good``)."""
     base = _category_root(Path(root), dataset_format)
     if not base.is_dir():
         return []
-    return sorted(folder.name for folder in base.iterdir() if (folder / "test").is_dir())
+    marker = NORMAL_FOLDER if dataset_format == "folder" else "test"
+    return sorted(folder.name for folder in base.iterdir() if (folder / marker).is_dir())
+
+
+def _folder_dataset(root: Path, category: str) -> FolderDataset:
+    folder = root / category
+    defects = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in {NORMAL_FOLDER, MASK_FOLDER})
+    masks = [folder / MASK_FOLDER / defect for defect in defects if (folder / MASK_FOLDER / defect).is_dir()]
+    if masks and len(masks) != len(defects):
+        msg = (
+            f"{folder / MASK_FOLDER} has masks for {[m.name for m in masks]} but not for every defect folder "
+            f"{defects}; give every defect folder its masks, or remove {folder / MASK_FOLDER} to train on image "
+            f"labels alone."
+        )
+        raise FileNotFoundError(msg)
+    return FolderDataset(
+        name=category,
+        root=folder,
+        normal_dir=NORMAL_FOLDER,
+        abnormal_dir=defects or None,
+        mask_dir=masks or None,
+    )
 
 
 def _make_dataset(root: Path, dataset_format: DatasetFormat, category: str) -> AnomalibDataset:
     if dataset_format == "visa":
         return VisaDataset(root=root / "visa_pytorch", category=category, split=Split.TEST)
+    if dataset_format == "folder":
+        return _folder_dataset(root, category)
     return MVTecADDataset(root=root, category=category, split=Split.TEST)
 
 
@@ -69,13 +100,13 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         augmentations: Augmentations of every subset, where the specific ones are not given.
         val_split_mode: ``auxiliary``: calibrate thresholds and normalisation on the auxiliary data, never on the
             target; ``same_as_test``: on the target test images, as anomalib's MVTecAD and Visa do.
-        download: Let anomalib download a missing MVTec AD or VisA (never implied).
+        download: Let anomalib download a missing MVTec AD or VisA (never implied; not for ``folder``).
         seed: Seed of anomalib's splitting utilities.
 
     Example:
         >>> import tempfile
-        >>> from anomalib_bayes_pfl.data.synthetic import write_mvtec_tree
-        >>> root = write_mvtec_tree(tempfile.mkdtemp(), ["aux_a", "aux_b", "target"])
+        >>> from anomalib_bayes_pfl.data.synthetic import write_tree
+        >>> root = write_tree(tempfile.mkdtemp(), ["aux_a", "aux_b", "target"])
         >>> data = ZeroShotCrossDataset(
         ...     auxiliary_root=root, auxiliary_format="mvtec", auxiliary_categories=["aux_a", "aux_b"],
         ...     target_root=root, target_format="mvtec", target_categories=["target"], num_workers=0,
@@ -123,6 +154,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         self.target_format = target_format
         self.target_categories = list(target_categories) if target_categories is not None else None
         self.download = download
+        self._image_categories: dict[str, str] = {}
         if self.target_categories is not None and len(self.target_categories) == 1:
             self.category = self.target_categories[0]
 
@@ -130,6 +162,18 @@ class ZeroShotCrossDataset(AnomalibDataModule):
     def name(self) -> str:
         """The target root's folder name: output paths and image file names keep the categories apart."""
         return self.target_root.resolve().name
+
+    def class_name_of(self, image_path: str) -> str | None:
+        """Category of an image of this datamodule (``None`` for an unknown path)."""
+        return self._image_categories.get(str(image_path))
+
+    def _datasets(self, root: Path, dataset_format: DatasetFormat, categories: list[str]) -> AnomalibDataset:
+        datasets = []
+        for category in categories:
+            dataset = _make_dataset(root, dataset_format, category)
+            self._image_categories.update(dict.fromkeys(dataset.samples.image_path.astype(str), category))
+            datasets.append(dataset)
+        return reduce(add, datasets)
 
     def _resolve(self, root: Path, dataset_format: DatasetFormat, categories: list[str] | None, side: str) -> list[str]:
         found = discover_categories(root, dataset_format)
@@ -159,6 +203,8 @@ class ZeroShotCrossDataset(AnomalibDataModule):
                 (self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories),
                 (self.target_root, self.target_format, self.target_categories),
             ):
+                if dataset_format == "folder":
+                    continue
                 datamodule = Visa if dataset_format == "visa" else MVTecAD
                 for category in categories or [None]:
                     arguments = {"root": root} if category is None else {"root": root, "category": category}
@@ -175,7 +221,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         if overlap:
             logger.warning("Categories %s are in both the auxiliary and the target set: they are not unseen.", overlap)
         logger.info("Auxiliary (training) categories: %s; target (test) categories: %s", auxiliary, target)
-        self.train_data = reduce(add, (_make_dataset(self.auxiliary_root, self.auxiliary_format, c) for c in auxiliary))
-        self.test_data = reduce(add, (_make_dataset(self.target_root, self.target_format, c) for c in target))
+        self.train_data = self._datasets(self.auxiliary_root, self.auxiliary_format, auxiliary)
+        self.test_data = self._datasets(self.target_root, self.target_format, target)
         if self.val_split_mode == ValSplitMode.FROM_DIR:
             self.val_data = copy.deepcopy(self.train_data)

@@ -1,17 +1,21 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Seeded writer of small MVTec AD-layout trees, for tests, the demo and documentation.
+"""Seeded writers of small dataset trees in the MVTec AD, VisA and folder layouts (tests, demo, documentation).
 
-Each category is a smooth random texture; anomalous images carry an elliptical blemish whose mask is written to
-``ground_truth/<defect>/<stem>_mask.png`` exactly where anomalib's ``MVTecAD`` parser expects it.
+Each category is a smooth random texture of its own colour; anomalous images carry a Perlin-noise defect from
+anomalib's ``PerlinAnomalyGenerator``, and its mask is written where anomalib's parsers expect it.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from PIL import Image
+
+DEFECT_BLEND = 0.7
 
 
 def _texture(rng: np.random.Generator, size: int, base_colour: np.ndarray) -> np.ndarray:
@@ -21,11 +25,16 @@ def _texture(rng: np.random.Generator, size: int, base_colour: np.ndarray) -> np
     return np.clip(image, 0, 255)
 
 
-def _blemish(rng: np.random.Generator, size: int) -> np.ndarray:
-    rows, cols = np.mgrid[:size, :size]
-    centre = rng.uniform(0.25 * size, 0.75 * size, 2)
-    radii = rng.uniform(0.08 * size, 0.18 * size, 2)
-    return ((rows - centre[0]) / radii[0]) ** 2 + ((cols - centre[1]) / radii[1]) ** 2 <= 1.0
+def _defects(size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(perturbation (H, W, 3) in [0, 255], mask (H, W) bool)`` pairs; the global RNG is left untouched."""
+    generator = PerlinAnomalyGenerator()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        while True:
+            perturbation, mask = generator.generate_perturbation(size, size)
+            mask = mask[..., 0].numpy() > 0
+            if 0.01 < mask.mean() < 0.5:
+                yield perturbation.numpy() * 255.0, mask
 
 
 def _save(array: np.ndarray, path: Path) -> None:
@@ -33,30 +42,93 @@ def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
-def write_mvtec_tree(
+def _write_tree(
+    layout: dict[str, str],
+    root: Path,
+    categories: Sequence[str],
+    *,
+    image_size: int,
+    num_train: int,
+    num_test_good: int,
+    num_test_defect: int,
+    seed: int,
+) -> Path:
+    rng = np.random.default_rng(seed)
+    defects = _defects(image_size, seed)
+    for category in categories:
+        base_colour = rng.uniform(60, 190, 3)
+        folder = root / layout["prefix"] / category
+        counts = ((layout["train"], num_train), (layout["test_good"], num_test_good))
+        for subfolder, count in counts:
+            for index in range(count if subfolder else 0):
+                _save(_texture(rng, image_size, base_colour), folder / subfolder / f"{index:03d}.png")
+        for index in range(num_test_defect):
+            image = _texture(rng, image_size, base_colour)
+            perturbation, mask = next(defects)
+            image[mask] = (1 - DEFECT_BLEND) * image[mask] + DEFECT_BLEND * perturbation[mask]
+            _save(image, folder / layout["defect"] / f"{index:03d}.png")
+            if layout["mask"]:
+                _save(mask * 255, folder / layout["mask"] / f"{index:03d}{layout['mask_suffix']}.png")
+    return root
+
+
+LAYOUTS = {
+    "mvtec": {
+        "prefix": "",
+        "train": "train/good",
+        "test_good": "test/good",
+        "defect": "test/defect",
+        "mask": "ground_truth/defect",
+        "mask_suffix": "_mask",
+    },
+    "visa": {
+        "prefix": "visa_pytorch",
+        "train": "train/good",
+        "test_good": "test/good",
+        "defect": "test/bad",
+        "mask": "ground_truth/bad",
+        "mask_suffix": "",
+    },
+    "folder": {
+        "prefix": "",
+        "train": "",
+        "test_good": "good",
+        "defect": "defect",
+        "mask": "ground_truth/defect",
+        "mask_suffix": "",
+    },
+}
+
+
+def write_tree(
     root: str | Path,
     categories: Sequence[str] = ("tile_a", "tile_b"),
     *,
+    layout: str = "mvtec",
+    masks: bool = True,
     image_size: int = 64,
     num_train: int = 4,
     num_test_good: int = 3,
     num_test_defect: int = 3,
     seed: int = 0,
 ) -> Path:
-    """Write an MVTec AD-layout tree and return its root.
+    """Write a synthetic dataset tree and return its root.
 
     Args:
         root: Output folder (created).
         categories: Category folder names.
+        layout: ``mvtec`` (MVTec AD), ``visa`` (anomalib's processed VisA) or ``folder`` (``good`` and defect
+            folders per category; ``ground_truth`` only with ``masks``).
+        masks: Write masks (``folder`` layout only; the other layouts always have them).
         image_size: Side of the square RGB images.
-        num_train: Normal training images per category.
+        num_train: Normal training images per category (not in the ``folder`` layout).
         num_test_good: Normal test images per category.
-        num_test_defect: Anomalous test images (with masks) per category.
-        seed: Seed of the images and blemishes.
+        num_test_defect: Anomalous images per category.
+        seed: Seed of the textures and defects.
 
     Example:
         >>> import tempfile
-        >>> tree = write_mvtec_tree(tempfile.mkdtemp(), ["cat"], num_train=1, num_test_good=1, num_test_defect=1)
+        >>> tree = write_tree(tempfile.mkdtemp(), ["cat"], num_train=1, num_test_good=1, num_test_defect=1)
         >>> for path in sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*.png")):
         ...     print(path)
         cat/ground_truth/defect/000_mask.png
@@ -64,18 +136,22 @@ def write_mvtec_tree(
         cat/test/good/000.png
         cat/train/good/000.png
     """
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    for category in categories:
-        base_colour = rng.uniform(60, 190, 3)
-        folder = root / category
-        for split, count in (("train", num_train), ("test", num_test_good)):
-            for index in range(count):
-                _save(_texture(rng, image_size, base_colour), folder / split / "good" / f"{index:03d}.png")
-        for index in range(num_test_defect):
-            image = _texture(rng, image_size, base_colour)
-            mask = _blemish(rng, image_size)
-            image[mask] = 255.0 - image[mask]
-            _save(image, folder / "test" / "defect" / f"{index:03d}.png")
-            _save(mask * 255, folder / "ground_truth" / "defect" / f"{index:03d}_mask.png")
-    return root
+    if layout not in LAYOUTS:
+        msg = f"layout must be one of {sorted(LAYOUTS)}, got '{layout}'."
+        raise ValueError(msg)
+    spec = dict(LAYOUTS[layout])
+    if not masks:
+        if layout != "folder":
+            msg = f"the {layout} layout always has masks; use layout='folder' for a dataset without them."
+            raise ValueError(msg)
+        spec["mask"] = ""
+    return _write_tree(
+        spec,
+        Path(root),
+        categories,
+        image_size=image_size,
+        num_train=num_train,
+        num_test_good=num_test_good,
+        num_test_defect=num_test_defect,
+        seed=seed,
+    )

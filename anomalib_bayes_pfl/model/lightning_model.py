@@ -264,12 +264,13 @@ class BayesPFL(AnomalibModule):
         return 1 if self.current_epoch < self.stage_one_epochs else 2
 
     def _class_names(self, batch: Batch) -> list[str]:
-        category = getattr(getattr(self.trainer, "datamodule", None), "category", "") if self._trainer else ""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         return resolve_class_names(
             batch.image_path,
             batch.image.shape[0],
             override=self.class_name,
-            fallback=category or DEFAULT_CLASS_NAME,
+            fallback=getattr(datamodule, "category", "") or DEFAULT_CLASS_NAME,
+            lookup=getattr(datamodule, "class_name_of", None),
         )
 
     @staticmethod

@@ -152,3 +152,43 @@ def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_cl
     images = sorted(p.relative_to(next(tmp_path.rglob("images"))).as_posix() for p in tmp_path.rglob("images/**/*.png"))
     assert len(images) == 12  # 6 test images in each target category, none overwritten
     assert images[0].startswith("tile_a/test/")
+
+
+def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tmp_path):
+    from anomalib_bayes_pfl.data.synthetic import write_tree
+
+    auxiliary = write_tree(tmp_path / "own", ["gear", "bolt"], layout="folder", masks=False)
+    target = write_tree(tmp_path / "line", ["widget"], layout="folder", seed=3)
+    data = ZeroShotCrossDataset(
+        auxiliary_root=str(auxiliary),
+        auxiliary_format="folder",
+        target_root=str(target),
+        target_format="folder",
+        train_batch_size=3,
+        eval_batch_size=4,
+        num_workers=0,
+    )
+    module = tiny_module(tiny_clip_path, stage_one_epochs=2, stage_two_epochs=0)
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    results = engine.train(module, datamodule=data)
+    assert module.learning_type == LearningType.ZERO_SHOT
+    assert "pixel_AUROC" in results[0]  # the target has masks
+    batch = next(iter(data.train_dataloader()))
+    assert batch.gt_mask is None
+    images, labels, masks = module._training_inputs(batch.update(image=module.pre_processor.transform(batch.image)))
+    assert masks is None
+    module.model.train()
+    output = module.model(images, module._class_names(batch))
+    terms = module.loss(*output[:2], output.text_embeddings, output.kl, labels, masks, prompt_index=0, stage=1)
+    assert terms.focal == 0
+    assert terms.dice == 0
+    assert terms.classification > 0
+    with torch.no_grad():
+        named = tiny_module(tiny_clip_path, class_name="widget")
+        named.model.load_state_dict(module.model.state_dict())
+        image = named.pre_processor.transform(torch.rand(1, 3, 64, 64))
+        fallback = tiny_module(tiny_clip_path)
+        fallback.model.load_state_dict(module.model.state_dict())
+        batch = SimpleNamespace(image=image, image_path=["upload/any.png"])
+        assert named._class_names(batch) == ["widget"]
+        assert fallback._class_names(batch) == ["object"]
