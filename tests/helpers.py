@@ -5,10 +5,11 @@
 
 from pathlib import Path
 
+from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
 from anomalib_bayes_pfl.model import BayesPFLConfig, ScoringConfig
 from anomalib_bayes_pfl.model.config import FlowConfig, PromptConfig
 
-TINY_CLIP = Path(__file__).parent / "assets" / "model_configs" / "tiny-clip.json"
+TINY_CLIP = Path(TINY_CLIP_CONFIG)
 TINY_IMAGE_SIZE = 64
 
 

@@ -65,7 +65,8 @@ def _write_tree(
         for index in range(num_test_defect):
             image = _texture(rng, image_size, base_colour)
             perturbation, mask = next(defects)
-            image[mask] = (1 - DEFECT_BLEND) * image[mask] + DEFECT_BLEND * perturbation[mask]
+            stain = 255.0 - base_colour  # a contrasting stain, textured by the Perlin perturbation
+            image[mask] = (1 - DEFECT_BLEND) * image[mask] + DEFECT_BLEND * (0.7 * stain + 0.3 * perturbation[mask])
             _save(image, folder / layout["defect"] / f"{index:03d}.png")
             if layout["mask"]:
                 _save(mask * 255, folder / layout["mask"] / f"{index:03d}{layout['mask_suffix']}.png")

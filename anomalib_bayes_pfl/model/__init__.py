@@ -9,7 +9,8 @@ cross-modal attention that aligns the sampled text embeddings with multi-layer p
 
 Example:
     >>> from anomalib_bayes_pfl import BayesPFL
-    >>> model = BayesPFL(clip_model="tests/assets/model_configs/tiny-clip.json", clip_pretrained=None, image_size=64)
+    >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
+    >>> model = BayesPFL(clip_model=TINY_CLIP_CONFIG, clip_pretrained=None, image_size=64)
     >>> model.model.tap_layers
     (1, 2, 3, 4)
 

@@ -147,7 +147,8 @@ def load_clip(
         The frozen model.
 
     Example:
-        >>> clip = load_clip("tests/assets/model_configs/tiny-clip.json", pretrained=None)
+        >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
+        >>> clip = load_clip(TINY_CLIP_CONFIG, pretrained=None)
         >>> any(p.requires_grad for p in clip.parameters())
         False
     """

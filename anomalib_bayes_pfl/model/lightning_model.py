@@ -94,8 +94,9 @@ class BayesPFL(AnomalibModule):
         visualizer: Visualizer, ``True`` for anomalib's image visualizer.
 
     Example:
+        >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
         >>> model = BayesPFL(
-        ...     clip_model="tests/assets/model_configs/tiny-clip.json", clip_pretrained=None, image_size=64
+        ...     clip_model=TINY_CLIP_CONFIG, clip_pretrained=None, image_size=64
         ... )
         >>> model.learning_type.value
         'one_class'

@@ -74,8 +74,9 @@ class BayesPFLModel(nn.Module):
         clip_name: Name used in error messages.
 
     Example:
+        >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
         >>> from anomalib_bayes_pfl.model.backbone import load_clip
-        >>> clip = load_clip("tests/assets/model_configs/tiny-clip.json", pretrained=None)
+        >>> clip = load_clip(TINY_CLIP_CONFIG, pretrained=None)
         >>> model = BayesPFLModel(BayesPFLConfig(image_size=64, tap_layers=(1, 2, 3, 4)), clip).eval()
         >>> output = model(torch.randn(2, 3, 64, 64), ["bottle", "screw"])
         >>> output.pred_score.shape, output.anomaly_map.shape

@@ -1,0 +1,135 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Offline end-to-end demo: train BayesPFL on auxiliary categories, evaluate it zero-shot on unseen ones.
+
+    python -m anomalib_bayes_pfl.demo [--output bayes_pfl_demo] [--epochs 40]
+
+It writes small synthetic datasets (textures with Perlin-noise defects, anomalib's generator), builds a tiny
+randomly initialised CLIP unless ``--clip_model`` / ``--clip_pretrained`` name real ones, scores the unseen
+categories with the untrained head, trains the head through anomalib's Engine on the auxiliary categories, scores
+the unseen categories again, and prints both per-category tables. A tiny random backbone demonstrates the pipeline,
+not the paper's accuracy.
+"""
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from anomalib.engine import Engine
+from jsonargparse import CLI
+from lightning.pytorch import seed_everything
+
+from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
+from anomalib_bayes_pfl.data import ZeroShotCrossDataset
+from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.model import BayesPFL
+from anomalib_bayes_pfl.protocol import CSV_NAME, MEAN_ROW
+
+AUXILIARY_CATEGORIES = ("fabric", "wood_grain", "marble", "cork", "linen")
+TARGET_CATEGORIES = ("slate", "felt", "granite", "terrazzo")
+SUMMARY_COLUMNS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
+
+
+def _datamodule(datasets: Path) -> ZeroShotCrossDataset:
+    return ZeroShotCrossDataset(
+        auxiliary_root=str(datasets / "auxiliary"),
+        auxiliary_format="mvtec",
+        target_root=str(datasets / "target"),
+        target_format="mvtec",
+        train_batch_size=8,
+        eval_batch_size=16,
+        num_workers=0,
+    )
+
+
+def _table(root: Path) -> pd.DataFrame:
+    return pd.read_csv(next(root.rglob(CSV_NAME)), index_col="category")
+
+
+def run_demo(
+    output: str = "bayes_pfl_demo",
+    epochs: int = 40,
+    clip_model: str = TINY_CLIP_CONFIG,
+    clip_pretrained: str | None = None,
+    image_size: int = 64,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Run the demo and return the untrained and trained mean pixel AUROC over the unseen categories.
+
+    Args:
+        output: Folder for the synthetic datasets and the results.
+        epochs: Training epochs (the last one trains the image classifier alone).
+        clip_model: open_clip model name or config JSON (the tiny shipped config by default).
+        clip_pretrained: CLIP weights (tag or local file), or ``None`` for random weights.
+        image_size: Model input size.
+        seed: Seed of the data, the head initialisation and the training.
+    """
+    started = time.time()
+    root = Path(output)
+    datasets = root / "datasets"
+    size = {"image_size": 64, "num_train": 2, "num_test_good": 12, "num_test_defect": 12}
+    write_tree(datasets / "auxiliary", AUXILIARY_CATEGORIES, seed=seed, **size)
+    write_tree(datasets / "target", TARGET_CATEGORIES, seed=seed + 1, **size)
+
+    def model() -> BayesPFL:
+        torch.manual_seed(seed)
+        return BayesPFL(
+            clip_model=clip_model,
+            clip_pretrained=clip_pretrained,
+            image_size=image_size,
+            tap_layers=None,
+            num_samples=4,
+            smoothing_sigma=1.0,
+            stage_one_epochs=max(1, epochs - 1),
+            stage_two_epochs=1 if epochs > 1 else 0,
+            # The tiny random backbone learns slowly at the paper's rates; these are twenty times higher.
+            prompt_learning_rate=2e-2,
+            flow_learning_rate=2e-2,
+            learning_rate=2e-3,
+        )
+
+    print("Scoring the unseen categories with the untrained head ...")
+    untrained_root = root / "results" / "untrained"
+    Engine(default_root_dir=untrained_root, accelerator="cpu", devices=1, logger=False).test(
+        model(), datamodule=_datamodule(datasets)
+    )
+    print(f"Training on {', '.join(AUXILIARY_CATEGORIES)}; testing on the unseen {', '.join(TARGET_CATEGORIES)} ...")
+    trained_root = root / "results" / "trained"
+    seed_everything(seed)
+    engine = Engine(default_root_dir=trained_root, accelerator="cpu", devices=1, logger=False)
+    engine.train(model(), datamodule=_datamodule(datasets))
+
+    untrained, trained = _table(untrained_root), _table(trained_root)
+    summary = pd.DataFrame(
+        {"untrained": untrained.loc[MEAN_ROW, SUMMARY_COLUMNS], "trained": trained.loc[MEAN_ROW, SUMMARY_COLUMNS]}
+    )
+    images = next(trained_root.rglob("images"))
+    print("\nMean over the unseen categories:")
+    print(summary.to_string(float_format=lambda value: f"{value:.3f}"))
+    print(
+        f"\nPer-category tables: {next(untrained_root.rglob(CSV_NAME))} and {next(trained_root.rglob(CSV_NAME))}"
+        f"\nAnomaly-map images: {images}\nWall time: {time.time() - started:.0f} s"
+    )
+    if clip_model == TINY_CLIP_CONFIG:
+        print(
+            "Note: a tiny randomly initialised CLIP demonstrates the pipeline, not the paper's accuracy. "
+            "Pass --clip_model ViT-L-14-336 --clip_pretrained <ViT-L-14-336px.pt> --image_size 518 for the real model."
+        )
+    return {
+        "untrained_pixel_AUROC": float(untrained.loc[MEAN_ROW, "pixel_AUROC"]),
+        "trained_pixel_AUROC": float(trained.loc[MEAN_ROW, "pixel_AUROC"]),
+    }
+
+
+def main() -> None:
+    """Command-line entry point."""
+    logging.getLogger("anomalib").setLevel(logging.WARNING)
+    print(json.dumps(CLI(run_demo)))
+
+
+if __name__ == "__main__":
+    main()
