@@ -12,7 +12,9 @@ Shape legend: N images, L patch tokens, C vision width, D joint embedding width.
 import json
 import logging
 import os
+import socket
 import urllib.error
+import urllib.parse
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -25,6 +27,7 @@ from torch.nn import functional as F  # noqa: N812
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
+CONNECT_TIMEOUT_S = 5.0
 
 # Keys of OpenAI's JIT archives that are metadata, not CLIP parameters.
 _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
@@ -57,8 +60,47 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or "/" in value or Path(value).suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"}
 
 
+def _hf_hub_source(pretrained_cfg: dict) -> tuple[str, str]:
+    """Repository id and file name of an open_clip ``hf_hub`` entry (``org/name/`` means the default file)."""
+    repo_id, filename = os.path.split(pretrained_cfg["hf_hub"])
+    return repo_id, filename or "open_clip_pytorch_model.bin"
+
+
+def _cached_weights(pretrained_cfg: dict, cache_dir: str | None) -> str | None:
+    """The weights file of an open_clip tag if it is already on disk (open_clip's or Hugging Face's cache)."""
+    url = pretrained_cfg.get("url", "")
+    if url:
+        cached = Path(cache_dir or Path("~/.cache/clip").expanduser()) / os.path.basename(url)
+        return str(cached) if cached.is_file() else None
+    if pretrained_cfg.get("hf_hub"):
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        repo_id, filename = _hf_hub_source(pretrained_cfg)
+        try:
+            return hf_hub_download(repo_id, filename, cache_dir=cache_dir, local_files_only=True)
+        except LocalEntryNotFoundError:
+            return None
+    return None
+
+
+def _host_is_reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to the host of ``url`` opens within ``timeout`` seconds."""
+    parsed = urllib.parse.urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _resolve_weights_file(model_name: str, pretrained: str, cache_dir: str | None) -> str:
-    """Return a local weights file for ``pretrained`` (a file path or an open_clip tag), downloading a tag."""
+    """Return a local weights file for ``pretrained`` (a file path or an open_clip tag), downloading a tag.
+
+    A tag is looked up in the caches first; a download starts only after its host answered within
+    ``CONNECT_TIMEOUT_S`` seconds, so that a machine without network fails at once with what to do instead of
+    retrying for minutes.
+    """
     if Path(pretrained).expanduser().is_file():
         return str(Path(pretrained).expanduser())
     if _looks_like_path(pretrained):
@@ -75,14 +117,25 @@ def _resolve_weights_file(model_name: str, pretrained: str, cache_dir: str | Non
             f"Pass a tag from that list or the path of a local checkpoint."
         )
         raise ValueError(msg)
-    source = pretrained_cfg.get("url") or pretrained_cfg.get("hf_hub", "")
+    cached = _cached_weights(pretrained_cfg, cache_dir)
+    if cached is not None:
+        return cached
+    if pretrained_cfg.get("url"):
+        source = pretrained_cfg["url"]
+    else:
+        repo_id, filename = _hf_hub_source(pretrained_cfg)
+        source = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    advice = (
+        f"Download {source} on a machine with internet access and pass the file as --model.clip_pretrained "
+        f"<path> (or put it in the open_clip / Hugging Face cache)."
+    )
+    if not _host_is_reachable(source, CONNECT_TIMEOUT_S):
+        msg = f"CLIP weights '{model_name}' / '{pretrained}' are not cached and {source} cannot be reached. {advice}"
+        raise RuntimeError(msg)
     try:
         return open_clip.download_pretrained(pretrained_cfg, cache_dir=cache_dir)
     except (urllib.error.URLError, OSError, RuntimeError) as err:
-        msg = (
-            f"Could not fetch CLIP weights '{model_name}' / '{pretrained}' from {source} ({err}). Download that "
-            f"file on a machine with internet access and pass its local path as --model.clip_pretrained."
-        )
+        msg = f"Could not fetch CLIP weights '{model_name}' / '{pretrained}' ({err}). {advice}"
         raise RuntimeError(msg) from err
 
 

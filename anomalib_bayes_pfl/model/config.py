@@ -14,6 +14,9 @@ R ``num_samples`` (``--sample_num``).
 """
 
 from dataclasses import dataclass, field
+from typing import Literal
+
+ClipPrecision = Literal["fp32", "bf16", "fp16"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class BayesPFLConfig:
             ``--features_list``. ``None`` takes the quarter points of the depth (6, 12, 18, 24 for ViT-L/14).
         residual_attention: Use the residual cross-modal attention (RCA). ``False`` is the "RCA off" ablation.
         attention_heads: Heads of the RCA attention (4 in the authors' code).
+        clip_precision: Autocast precision of the frozen CLIP's two towers (``bf16`` or ``fp16`` for speed on
+            GPUs); the head always computes in float32. The authors run CLIP in float32.
         prompt: Prompt-bank sizes.
         flow: Distribution settings.
         scoring: Evaluation settings.
@@ -110,6 +115,7 @@ class BayesPFLConfig:
     tap_layers: tuple[int, ...] | None = None
     residual_attention: bool = True
     attention_heads: int = 4
+    clip_precision: ClipPrecision = "fp32"
     prompt: PromptConfig = field(default_factory=PromptConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
@@ -118,6 +124,9 @@ class BayesPFLConfig:
         """Check the values that need no CLIP; :func:`resolve_tap_layers` checks the rest."""
         if self.image_size < 1:
             msg = f"image_size must be positive, got {self.image_size}."
+            raise ValueError(msg)
+        if self.clip_precision not in {"fp32", "bf16", "fp16"}:
+            msg = f"clip_precision must be 'fp32', 'bf16' or 'fp16', got '{self.clip_precision}'."
             raise ValueError(msg)
         if self.tap_layers is not None and len(self.tap_layers) == 0:
             msg = "tap_layers must name at least one vision block, or be None for the quarter points of the depth."

@@ -57,6 +57,8 @@ class BayesPFL(AnomalibModule):
         clip_pretrained: open_clip tag (e.g. ``"openai"``), local CLIP checkpoint (e.g. OpenAI's
             ``ViT-L-14-336px.pt``), or ``None`` for random weights.
         clip_quick_gelu: Force QuickGELU towers; the authors' heads were trained with exact GELU.
+        clip_precision: Autocast precision of the frozen CLIP (``fp32``, ``bf16`` or ``fp16``; the last two for
+            GPUs); the head always computes in float32.
         image_size: Side of the square model input (518 in the paper).
         tap_layers: 1-based vision blocks to tap; ``None`` = quarter points of the depth (6, 12, 18, 24).
         num_prompts: B, prompt sets in the bank.
@@ -107,6 +109,7 @@ class BayesPFL(AnomalibModule):
         clip_model: str = "ViT-L-14-336",
         clip_pretrained: str | None = "openai",
         clip_quick_gelu: bool = False,
+        clip_precision: Literal["fp32", "bf16", "fp16"] = "fp32",
         image_size: int = 518,
         tap_layers: Sequence[int] | None = None,
         num_prompts: int = 3,
@@ -156,6 +159,7 @@ class BayesPFL(AnomalibModule):
             image_size=image_size,
             tap_layers=tuple(tap_layers) if tap_layers is not None else None,
             residual_attention=residual_attention,
+            clip_precision=clip_precision,
             prompt=PromptConfig(num_prompts, prompt_context_len, prompt_state_len),
             flow=FlowConfig(
                 num_flow_steps,

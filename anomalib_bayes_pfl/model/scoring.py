@@ -15,7 +15,6 @@ Shape legend: N images, M pairs, L patch tokens (a square grid g x g), D joint w
 
 import torch
 from torch.nn import functional as F  # noqa: N812
-from torchvision.transforms.v2.functional import gaussian_blur
 
 
 def pixel_logits(patches: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -55,9 +54,15 @@ def image_probability(logits: torch.Tensor) -> torch.Tensor:
 def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian-smooth maps ``(N, H, W)``, with SciPy's default kernel extent of 4 sigma (authors' ``sigma=8``).
 
-    The kernel is derived from ``sigma`` on each call instead of being stored, so checkpoints carry no constants.
+    Separable (a row pass and a column pass, 2k instead of k * k products per pixel, k = 65 at sigma 8) with
+    reflected borders. The kernel is derived from ``sigma`` on each call, so checkpoints carry no constants.
     """
     if sigma <= 0:
         return maps
-    kernel_size = 2 * int(4 * sigma + 0.5) + 1
-    return gaussian_blur(maps.unsqueeze(1), [kernel_size, kernel_size], [sigma, sigma]).squeeze(1)
+    radius = int(4 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma).square())
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)

@@ -15,7 +15,8 @@ image-agnostic samples at the first test image (VPB.py L277-283; bayes_pfl_metho
 Shape legend: N images, B prompt sets, R samples, L patch tokens, C vision width, D joint width.
 """
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -23,7 +24,7 @@ from anomalib.data import InferenceBatch
 from open_clip.model import CLIP
 from torch import nn
 
-from .backbone import check_image_tower, encode_image_taps
+from .backbone import ImageFeatures, check_image_tower, encode_image_taps
 from .config import BayesPFLConfig, resolve_tap_layers
 from .flows import PromptDistributions
 from .image_head import ImageClassificationHead
@@ -32,6 +33,7 @@ from .rca import ResidualCrossModalAttention
 from .scoring import anomaly_map, image_probability, pixel_logits, smooth
 
 DEFAULT_CLASS_NAME = "object"
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class BayesPFLTrainOutput(NamedTuple):
@@ -130,6 +132,19 @@ class BayesPFLModel(nn.Module):
         self.image_head_stage = int(state["image_head_stage"])
         self.is_trained = bool(state["is_trained"])
 
+    @contextlib.contextmanager
+    def clip_autocast(self, device: torch.device) -> Iterator[None]:
+        """Run the frozen CLIP under autocast when ``config.clip_precision`` asks for it."""
+        dtype = AUTOCAST_DTYPES.get(self.config.clip_precision)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            yield
+
+    def encode_images(self, images: torch.Tensor) -> ImageFeatures:
+        """Global feature and tapped patch tokens of ``images``, in float32 whatever the CLIP precision."""
+        with self.clip_autocast(images.device):
+            features = encode_image_taps(self.clip, images, self.tap_layers)
+        return ImageFeatures(features.global_features.float(), [tokens.float() for tokens in features.patch_tokens])
+
     def train(self, mode: bool = True) -> "BayesPFLModel":
         """Switch the head's mode; the frozen CLIP always stays in eval mode."""
         super().train(mode)
@@ -204,8 +219,9 @@ class BayesPFLModel(nn.Module):
         num_images, _, _, bank, num_tokens, width = learnable.shape
         learnable = learnable.reshape(num_images, 2 * num_samples * bank, num_tokens, width)
         tokens = self.tokenizer(class_names, device=features.device)
-        text = encode_prompts(self.clip, learnable, tokens)
-        return nn.functional.normalize(text, dim=-1), shifts.kl
+        with self.clip_autocast(features.device):
+            text = encode_prompts(self.clip, learnable, tokens)
+        return nn.functional.normalize(text.float(), dim=-1), shifts.kl
 
     def layer_pixel_logits(self, text: torch.Tensor, patch_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per tapped layer, RCA-updated text against projected patches: ``(N, T, g, g)`` each."""
@@ -228,7 +244,7 @@ class BayesPFLModel(nn.Module):
         """
         if self.training:
             names = self._class_names(class_names, images.shape[0])
-            features = encode_image_taps(self.clip, images, self.tap_layers)
+            features = self.encode_images(images)
             return self._training_forward(features.global_features, features.patch_tokens, names)
         scores = self.score(images, class_names)
         return InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
@@ -236,7 +252,7 @@ class BayesPFLModel(nn.Module):
     def score(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> BayesPFLScores:
         """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more)."""
         names = self._class_names(class_names, images.shape[0])
-        features = encode_image_taps(self.clip, images, self.tap_layers)
+        features = self.encode_images(images)
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
         text, _ = self.encode_text(features.global_features, names, noise)
         layer_logits = self.layer_pixel_logits(text, features.patch_tokens)

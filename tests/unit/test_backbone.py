@@ -3,10 +3,14 @@
 
 """CLIP loading from every source, and the image taps pinned against open_clip's own forward."""
 
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
 from anomalib_bayes_pfl.model.backbone import (
+    _resolve_weights_file,
     encode_image_taps,
     interpolate_positional_embedding,
     load_clip,
@@ -109,10 +113,36 @@ def test_unknown_tag_lists_known_tags():
         load_clip("ViT-B-16", pretrained="no-such-tag")
 
 
-def test_unreachable_download_is_actionable(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match=r"pass its local path as --model\.clip_pretrained"):
-        load_clip("ViT-B-16", pretrained="openai", cache_dir=str(tmp_path))
+@pytest.mark.parametrize(
+    ("model", "tag", "source"),
+    [
+        ("ViT-L-14-336", "openai", r"openaipublic\.azureedge\.net/.*/ViT-L-14-336px\.pt"),
+        (
+            "ViT-B-32",
+            "laion2b_s34b_b79k",
+            r"huggingface\.co/laion/CLIP-ViT-B-32-laion2B-s34B-b79K/.*open_clip_pytorch_model\.bin",
+        ),
+    ],
+)
+def test_uncached_tag_without_network_fails_fast_with_the_file_to_fetch(tmp_path, model, tag, source):
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=rf"cannot be reached\. Download https://{source}.*--model\.clip_pretrained"):
+        load_clip(model, pretrained=tag, cache_dir=str(tmp_path))
+    assert time.monotonic() - started < 30
+
+
+def test_cached_tags_resolve_offline(tmp_path):
+    """A filled open_clip cache (URL tags) or Hugging Face cache (hub tags) is used without any network."""
+    url_file = tmp_path / "ViT-L-14-336px.pt"
+    url_file.write_bytes(b"weights")
+    assert _resolve_weights_file("ViT-L-14-336", "openai", str(tmp_path)) == str(url_file)
+    snapshot = tmp_path / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (snapshot / "refs").mkdir(parents=True)
+    (snapshot / "refs" / "main").write_text("0123abcd")
+    weights = snapshot / "snapshots" / "0123abcd" / "open_clip_pytorch_model.bin"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    assert Path(_resolve_weights_file("ViT-B-32", "laion2b_s34b_b79k", str(tmp_path))) == weights
 
 
 def test_unknown_model_and_missing_config():

@@ -52,3 +52,11 @@ def test_smoothing_matches_scipy_inside_the_image():
     expected = torch.from_numpy(gaussian_filter(maps[0].numpy(), sigma=2.0))
     torch.testing.assert_close(smoothed[0, 9:-9, 9:-9], expected[9:-9, 9:-9], rtol=0, atol=1e-6)
     assert smooth(maps, 0.0) is maps
+
+
+def test_separable_smoothing_equals_the_two_dimensional_kernel():
+    from torchvision.transforms.v2.functional import gaussian_blur
+
+    maps = torch.rand(3, 50, 50)
+    expected = gaussian_blur(maps.unsqueeze(1), [2 * int(4 * 3.0 + 0.5) + 1] * 2, [3.0, 3.0]).squeeze(1)
+    torch.testing.assert_close(smooth(maps, 3.0), expected, rtol=0, atol=1e-5)

@@ -160,3 +160,49 @@ def test_head_size_of_the_default_configuration():
     count = sum(p.numel() for module in modules for p in module.parameters()) + 1  # + pixel temperature
     unused = 2 * 1_050_368 + 3 * 590_592  # decoders, p_mu (bayes_pfl_method.md §12)
     assert count == 27_370_017 - unused
+
+
+def test_reduced_precision_clip_keeps_float32_outputs_close(tiny_clip, tiny_model):
+    bf16 = BayesPFLModel(tiny_config(clip_precision="bf16"), tiny_clip).eval()
+    bf16.load_state_dict(tiny_model.state_dict())
+    with torch.no_grad():
+        reference = tiny_model(IMAGES, NAMES)
+        reduced = bf16(IMAGES, NAMES)
+    assert reduced.pred_score.dtype == torch.float32
+    assert reduced.anomaly_map.dtype == torch.float32
+    torch.testing.assert_close(reduced.pred_score, reference.pred_score, rtol=0, atol=0.05)
+    with pytest.raises(ValueError, match="clip_precision"):
+        tiny_config(clip_precision="int8")
+
+
+def test_batched_text_pass_equals_the_per_prompt_loop(tiny_model):
+    """One text-tower call for N * 2 * R * B truncated prompts equals the authors' loop over 77-token prompts."""
+    import open_clip
+
+    model, clip = tiny_model, tiny_model.clip
+    features = torch.randn(2, 32)
+    names = ["bottle", "printed circuit board"]
+    samples, bank = 3, 2
+    noise = (torch.randn(samples, 2, 32), torch.randn(samples, 32), torch.randn(samples, 32))
+    with torch.no_grad():
+        batched, _ = model.encode_text(features, names, noise)
+        shifts = model.distributions(features, *noise)
+        states = ((model.prompts.state_normal, shifts.normal), (model.prompts.state_abnormal, shifts.abnormal))
+        for n, name in enumerate(names):
+            tokens = open_clip.tokenize([f"X {name}"])[0]
+            embedded = clip.token_embedding(tokens)
+            eot = int(tokens.argmax())
+            for s, (state, state_shift) in enumerate(states):
+                for r in range(samples):
+                    for b in range(bank):
+                        learned = torch.cat(
+                            [model.prompts.context[b] + shifts.context[r, n], state[b] + state_shift[r]]
+                        )
+                        sequence = torch.cat([embedded[:1], learned, embedded[2 : 77 - len(learned) + 1]])
+                        x = (sequence + clip.positional_embedding)[:, None]
+                        x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask)[:, 0])
+                        expected = torch.nn.functional.normalize(
+                            x[eot + len(learned) - 1] @ clip.text_projection, dim=-1
+                        )
+                        index = s * samples * bank + r * bank + b
+                        torch.testing.assert_close(batched[n, index], expected, rtol=0, atol=1e-5)
