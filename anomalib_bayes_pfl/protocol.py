@@ -33,6 +33,7 @@ from anomalib_bayes_pfl.data.class_names import category_of
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "per_category_metrics.csv"
+PREDICTIONS_CSV = "predictions.csv"
 MEAN_ROW = "mean"
 UNKNOWN_CATEGORY = "all"
 # The authors' top-k for the map score: 20 for these categories, 2000 for all others.
@@ -156,3 +157,41 @@ class PerCategoryMetrics(Callback):
         for name, value in table.loc[MEAN_ROW].items():
             if pd.notna(value):
                 pl_module.log(f"category_mean_{name}", float(value))
+
+
+class PredictionTable(Callback):
+    """Write ``predictions.csv`` (image path, score, label) next to the other outputs of ``anomalib predict``."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start an empty table."""
+        del trainer, pl_module
+        self.rows = []
+
+    def on_predict_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Collect each image's score and label."""
+        del trainer, pl_module, batch, batch_idx, dataloader_idx
+        paths = outputs.image_path or [None] * len(outputs.pred_score)
+        labels = outputs.pred_label if outputs.pred_label is not None else [None] * len(outputs.pred_score)
+        for path, score, label in zip(paths, outputs.pred_score.tolist(), labels, strict=True):
+            self.rows.append(
+                {"image_path": path, "pred_score": score, "pred_label": None if label is None else int(label)}
+            )
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the table."""
+        del pl_module
+        path = Path(trainer.default_root_dir) / PREDICTIONS_CSV
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(self.rows, columns=["image_path", "pred_score", "pred_label"]).to_csv(path, index=False)
+        print(f"Scores and labels of {len(self.rows)} images written to {path}")

@@ -57,13 +57,6 @@ def _folder_dataset(root: Path, category: str) -> FolderDataset:
     folder = root / category
     defects = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in {NORMAL_FOLDER, MASK_FOLDER})
     masks = [folder / MASK_FOLDER / defect for defect in defects if (folder / MASK_FOLDER / defect).is_dir()]
-    if masks and len(masks) != len(defects):
-        msg = (
-            f"{folder / MASK_FOLDER} has masks for {[m.name for m in masks]} but not for every defect folder "
-            f"{defects}; give every defect folder its masks, or remove {folder / MASK_FOLDER} to train on image "
-            f"labels alone."
-        )
-        raise FileNotFoundError(msg)
     return FolderDataset(
         name=category,
         root=folder,
@@ -71,6 +64,41 @@ def _folder_dataset(root: Path, category: str) -> FolderDataset:
         abnormal_dir=defects or None,
         mask_dir=masks or None,
     )
+
+
+def _defect_folders(root: Path, dataset_format: DatasetFormat, category: str) -> list[tuple[Path, Path]]:
+    """(anomalous image folder, mask folder) pairs of one category."""
+    folder = _category_root(root, dataset_format) / category
+    images = folder if dataset_format == "folder" else folder / "test"
+    if not images.is_dir():
+        return []
+    return [
+        (defect, folder / MASK_FOLDER / defect.name)
+        for defect in sorted(images.iterdir())
+        if defect.is_dir() and defect.name not in {NORMAL_FOLDER, MASK_FOLDER}
+    ]
+
+
+def check_masks(root: Path, dataset_format: DatasetFormat, category: str) -> None:
+    """Name the anomalous images without a mask (anomalib pairs masks by sorted order and fails obscurely).
+
+    Raises:
+        FileNotFoundError: If some anomalous images have no mask with their file stem (``<stem>`` or
+            ``<stem>_mask``) in the matching ``ground_truth`` folder.
+    """
+    missing = []
+    for images, masks in _defect_folders(root, dataset_format, category):
+        if dataset_format == "folder" and not masks.parent.is_dir():
+            return  # a folder dataset without any masks: image labels only
+        mask_stems = {path.stem.removesuffix("_mask") for path in masks.glob("*")} if masks.is_dir() else set()
+        missing += [str(path) for path in sorted(images.glob("*")) if path.is_file() and path.stem not in mask_stems]
+    if missing:
+        msg = (
+            f"{len(missing)} anomalous image(s) of category '{category}' have no mask: {missing[:5]}; add the masks "
+            f"(same file stem, optionally with '_mask'), or, for a folder dataset, remove its ground_truth folder to "
+            f"train on image labels alone."
+        )
+        raise FileNotFoundError(msg)
 
 
 def _make_dataset(root: Path, dataset_format: DatasetFormat, category: str) -> AnomalibDataset:
@@ -98,8 +126,9 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         val_augmentations: Augmentations of the validation images.
         test_augmentations: Augmentations of the target images.
         augmentations: Augmentations of every subset, where the specific ones are not given.
-        val_split_mode: ``auxiliary``: calibrate thresholds and normalisation on the auxiliary data, never on the
-            target; ``same_as_test``: on the target test images, as anomalib's MVTecAD and Visa do.
+        val_split_mode: Validation data, for the post-processors of models that set thresholds on it:
+            ``auxiliary`` (never the target) or ``same_as_test`` (the target test images, as anomalib's MVTecAD and
+            Visa do). BayesPFL's own labels use probability thresholds and no validation statistics.
         download: Let anomalib download a missing MVTec AD or VisA (never implied; not for ``folder``).
         seed: Seed of anomalib's splitting utilities.
 
@@ -131,7 +160,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         val_augmentations: Transform | None = None,
         test_augmentations: Transform | None = None,
         augmentations: Transform | None = None,
-        val_split_mode: Literal["auxiliary", "same_as_test"] = "same_as_test",
+        val_split_mode: Literal["auxiliary", "same_as_test"] = "auxiliary",
         download: bool = False,
         seed: int | None = None,
     ) -> None:
@@ -170,7 +199,12 @@ class ZeroShotCrossDataset(AnomalibDataModule):
     def _datasets(self, root: Path, dataset_format: DatasetFormat, categories: list[str]) -> AnomalibDataset:
         datasets = []
         for category in categories:
-            dataset = _make_dataset(root, dataset_format, category)
+            check_masks(root, dataset_format, category)
+            try:
+                dataset = _make_dataset(root, dataset_format, category)
+            except (RuntimeError, ValueError) as error:
+                msg = f"category '{category}' under {_category_root(root, dataset_format)} cannot be read: {error}"
+                raise ValueError(msg) from error
             self._image_categories.update(dict.fromkeys(dataset.samples.image_path.astype(str), category))
             datasets.append(dataset)
         return reduce(add, datasets)

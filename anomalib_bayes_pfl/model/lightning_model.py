@@ -33,7 +33,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_bayes_pfl.data.class_names import resolve_class_names
-from anomalib_bayes_pfl.protocol import PerCategoryMetrics, paper_top_k, top_k_mean
+from anomalib_bayes_pfl.data.validation import check_image_files
+from anomalib_bayes_pfl.protocol import PerCategoryMetrics, PredictionTable, paper_top_k, top_k_mean
 
 from .backbone import load_clip
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
@@ -90,6 +91,10 @@ class BayesPFL(AnomalibModule):
         image_score: ``probability`` reports the model's own score in the per-category table; ``paper`` adds the
             authors' transductive fusion of the probability and the top-k map mean, min-max normalised per
             category (for comparison with published numbers only).
+        image_threshold: Images whose abnormal probability exceeds it are labelled anomalous. Scores are the
+            probabilities of the head trained on the auxiliary data, so the default 0.5 is that classifier's own
+            decision and uses no labels of the data being scored.
+        pixel_threshold: The same for anomaly-map pixels (the predicted masks).
         pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
         post_processor: Post-processor, ``True`` for the default.
         evaluator: Evaluator, ``True`` for image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
@@ -136,6 +141,8 @@ class BayesPFL(AnomalibModule):
         class_name: str | None = None,
         synthetic_anomalies: float = 0.0,
         image_score: Literal["probability", "paper"] = "probability",
+        image_threshold: float = 0.5,
+        pixel_threshold: float = 0.5,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -143,6 +150,8 @@ class BayesPFL(AnomalibModule):
     ) -> None:
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((image_size, image_size))
+        if post_processor is True:
+            post_processor = self._post_processor(image_threshold, pixel_threshold)
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -193,6 +202,7 @@ class BayesPFL(AnomalibModule):
         )
         self.image_score = image_score
         self.last_map_scores: torch.Tensor | None = None
+        self._checked_samples: set[int] = set()
         self.automatic_optimization = False
 
     @classmethod
@@ -207,9 +217,23 @@ class BayesPFL(AnomalibModule):
             ),
         )
 
+    @staticmethod
+    def _post_processor(image_threshold: float, pixel_threshold: float) -> PostProcessor:
+        for name, value in (("image_threshold", image_threshold), ("pixel_threshold", pixel_threshold)):
+            if not 0.0 < value < 1.0:
+                msg = f"{name} is a probability threshold in (0, 1), got {value}."
+                raise ValueError(msg)
+        # Thresholds apply to the raw probabilities as 1 - sensitivity (anomalib's PostProcessor without
+        # normalisation); min-max normalisation would clamp scores outside the validation range and tie them.
+        return PostProcessor(
+            enable_normalization=False,
+            image_sensitivity=1.0 - image_threshold,
+            pixel_sensitivity=1.0 - pixel_threshold,
+        )
+
     def configure_post_processor(self) -> PostProcessor:
-        """Normalise scores and set thresholds from the validation data, as for any anomalib model."""
-        return PostProcessor()
+        """Label with the probability thresholds (0.5): scores are already probabilities, so no normalisation."""
+        return self._post_processor(0.5, 0.5)
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -239,8 +263,8 @@ class BayesPFL(AnomalibModule):
         return {"max_epochs": epochs, "check_val_every_n_epoch": epochs, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
-        """Per-category metrics first, so that they read raw scores before the post-processor normalises them."""
-        return [PerCategoryMetrics(self.image_score), *super().configure_callbacks()]
+        """Per-category metrics before the post-processor; the prediction table after it, to read the labels."""
+        return [PerCategoryMetrics(self.image_score), *super().configure_callbacks(), PredictionTable()]
 
     def configure_optimizers(self) -> tuple[list[Adam], list[dict[str, Any]]]:
         """Stage 1: Adam over four learning-rate groups with a warm-up cosine schedule; stage 2: the classifier."""
@@ -285,6 +309,18 @@ class BayesPFL(AnomalibModule):
             paths = [p for p, is_bad in zip(batch.image_path or [], bad.tolist(), strict=False) if is_bad]
             msg = f"images contain NaN or Inf values: {paths or 'batch without paths'}; check the data and transforms."
             raise ValueError(msg)
+
+    def setup(self, stage: str) -> None:
+        """Check the datamodule's image and mask files once, before anything is trained, scored or written."""
+        del stage
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for subset in ("train_data", "val_data", "test_data"):
+            samples = getattr(getattr(datamodule, subset, None), "samples", None)
+            if samples is None or id(samples) in self._checked_samples:
+                continue
+            masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
+            check_image_files(zip(samples["image_path"], masks, strict=True))
+            self._checked_samples.add(id(samples))
 
     def on_train_start(self) -> None:
         """Stop before training on data that cannot teach the prompts what an anomaly looks like."""
