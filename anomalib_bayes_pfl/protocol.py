@@ -139,6 +139,11 @@ class PerCategoryMetrics(Callback):
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute the table, print it, write it as CSV and log the means over categories."""
+        if trainer.world_size > 1:
+            # Each process sees a share of the images, possibly not of every category; anomalib's pooled metrics
+            # are still synchronised. Test on one device for the per-category table.
+            logger.warning("Per-category metrics are computed on one device only; run anomalib test with devices=1.")
+            return
         rows = {}
         for category in sorted(self.metrics):
             try:

@@ -5,6 +5,9 @@
 
 from pathlib import Path
 
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
 from anomalib_bayes_pfl.model import BayesPFLConfig, ScoringConfig
 from anomalib_bayes_pfl.model.config import FlowConfig, PromptConfig
@@ -26,3 +29,14 @@ def tiny_config(**overrides) -> BayesPFLConfig:
         scoring=scoring,
         **overrides,
     )
+
+
+class SaveHeadPerRank(Callback):
+    """Save each process's trained head, to compare the ranks of a distributed run."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        torch.save(pl_module.model.head_state_dict(), self.folder / f"rank{trainer.global_rank}.pt")

@@ -26,6 +26,7 @@ from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch import Callback
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim import Adam
@@ -185,6 +186,8 @@ class BayesPFL(AnomalibModule):
             logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", prompt_weights)
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
         self.class_name = class_name
+        # What an exported model, which sees tensors only, writes into its prompts.
+        self.model.default_class_name = class_name or DEFAULT_CLASS_NAME
         self.stage_one_epochs = stage_one_epochs
         self.stage_two_epochs = stage_two_epochs
         self.learning_rates = {
@@ -249,18 +252,24 @@ class BayesPFL(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """``ZERO_SHOT`` once the head is trained or loaded, else ``ONE_CLASS`` so that the Engine trains it."""
-        return LearningType.ZERO_SHOT if self.model.is_trained else LearningType.ONE_CLASS
+        """``ZERO_SHOT`` once the head is trained or loaded, so that the Engine only evaluates it; else ``ONE_CLASS``.
+
+        While fitting (a resumed run included) it stays ``ONE_CLASS``: anomalib's checkpoint callback saves
+        zero-shot models only after validation, and BayesPFL runs none.
+        """
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        return LearningType.ZERO_SHOT if self.model.is_trained and not fitting else LearningType.ONE_CLASS
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """The epoch count is a model argument: the Engine lets these override ``--trainer.*``.
 
-        Validation only sets the post-processor's thresholds (nothing selects a model), so it runs once, after the
-        last epoch.
+        No validation batches: nothing selects a model on validation data (the authors' early stopping looks at the
+        target categories), and labels use probability thresholds, not validation statistics. Checkpoints are
+        therefore written at the end of every training epoch, so that interrupted training can resume.
         """
         epochs = self.stage_one_epochs + self.stage_two_epochs
-        return {"max_epochs": epochs, "check_val_every_n_epoch": epochs, "num_sanity_val_steps": 0}
+        return {"max_epochs": epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
         """Per-category metrics before the post-processor; the prediction table after it, to read the labels."""
@@ -365,9 +374,12 @@ class BayesPFL(AnomalibModule):
             prompt_index=prompt_index,
             stage=stage,
         )
+        # Every trainable parameter takes part in the graph, with zero weight where this stage does not train it,
+        # so that DistributedDataParallel needs no search for unused parameters (plain --trainer.strategy ddp).
+        participation = sum(parameter.sum() for parameter in self.model.parameters() if parameter.requires_grad)
         optimizer = self.optimizers()[stage - 1]
         optimizer.zero_grad()
-        self.manual_backward(terms.total)
+        self.manual_backward(terms.total + 0.0 * participation)
         optimizer.step()
         self.model.is_trained = True  # in the state of every checkpoint written from now on
         if stage == 1:

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.slow
 ANOMALIB = shutil.which("anomalib")
 
 
-def anomalib_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def anomalib_cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:
     environment = {key: value for key, value in os.environ.items() if key != "ANOMALIB_BAYES_PFL_NO_AUTOLOAD"}
+    if pythonpath is not None:
+        environment["PYTHONPATH"] = pythonpath
     return subprocess.run(
         [ANOMALIB, *args], capture_output=True, text=True, cwd=cwd, env=environment, timeout=600, check=False
     )

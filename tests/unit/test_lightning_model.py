@@ -67,7 +67,7 @@ def test_untrained_head_is_one_class(tiny_clip_path):
     """The Engine trains ONE_CLASS models and skips training for ZERO_SHOT ones (tests/integration covers both)."""
     module = tiny_module(tiny_clip_path)
     assert module.learning_type == LearningType.ONE_CLASS
-    assert module.trainer_arguments == {"max_epochs": 25, "check_val_every_n_epoch": 25, "num_sanity_val_steps": 0}
+    assert module.trainer_arguments == {"max_epochs": 25, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
 
 def test_pre_processor_resizes_and_normalises(tiny_clip_path):

@@ -1,0 +1,222 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Checkpoints, reproducibility, resuming, predict and export, as users run them."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from anomalib.deploy import TorchInferencer
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, seed_everything
+
+from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
+
+from ..helpers import TINY_CLIP
+from ..unit.test_lightning_model import tiny_module
+from .test_cli import TINY_MODEL, anomalib_cli
+
+pytestmark = pytest.mark.slow
+
+CROSS_DATA = ("--data", "ZeroShotCrossDataset", "--data.auxiliary_format=mvtec", "--data.target_format=mvtec")
+
+
+def _data(tree: Path) -> ZeroShotCrossDataset:
+    return ZeroShotCrossDataset(
+        auxiliary_root=str(tree),
+        auxiliary_format="mvtec",
+        auxiliary_categories=["tile_a", "tile_b"],
+        target_root=str(tree),
+        target_format="mvtec",
+        target_categories=["tile_c"],
+        train_batch_size=2,
+        eval_batch_size=3,
+        num_workers=0,
+    )
+
+
+def _train(root: Path, tree: Path, **kwargs) -> tuple[BayesPFL, list[dict], Path]:
+    seed_everything(7)
+    module = tiny_module(str(TINY_CLIP), stage_one_epochs=2, stage_two_epochs=1, **kwargs)
+    engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
+    results = engine.train(module, datamodule=_data(tree))
+    return module, results, next(root.rglob("model.ckpt"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mvtec_tree):
+    return _train(tmp_path_factory.mktemp("trained"), mvtec_tree)
+
+
+def test_same_seed_same_head_and_scores(tmp_path, mvtec_tree, trained):
+    module, results, _ = trained
+    again, again_results, _ = _train(tmp_path, mvtec_tree)
+    for (name, a), b in zip(
+        module.model.head_state_dict().items(), again.model.head_state_dict().values(), strict=True
+    ):
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, b), name
+    assert again_results == results
+
+
+def test_fresh_process_test_from_checkpoint_reproduces_the_run(tmp_path, mvtec_tree, trained):
+    _, results, checkpoint = trained
+    result = anomalib_cli(
+        "test",
+        "--model",
+        "BayesPFL",
+        *TINY_MODEL,
+        "--model.num_prompts=2",
+        "--model.prompt_context_len=2",
+        "--model.prompt_state_len=2",
+        "--model.num_flow_steps=2",
+        "--model.smoothing_sigma=1.0",
+        *CROSS_DATA,
+        f"--data.auxiliary_root={mvtec_tree}",
+        "--data.auxiliary_categories=[tile_a, tile_b]",
+        f"--data.target_root={mvtec_tree}",
+        "--data.target_categories=[tile_c]",
+        "--data.eval_batch_size=4",
+        "--data.num_workers=0",
+        f"--ckpt_path={checkpoint}",
+        "--trainer.accelerator=cpu",
+        "--default_root_dir=again",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(next((tmp_path / "again").rglob("per_category_metrics.csv")), index_col="category")
+    for name in ("image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"):
+        assert table.loc["mean", name] == pytest.approx(results[0][f"category_mean_{name}"], abs=1e-6), name
+
+
+class _StopAfterFirstEpoch(Callback):
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, mvtec_tree, trained):
+    module, _, _ = trained
+    seed_everything(7)
+    interrupted = tiny_module(str(TINY_CLIP), stage_one_epochs=2, stage_two_epochs=1)
+    engine = Engine(
+        default_root_dir=tmp_path / "first",
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[_StopAfterFirstEpoch()],
+    )
+    engine.fit(interrupted, datamodule=_data(mvtec_tree))
+    checkpoint = next((tmp_path / "first").rglob("model.ckpt"))
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 0
+    resumed = tiny_module(str(TINY_CLIP), stage_one_epochs=2, stage_two_epochs=1)
+    engine = Engine(default_root_dir=tmp_path / "second", accelerator="cpu", devices=1, logger=False)
+    engine.fit(resumed, datamodule=_data(mvtec_tree), ckpt_path=checkpoint)
+    assert engine.trainer.current_epoch == 3
+    assert (
+        engine.trainer.global_step
+        == torch.load(next(Path(module.trainer.default_root_dir).rglob("model.ckpt")), weights_only=False)[
+            "global_step"
+        ]
+    )
+    assert resumed.model.image_head_stage == 2
+    assert not torch.equal(resumed.model.prompts.context, interrupted.model.prompts.context)
+
+
+def test_predict_writes_maps_scores_and_labels(tmp_path, mvtec_tree, trained):
+    _, _, checkpoint = trained
+    images = mvtec_tree / "tile_c" / "test" / "defect"
+    result = anomalib_cli(
+        "predict",
+        "--model",
+        "BayesPFL",
+        *TINY_MODEL,
+        "--model.num_prompts=2",
+        "--model.prompt_context_len=2",
+        "--model.prompt_state_len=2",
+        "--model.num_flow_steps=2",
+        "--model.smoothing_sigma=1.0",
+        "--model.image_threshold=0.4",
+        "--data",
+        str(images),
+        f"--ckpt_path={checkpoint}",
+        "--trainer.accelerator=cpu",
+        "--default_root_dir=out",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(next((tmp_path / "out").rglob("predictions.csv")))
+    assert len(table) == 3
+    assert table.pred_score.between(0, 1).all()
+    assert (table.pred_label == (table.pred_score > 0.4).astype(int)).all()
+    assert len(list((tmp_path / "out").rglob("images/**/*.png"))) == 3
+
+
+def test_torch_export_and_inferencer_match_the_checkpoint(tmp_path, mvtec_tree, trained, monkeypatch):
+    _, _, checkpoint = trained
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for unpickling a model it did not train
+    tiny = (
+        "--model.num_prompts=2",
+        "--model.prompt_context_len=2",
+        "--model.prompt_state_len=2",
+        "--model.num_flow_steps=2",
+        "--model.smoothing_sigma=1.0",
+    )
+    result = anomalib_cli(
+        "export",
+        "--model",
+        "BayesPFL",
+        *TINY_MODEL,
+        *tiny,
+        "--model.class_name=tile_c",
+        f"--model.prompt_weights={checkpoint}",  # with --ckpt_path, anomalib would drop the --model.* options
+        "--export_type=torch",
+        "--default_root_dir=exported",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = next((tmp_path / "exported").rglob("model.pt"))
+    image_path = mvtec_tree / "tile_c" / "test" / "defect" / "000.png"
+    prediction = TorchInferencer(path=exported, device="cpu").predict(str(image_path))
+    module = tiny_module(str(TINY_CLIP), class_name="tile_c", prompt_weights=str(checkpoint)).eval()
+    from anomalib.data.utils import read_image
+
+    with torch.no_grad():
+        expected = module(read_image(image_path, as_tensor=True).unsqueeze(0))
+    torch.testing.assert_close(prediction.pred_score.flatten(), expected.pred_score.flatten(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(prediction.anomaly_map.flatten(), expected.anomaly_map.flatten(), rtol=0, atol=1e-6)
+
+
+def test_two_process_ddp_training_agrees_on_the_head(tmp_path, mvtec_tree):
+    result = anomalib_cli(
+        "train",
+        "--model",
+        "BayesPFL",
+        *TINY_MODEL,
+        *CROSS_DATA,
+        f"--data.auxiliary_root={mvtec_tree}",
+        "--data.auxiliary_categories=[tile_a, tile_b]",
+        f"--data.target_root={mvtec_tree}",
+        "--data.target_categories=[tile_c]",
+        "--data.train_batch_size=2",
+        "--data.eval_batch_size=3",
+        "--data.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.callbacks+=tests.helpers.SaveHeadPerRank",
+        f"--trainer.callbacks.folder={tmp_path / 'heads'}",
+        "--default_root_dir=results",
+        cwd=tmp_path,
+        pythonpath=str(Path(__file__).parents[2]),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    heads = [torch.load(tmp_path / "heads" / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    for key, value in heads[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, heads[1][key]), key
+    assert "image_AUROC" in result.stdout
+    assert sys.platform.startswith("linux")
