@@ -28,7 +28,7 @@ from .backbone import ImageFeatures, check_image_tower, encode_image_taps
 from .config import BayesPFLConfig, resolve_tap_layers
 from .flows import PromptDistributions
 from .image_head import ImageClassificationHead
-from .prompts import ClassNameTokenizer, PromptBank, encode_prompts
+from .prompts import ClassNameTokenizer, ClassTokens, PromptBank, encode_prompts
 from .rca import ResidualCrossModalAttention
 from .scoring import anomaly_map, image_probability, pixel_logits, smooth
 
@@ -182,25 +182,34 @@ class BayesPFLModel(nn.Module):
         ]
         return groups
 
-    def _class_names(self, class_names: Sequence[str] | None, num_images: int) -> list[str]:
+    def class_tokens(self, class_names: Sequence[str] | None, images: torch.Tensor) -> ClassTokens:
+        """Tokenised class name of each image; ``None`` gives every image ``default_class_name``.
+
+        The default name is tokenised once and broadcast, so the batch size stays symbolic when exporting.
+        """
         if class_names is None:
-            return [self.default_class_name] * num_images
-        if len(class_names) != num_images:
-            msg = f"got {len(class_names)} class names for {num_images} images; pass one class name per image."
+            tokens = self.tokenizer([self.default_class_name], device=images.device)
+            num_images = images.shape[0]
+            return tokens._replace(
+                token_ids=tokens.token_ids.expand(num_images, -1),
+                eot_positions=tokens.eot_positions.expand(num_images),
+            )
+        if len(class_names) != images.shape[0]:
+            msg = f"got {len(class_names)} class names for {images.shape[0]} images; pass one class name per image."
             raise ValueError(msg)
-        return list(class_names)
+        return self.tokenizer(list(class_names), device=images.device)
 
     def encode_text(
         self,
         features: torch.Tensor,
-        class_names: list[str],
+        tokens: ClassTokens,
         noise: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample prompt shifts and encode every prompt of every image in one text-tower pass.
 
         Args:
             features: ``(N, D)`` global image features.
-            class_names: One class name per image.
+            tokens: The tokenised class name of each image (:meth:`class_tokens`).
             noise: Standard-normal draws for the ISD ``(R, N or 1, D)`` and the two IADs ``(R, D)``.
 
         Returns:
@@ -218,7 +227,6 @@ class BayesPFLModel(nn.Module):
         )
         num_images, _, _, bank, num_tokens, width = learnable.shape
         learnable = learnable.reshape(num_images, 2 * num_samples * bank, num_tokens, width)
-        tokens = self.tokenizer(class_names, device=features.device)
         with self.clip_autocast(features.device):
             text = encode_prompts(self.clip, learnable, tokens)
         return nn.functional.normalize(text.float(), dim=-1), shifts.kl
@@ -243,18 +251,18 @@ class BayesPFLModel(nn.Module):
             class_names: One class name per image; ``None`` uses ``default_class_name`` for all.
         """
         if self.training:
-            names = self._class_names(class_names, images.shape[0])
+            tokens = self.class_tokens(class_names, images)
             features = self.encode_images(images)
-            return self._training_forward(features.global_features, features.patch_tokens, names)
+            return self._training_forward(features.global_features, features.patch_tokens, tokens)
         scores = self.score(images, class_names)
         return InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
 
     def score(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> BayesPFLScores:
         """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more)."""
-        names = self._class_names(class_names, images.shape[0])
+        tokens = self.class_tokens(class_names, images)
         features = self.encode_images(images)
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
-        text, _ = self.encode_text(features.global_features, names, noise)
+        text, _ = self.encode_text(features.global_features, tokens, noise)
         layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
         raw_map = anomaly_map(layer_logits, images.shape[-2:])
         image_logits = self.image_head(
@@ -270,7 +278,7 @@ class BayesPFLModel(nn.Module):
         self,
         global_features: torch.Tensor,
         patch_tokens: list[torch.Tensor],
-        class_names: list[str],
+        tokens: ClassTokens,
     ) -> BayesPFLTrainOutput:
         """One fresh sample per image and per image-agnostic distribution (authors: PFL.py L33-51)."""
         num_images, embed_dim = global_features.shape
@@ -282,7 +290,7 @@ class BayesPFLModel(nn.Module):
         stage = self.image_head_stage
         # Stage 2 trains the classifier only: nothing before it needs gradients, and no pixel map is needed.
         with torch.set_grad_enabled(stage == 1 and torch.is_grad_enabled()):
-            text, kl = self.encode_text(global_features, class_names, noise)
+            text, kl = self.encode_text(global_features, tokens, noise)
         pixel = self.layer_pixel_logits(text, patch_tokens) if stage == 1 else []
         image_logits = self.image_head(text, global_features, patch_tokens, stage=stage)
         return BayesPFLTrainOutput(image_logits, pixel, text, kl)

@@ -220,3 +220,40 @@ def test_two_process_ddp_training_agrees_on_the_head(tmp_path, mvtec_tree):
             assert torch.equal(value, heads[1][key]), key
     assert "image_AUROC" in result.stdout
     assert sys.platform.startswith("linux")
+
+
+def test_onnx_export_for_a_fixed_class_and_size_matches_the_module(tmp_path, mvtec_tree, trained):
+    import onnxruntime as ort  # in the test extra
+
+    _, _, checkpoint = trained
+    tiny = ("--model.num_prompts=2", "--model.prompt_context_len=2", "--model.prompt_state_len=2")
+    result = anomalib_cli(
+        "export",
+        "--model",
+        "BayesPFL",
+        *TINY_MODEL,
+        *tiny,
+        "--model.num_flow_steps=2",
+        "--model.smoothing_sigma=1.0",
+        "--model.class_name=tile_c",
+        f"--model.prompt_weights={checkpoint}",
+        "--export_type=onnx",
+        "--input_size=[64, 64]",
+        "--default_root_dir=exported",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    session = ort.InferenceSession(str(next((tmp_path / "exported").rglob("model.onnx"))))
+    module = tiny_module(str(TINY_CLIP), class_name="tile_c", prompt_weights=str(checkpoint)).eval()
+    from anomalib.data.utils import read_image
+
+    images = torch.stack(
+        [read_image(p, as_tensor=True) for p in sorted((mvtec_tree / "tile_c" / "test").rglob("*.png"))[:3]]
+    )
+    for batch in (images[:1], images):  # the batch size stays dynamic
+        names = [output.name for output in session.get_outputs()]
+        outputs = dict(zip(names, session.run(None, {"input": batch.numpy()}), strict=True))
+        with torch.no_grad():
+            expected = module(batch)
+        torch.testing.assert_close(torch.from_numpy(outputs["pred_score"]), expected.pred_score, rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.from_numpy(outputs["anomaly_map"]), expected.anomaly_map, rtol=0, atol=1e-5)

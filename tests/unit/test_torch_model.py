@@ -185,7 +185,7 @@ def test_batched_text_pass_equals_the_per_prompt_loop(tiny_model):
     samples, bank = 3, 2
     noise = (torch.randn(samples, 2, 32), torch.randn(samples, 32), torch.randn(samples, 32))
     with torch.no_grad():
-        batched, _ = model.encode_text(features, names, noise)
+        batched, _ = model.encode_text(features, model.tokenizer(names), noise)
         shifts = model.distributions(features, *noise)
         states = ((model.prompts.state_normal, shifts.normal), (model.prompts.state_abnormal, shifts.abnormal))
         for n, name in enumerate(names):
