@@ -8,12 +8,42 @@ from pathlib import Path
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
 from anomalib_bayes_pfl.model import BayesPFLConfig, ScoringConfig
 from anomalib_bayes_pfl.model.config import FlowConfig, PromptConfig
 
 TINY_CLIP = Path(TINY_CLIP_CONFIG)
 TINY_IMAGE_SIZE = 64
+# BayesPFL arguments of a small, fast head on the tiny CLIP: B=2, P=2, Q=2, K=2, R=2 at 64 px.
+TINY_ARGUMENTS = {
+    "clip_model": str(TINY_CLIP),
+    "clip_pretrained": None,
+    "image_size": TINY_IMAGE_SIZE,
+    "num_prompts": 2,
+    "prompt_context_len": 2,
+    "prompt_state_len": 2,
+    "num_flow_steps": 2,
+    "num_samples": 2,
+    "smoothing_sigma": 1.0,
+}
+# The same as anomalib CLI options.
+TINY_CLI = tuple(f"--model.{name}={'null' if value is None else value}" for name, value in TINY_ARGUMENTS.items())
+
+
+def cross_dataset(tree: Path) -> ZeroShotCrossDataset:
+    """Train on tile_a and tile_b of a synthetic MVTec AD tree, test on tile_c."""
+    return ZeroShotCrossDataset(
+        auxiliary_root=str(tree),
+        auxiliary_format="mvtec",
+        auxiliary_categories=["tile_a", "tile_b"],
+        target_root=str(tree),
+        target_format="mvtec",
+        target_categories=["tile_c"],
+        train_batch_size=2,
+        eval_batch_size=3,
+        num_workers=0,
+    )
 
 
 def tiny_config(**overrides) -> BayesPFLConfig:

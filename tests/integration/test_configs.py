@@ -16,7 +16,7 @@ from anomalib.engine import Engine
 from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
-from ..helpers import TINY_CLIP
+from ..helpers import TINY_ARGUMENTS, TINY_CLIP
 from ..unit.test_lightning_model import tiny_module
 from .test_cli import TINY_MODEL, anomalib_cli
 
@@ -71,18 +71,7 @@ def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, visa_and_mvtec):
     config["accelerator"] = ["cpu"]
     bayes_pfl = config["benchmark"]["model"]["grid"][0]
     assert bayes_pfl["class_path"] == "BayesPFL"
-    bayes_pfl["init_args"] = {
-        "clip_model": str(TINY_CLIP),
-        "clip_pretrained": None,
-        "image_size": 64,
-        "num_prompts": 2,
-        "prompt_context_len": 2,
-        "prompt_state_len": 2,
-        "num_flow_steps": 2,
-        "num_samples": 2,
-        "smoothing_sigma": 1.0,
-        "prompt_weights": str(checkpoint),
-    }
+    bayes_pfl["init_args"] = {**TINY_ARGUMENTS, "prompt_weights": str(checkpoint)}
     padim = {"class_path": "Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}}
     config["benchmark"]["model"]["grid"] = [bayes_pfl, padim]
     config["benchmark"]["data"]["init_args"].update(root=str(mvtec), num_workers=0, train_batch_size=4)

@@ -14,6 +14,7 @@ from anomalib.engine import Engine
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 
+from ..helpers import cross_dataset
 from ..unit.test_lightning_model import tiny_module
 
 
@@ -35,27 +36,13 @@ def _scores(module: BayesPFL, datamodule: MVTecAD) -> tuple[torch.Tensor, torch.
     return torch.cat(scores), torch.cat(maps)
 
 
-def _cross_dataset(root: Path) -> ZeroShotCrossDataset:
-    return ZeroShotCrossDataset(
-        auxiliary_root=str(root),
-        auxiliary_format="mvtec",
-        auxiliary_categories=["tile_a", "tile_b"],
-        target_root=str(root),
-        target_format="mvtec",
-        target_categories=["tile_c"],
-        train_batch_size=2,
-        eval_batch_size=3,
-        num_workers=0,
-    )
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_clip_path, mvtec_tree):
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("results")
     module = tiny_module(tiny_clip_path, stage_one_epochs=2, stage_two_epochs=1)
     engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
-    engine.train(module, datamodule=_cross_dataset(mvtec_tree))
+    engine.train(module, datamodule=cross_dataset(mvtec_tree))
     checkpoint = next(root.rglob("model.ckpt"))
     return module, checkpoint
 
@@ -129,7 +116,7 @@ def test_prompt_weights_make_a_zero_shot_model(trained, tiny_clip_path, mvtec_tr
 def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_clip_path, mvtec_tree, tmp_path):
     import pandas as pd
 
-    data = _cross_dataset(mvtec_tree)
+    data = cross_dataset(mvtec_tree)
     data.auxiliary_categories, data.target_categories = ["tile_c"], ["tile_a", "tile_b"]
     data.category = ""
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)

@@ -14,20 +14,11 @@ from anomalib.data import ImageBatch
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.model.config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 
+from ..helpers import TINY_ARGUMENTS
+
 
 def tiny_module(tiny_clip_path: str, **kwargs) -> BayesPFL:
-    arguments = {
-        "clip_model": tiny_clip_path,
-        "clip_pretrained": None,
-        "image_size": 64,
-        "num_prompts": 2,
-        "prompt_context_len": 2,
-        "prompt_state_len": 2,
-        "num_flow_steps": 2,
-        "num_samples": 2,
-        "smoothing_sigma": 1.0,
-    }
-    return BayesPFL(**{**arguments, **kwargs})
+    return BayesPFL(**{**TINY_ARGUMENTS, "clip_model": tiny_clip_path, **kwargs})
 
 
 def test_signature_defaults_agree_with_config():
