@@ -410,12 +410,11 @@ class BayesPFL(AnomalibModule):
         self._check_images(batch)
         names = self._class_names(batch)
         scores = self.model.score(batch.image, names)
-        if self.image_score == "paper":
-            k = torch.tensor([paper_top_k(name) for name in names])
-            self.last_map_scores = torch.stack(
+        if self.image_score == "paper":  # read by PerCategoryMetrics
+            self.last_map_scores = torch.cat(
                 [
-                    top_k_mean(raw.unsqueeze(0), int(top_k))[0]
-                    for raw, top_k in zip(scores.raw_anomaly_map, k, strict=True)
+                    top_k_mean(raw_map.unsqueeze(0), paper_top_k(name))
+                    for raw_map, name in zip(scores.raw_anomaly_map, names, strict=True)
                 ]
             )
         return batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
