@@ -85,8 +85,9 @@ class BayesPFL(AnomalibModule):
         warmup_ratio: Fraction of the stage-1 steps with a linear warm-up before the cosine decay.
         prompt_weights: Trained head to load: a checkpoint of ``anomalib train``, or the authors'
             ``train_visa.pth`` / ``train_mvtec.pth``. With it the model is zero-shot and is not trained again.
-        class_name: Class name for every image; ``None`` reads it from each image path (MVTec AD / VisA layouts),
-            then falls back to the datamodule's category, then to ``"object"``.
+        class_name: Class name for every image; ``None`` takes each image's category from the datamodule
+            (``ZeroShotCrossDataset``, or the MVTec AD / VisA folder layout), then the datamodule's category, then
+            ``"object"`` (also for loose files given to ``anomalib predict``).
         synthetic_anomalies: Probability that a normal training image is replaced by a synthetic anomaly (anomalib's
             Perlin generator) with its mask, for training data that has no anomalous images. 0 disables it.
         image_score: ``probability`` reports the model's own score in the per-category table; ``paper`` adds the
@@ -204,6 +205,7 @@ class BayesPFL(AnomalibModule):
             PerlinAnomalyGenerator(probability=synthetic_anomalies) if synthetic_anomalies else None
         )
         self.image_score = image_score
+        self.thresholds = (image_threshold, pixel_threshold)
         self.last_map_scores: torch.Tensor | None = None
         self._checked_samples: set[int] = set()
         self.automatic_optimization = False
@@ -283,14 +285,15 @@ class BayesPFL(AnomalibModule):
             betas=ADAM_BETAS,
         )
         stage_two = Adam(groups["classifier"], lr=self.learning_rates["other"], betas=ADAM_BETAS)
-        total_epochs = self.stage_one_epochs + self.stage_two_epochs
-        stage_one_steps = max(1, self.trainer.estimated_stepping_batches * self.stage_one_epochs // total_epochs)
-        warmup_steps = int(self.warmup_ratio * stage_one_steps)
+        # Like the authors' schedule, warm-up and cosine span every epoch, so the rate is still above zero when
+        # stage 2 (constant rate) takes over (authors: train.py L183-187).
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup_steps = int(self.warmup_ratio * total_steps)
 
         def warmup_cosine(step: int) -> float:
             if step < warmup_steps:
                 return step / max(1, warmup_steps)
-            progress = (step - warmup_steps) / max(1, stage_one_steps - warmup_steps)
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
             return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
         schedule = {"scheduler": LambdaLR(stage_one, warmup_cosine), "interval": "step"}
@@ -303,8 +306,9 @@ class BayesPFL(AnomalibModule):
 
     def _class_names(self, batch: Batch) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        # Folder names are trusted only for a datamodule's images: a loose file under .../test/... is not a category.
         return resolve_class_names(
-            batch.image_path,
+            batch.image_path if datamodule is not None else None,
             batch.image.shape[0],
             override=self.class_name,
             fallback=getattr(datamodule, "category", "") or DEFAULT_CLASS_NAME,
@@ -361,7 +365,7 @@ class BayesPFL(AnomalibModule):
         del batch_idx
         self._check_images(batch)
         stage = self.current_stage
-        images, labels, masks = self._training_inputs(batch)
+        images, labels, masks, has_mask = self._training_inputs(batch)
         output = self.model(images, self._class_names(batch))
         prompt_index = int(torch.randint(self.config.prompt.num_prompts, (1,)))
         terms = self.loss(
@@ -373,6 +377,7 @@ class BayesPFL(AnomalibModule):
             masks,
             prompt_index=prompt_index,
             stage=stage,
+            has_mask=has_mask,
         )
         # Every trainable parameter takes part in the graph, with zero weight where this stage does not train it,
         # so that DistributedDataParallel needs no search for unused parameters (plain --trainer.strategy ddp).
@@ -391,20 +396,28 @@ class BayesPFL(AnomalibModule):
                 self.log(f"train_loss_{name}", value, batch_size=batch_size)
         return {"loss": terms.total.detach()}
 
-    def _training_inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Images, labels and masks (``None`` when the data has none), with synthetic anomalies if enabled."""
+    def _training_inputs(
+        self,
+        batch: Batch,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Images, labels, masks and which images have a known mask, with synthetic anomalies if enabled.
+
+        Without masks in the data, only synthetic anomalies and normal images (whose mask is empty) have one: a
+        real anomaly without its mask must not teach the pixel head that its defect is normal.
+        """
         images, labels = batch.image, batch.gt_label
         masks = batch.gt_mask.float() if batch.gt_mask is not None else None
         if self.anomaly_generator is None:
-            return images, labels, masks
+            return images, labels, masks, None
         mean = images.new_tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
         std = images.new_tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
         augmented, synthetic_masks = self.anomaly_generator((images * std + mean).clamp(0, 1))
         synthetic_masks = synthetic_masks.squeeze(1) * (labels == 0).view(-1, 1, 1)  # real anomalies stay as they are
         is_synthetic = synthetic_masks.flatten(1).amax(dim=1) > 0
         images = torch.where(synthetic_masks.unsqueeze(1) > 0, (augmented - mean) / std, images)
+        has_mask = None if masks is not None else labels == 0
         masks = torch.maximum(masks, synthetic_masks) if masks is not None else synthetic_masks
-        return images, torch.where(is_synthetic, torch.ones_like(labels), labels), masks
+        return images, torch.where(is_synthetic, torch.ones_like(labels), labels), masks, has_mask
 
     def _evaluate(self, batch: Batch) -> Batch:
         self._check_images(batch)
@@ -442,8 +455,15 @@ class BayesPFL(AnomalibModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the live frozen CLIP tensors back before Lightning's strict ``load_state_dict``."""
+        """Put the live frozen CLIP tensors back before Lightning's strict ``load_state_dict``.
+
+        anomalib restores the post-processor's settings from the checkpoint; the thresholds are model arguments,
+        so ``--model.image_threshold`` given with ``--ckpt_path`` is applied again afterwards.
+        """
         super().on_load_checkpoint(checkpoint)
+        if isinstance(self.post_processor, PostProcessor) and not self.post_processor.enable_normalization:
+            self.post_processor.image_sensitivity = 1.0 - self.thresholds[0]
+            self.post_processor.pixel_sensitivity = 1.0 - self.thresholds[1]
         state = checkpoint["state_dict"]
         for key, value in self.model.clip.state_dict().items():
             state.setdefault(CLIP_PREFIX + key, value)

@@ -92,6 +92,7 @@ class BayesPFLLoss(nn.Module):
         *,
         prompt_index: int,
         stage: int,
+        has_mask: torch.Tensor | None = None,
     ) -> LossTerms:
         """Compute the loss of one training step.
 
@@ -104,6 +105,7 @@ class BayesPFLLoss(nn.Module):
             masks: ``(N, H, W)`` binary masks, or ``None`` when the data has none (pixel terms are skipped).
             prompt_index: The prompt set ``b`` trained in this step.
             stage: 1 or 2.
+            has_mask: ``(N,)`` which images' masks are known; the pixel terms use only those (all when ``None``).
         """
         bank = image_logits.shape[1] // 2
         pair = [prompt_index, prompt_index + bank]
@@ -112,7 +114,9 @@ class BayesPFLLoss(nn.Module):
         if stage == 2:
             return LossTerms(classification, classification, zero, zero, zero, zero)
         focal = dice = zero
-        if masks is not None:
+        if masks is not None and has_mask is not None:
+            masks, pixel_logits = masks[has_mask], [logits[has_mask] for logits in pixel_logits]
+        if masks is not None and masks.shape[0] > 0:
             for logits in pixel_logits:
                 probabilities = upsample(logits[:, pair], masks.shape[-2:]).softmax(dim=1)
                 focal = focal + focal_loss(probabilities, masks)

@@ -51,18 +51,28 @@ def image_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(abnormal - normal).mean(dim=1)
 
 
-def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian-smooth maps ``(N, H, W)``, with SciPy's default kernel extent of 4 sigma (authors' ``sigma=8``).
+def _symmetric_indices(size: int, radius: int, device: torch.device) -> torch.Tensor:
+    """Indices of a row padded by ``radius`` with SciPy's ``reflect`` rule (``d c b a | a b c d | d c b a``)."""
+    positions = torch.arange(-radius, size + radius, device=device) % (2 * size)
+    return torch.where(positions < size, positions, 2 * size - 1 - positions)
 
-    Separable (a row pass and a column pass, 2k instead of k * k products per pixel, k = 65 at sigma 8) with
-    reflected borders. The kernel is derived from ``sigma`` on each call, so checkpoints carry no constants.
+
+def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian-smooth maps ``(N, H, W)`` like ``scipy.ndimage.gaussian_filter`` (the authors' ``sigma=8``).
+
+    Separable (a row pass and a column pass, 2k instead of k * k products per pixel, k = 65 at sigma 8), with SciPy's
+    default kernel extent (4 sigma) and border rule (``reflect``, which repeats the edge pixel), for any map size.
+    The kernel is derived from ``sigma`` on each call, so checkpoints carry no constants.
     """
     if sigma <= 0:
         return maps
     radius = int(4 * sigma + 0.5)
-    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=torch.float32)
+    offsets = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
     kernel = torch.exp(-0.5 * (offsets / sigma).square())
-    kernel = (kernel / kernel.sum()).to(maps.dtype)
-    x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="reflect")
+    kernel = kernel / kernel.sum()
+    height, width = maps.shape[-2:]
+    rows = _symmetric_indices(height, radius, maps.device)
+    columns = _symmetric_indices(width, radius, maps.device)
+    x = maps[:, rows][:, :, columns].unsqueeze(1)
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)

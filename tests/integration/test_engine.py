@@ -60,13 +60,18 @@ def test_synthetic_anomalies_train_on_normal_images(tiny_clip_path, mvtec_tree, 
     batch = SimpleNamespace(
         image=normal_images, gt_label=torch.zeros(2, dtype=torch.long), gt_mask=torch.zeros(2, 64, 64)
     )
-    images, labels, masks = module._training_inputs(batch)
+    images, labels, masks, has_mask = module._training_inputs(batch)
+    assert has_mask is None  # the data has masks: every image's mask is known
     assert labels.tolist() == [1, 1]
     assert masks.shape == (2, 64, 64)
     assert (masks.flatten(1).amax(1) > 0).all()
     changed = (images != normal_images).any(dim=1)
     assert changed.any()
     assert not changed[masks == 0].any()  # only pixels inside the synthetic masks change
+    unmasked = SimpleNamespace(image=normal_images, gt_label=torch.tensor([0, 1]), gt_mask=None)
+    _, labels, masks, has_mask = module._training_inputs(unmasked)
+    assert has_mask.tolist() == [True, False]  # the real anomaly has no mask: no pixel loss for it
+    assert labels.tolist() == [1, 1]
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
     engine.train(module, datamodule=_datamodule(mvtec_tree))
     assert module.learning_type == LearningType.ZERO_SHOT
@@ -162,8 +167,11 @@ def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tm
     assert "pixel_AUROC" in results[0]  # the target has masks
     batch = next(iter(data.train_dataloader()))
     assert batch.gt_mask is None
-    images, labels, masks = module._training_inputs(batch.update(image=module.pre_processor.transform(batch.image)))
+    images, labels, masks, has_mask = module._training_inputs(
+        batch.update(image=module.pre_processor.transform(batch.image))
+    )
     assert masks is None
+    assert has_mask is None
     module.model.train()
     output = module.model(images, module._class_names(batch))
     terms = module.loss(*output[:2], output.text_embeddings, output.kl, labels, masks, prompt_index=0, stage=1)
@@ -179,3 +187,13 @@ def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tm
         batch = SimpleNamespace(image=image, image_path=["upload/any.png"])
         assert named._class_names(batch) == ["widget"]
         assert fallback._class_names(batch) == ["object"]
+
+
+def test_thresholds_given_with_a_checkpoint_win_over_the_stored_ones(trained):
+    _, checkpoint = trained
+    reloaded = BayesPFL.load_from_checkpoint(checkpoint, image_threshold=0.3, pixel_threshold=0.8)
+    assert reloaded.post_processor.image_sensitivity == pytest.approx(0.7)
+    assert reloaded.post_processor.pixel_sensitivity == pytest.approx(0.2)
+    scores = torch.tensor([0.2, 0.35, 0.9])
+    labels = reloaded.post_processor._apply_threshold(scores, reloaded.post_processor.normalized_image_threshold)
+    assert labels.tolist() == [False, True, True]

@@ -70,20 +70,27 @@ def test_pre_processor_resizes_and_normalises(tiny_clip_path):
         out[0, :, 0, 0],
         (0.5 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor([0.26862954, 0.26130258, 0.27577711]),
     )
+    ramp = torch.linspace(0, 1, 100).view(1, 1, 1, 100).expand(1, 3, 80, 100)  # non-square, aspect not kept
+    resized = module.pre_processor.transform(ramp)
+    expected = torch.nn.functional.interpolate(ramp, size=(64, 64), mode="bicubic", antialias=True, align_corners=False)
+    torch.testing.assert_close(resized[0, 0], (expected[0, 0] - 0.48145466) / 0.26862954, rtol=0, atol=1e-4)
 
 
 def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatch):
     module = tiny_module(tiny_clip_path)
-    batch = ImageBatch(
-        image=torch.zeros(3, 3, 64, 64),
-        image_path=["d/MVTecAD/metal_nut/test/scratch/000.png", "d/visa_pytorch/pcb1/test/bad/001.JPG", "upload/x.png"],
-    )
-    assert module._class_names(batch) == ["metal_nut", "pcb1", "object"]
+    paths = ["d/MVTecAD/metal_nut/test/scratch/000.png", "d/visa_pytorch/pcb1/test/bad/001.JPG", "upload/x.png"]
+    batch = ImageBatch(image=torch.zeros(3, 3, 64, 64), image_path=paths)
+    assert module._class_names(batch) == ["object"] * 3  # loose files (predict): no folder name is trusted
     monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="widget")))
     module._trainer = object()
-    assert module._class_names(batch)[2] == "widget"
-    module.class_name = "gear"
-    assert module._class_names(batch) == ["gear"] * 3
+    assert module._class_names(batch) == ["metal_nut", "pcb1", "widget"]
+    lookup = {paths[2]: "gear"}.get
+    monkeypatch.setattr(
+        BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="", class_name_of=lookup))
+    )
+    assert module._class_names(batch) == ["metal_nut", "pcb1", "gear"]
+    module.class_name = "gear box"
+    assert module._class_names(batch) == ["gear box"] * 3
 
 
 def test_nan_images_are_named(tiny_clip_path):
@@ -104,16 +111,22 @@ def test_optimisers_and_warmup_cosine(tiny_clip_path, monkeypatch):
     module = tiny_module(tiny_clip_path, stage_one_epochs=4, stage_two_epochs=1)
     monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(estimated_stepping_batches=50))
     (stage_one, stage_two), (schedule,) = module.configure_optimizers()
+    assert [group["initial_lr"] for group in stage_one.param_groups] == [1e-3, 1e-2, 1e-3, 1e-4]
+    groups = module.model.parameter_groups()
+    for group, name in zip(stage_one.param_groups, ("prompts", "temperatures", "flows", "other"), strict=True):
+        assert [id(p) for p in group["params"]] == [id(p) for p in groups[name]], name
     assert [group["lr"] for group in stage_one.param_groups] == [0.0, 0.0, 0.0, 0.0]  # warm-up starts at 0
     assert stage_one.defaults["betas"] == (0.5, 0.999)
-    assert len(stage_two.param_groups[0]["params"]) == len(module.model.parameter_groups()["classifier"])
+    assert stage_two.param_groups[0]["lr"] == 1e-4
+    assert len(stage_two.param_groups[0]["params"]) == len(groups["classifier"])
     scheduler = schedule["scheduler"]
     assert schedule["interval"] == "step"
     factors = []
-    for _ in range(40):  # 4 of 5 epochs of 50 steps: 40 stage-one steps, 4 of them warm-up
+    for _ in range(50):  # warm-up over 10% of all 50 steps, then a cosine that ends with the last epoch
         stage_one.step()
         scheduler.step()
         factors.append(scheduler.get_last_lr()[0] / 1e-3)
-    assert factors[2] == pytest.approx(0.75)
+    assert factors[2] == pytest.approx(0.6)
     assert max(factors) == pytest.approx(1.0)
+    assert factors[39] > 0.05  # still training when stage 2 starts after 40 steps, as in the authors' schedule
     assert factors[-1] == pytest.approx(0.0, abs=1e-9)

@@ -80,3 +80,36 @@ def test_losses_go_down_on_a_tiny_batch(tiny_clip):
     assert after[0] < 0.8 * before[0], (before, after)
     assert after[1] < before[1], (before, after)
     assert not any(p.grad is not None for p in model.clip.parameters())
+
+
+def test_pixel_terms_use_only_images_with_known_masks():
+    """A real anomaly without its mask must not be taught that its defect is normal."""
+    loss = BayesPFLLoss()
+    logits = [torch.randn(3, 4, 4, 4)]
+    image_logits, text = torch.randn(3, 4), torch.randn(3, 4, 8)
+    masks = torch.zeros(3, 16, 16)
+    masks[2, 4:8, 4:8] = 1  # image 2: a synthetic anomaly; image 1: a real anomaly without a mask
+    labels = torch.tensor([0, 1, 1])
+    known = torch.tensor([True, False, True])
+    selected = loss(
+        image_logits, logits, text, torch.tensor(0.0), labels, masks, prompt_index=0, stage=1, has_mask=known
+    )
+    subset = loss(
+        image_logits, [logits[0][known]], text, torch.tensor(0.0), labels, masks[known], prompt_index=0, stage=1
+    )
+    torch.testing.assert_close(selected.focal, subset.focal)
+    torch.testing.assert_close(selected.dice, subset.dice)
+    full = loss(image_logits, logits, text, torch.tensor(0.0), labels, masks, prompt_index=0, stage=1)
+    assert not torch.isclose(full.focal, selected.focal)
+    none = loss(
+        image_logits,
+        logits,
+        text,
+        torch.tensor(0.0),
+        labels,
+        masks,
+        prompt_index=0,
+        stage=1,
+        has_mask=torch.zeros(3, dtype=torch.bool),
+    )
+    assert none.focal == 0
