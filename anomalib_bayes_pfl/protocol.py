@@ -63,15 +63,20 @@ def fuse_paper_scores(probabilities: torch.Tensor, map_scores: torch.Tensor) -> 
     return 0.5 * min_max(probabilities) + 0.5 * min_max(map_scores)
 
 
-def _metrics() -> list[AnomalibMetric]:
+def zero_shot_metrics() -> list[AnomalibMetric]:
+    """The zero-shot literature's metrics: image AUROC, AP (AUPR) and F1Max; pixel AUROC and AUPRO."""
     return [
         AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
         AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
         F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
         AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
     ]
+
+
+def _metrics() -> list[AnomalibMetric]:
+    """Per category, the pooled metrics plus pixel AP."""
+    return [*zero_shot_metrics(), AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
 
 
 class PerCategoryMetrics(Callback):

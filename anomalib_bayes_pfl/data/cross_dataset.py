@@ -53,19 +53,6 @@ def discover_categories(root: str | Path, dataset_format: DatasetFormat) -> list
     return sorted(folder.name for folder in base.iterdir() if (folder / marker).is_dir())
 
 
-def _folder_dataset(root: Path, category: str) -> FolderDataset:
-    folder = root / category
-    defects = sorted(d.name for d in folder.iterdir() if d.is_dir() and d.name not in {NORMAL_FOLDER, MASK_FOLDER})
-    masks = [folder / MASK_FOLDER / defect for defect in defects if (folder / MASK_FOLDER / defect).is_dir()]
-    return FolderDataset(
-        name=category,
-        root=folder,
-        normal_dir=NORMAL_FOLDER,
-        abnormal_dir=defects or None,
-        mask_dir=masks or None,
-    )
-
-
 def _defect_folders(root: Path, dataset_format: DatasetFormat, category: str) -> list[tuple[Path, Path]]:
     """(anomalous image folder, mask folder) pairs of one category."""
     folder = _category_root(root, dataset_format) / category
@@ -77,6 +64,18 @@ def _defect_folders(root: Path, dataset_format: DatasetFormat, category: str) ->
         for defect in sorted(images.iterdir())
         if defect.is_dir() and defect.name not in {NORMAL_FOLDER, MASK_FOLDER}
     ]
+
+
+def _folder_dataset(root: Path, category: str) -> FolderDataset:
+    pairs = _defect_folders(root, "folder", category)
+    masks = [mask for _, mask in pairs if mask.is_dir()]
+    return FolderDataset(
+        name=category,
+        root=root / category,
+        normal_dir=NORMAL_FOLDER,
+        abnormal_dir=[defect.name for defect, _ in pairs] or None,
+        mask_dir=masks or None,
+    )
 
 
 def check_masks(root: Path, dataset_format: DatasetFormat, category: str) -> None:

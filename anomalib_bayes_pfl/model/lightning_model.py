@@ -20,7 +20,7 @@ import torch
 from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
-from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
+from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Res
 
 from anomalib_bayes_pfl.data.class_names import resolve_class_names
 from anomalib_bayes_pfl.data.validation import check_image_files
-from anomalib_bayes_pfl.protocol import PerCategoryMetrics, PredictionTable, paper_top_k, top_k_mean
+from anomalib_bayes_pfl.protocol import PerCategoryMetrics, PredictionTable, paper_top_k, top_k_mean, zero_shot_metrics
 
 from .backbone import load_clip
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
@@ -243,14 +243,7 @@ class BayesPFL(AnomalibModule):
     @staticmethod
     def configure_evaluator() -> Evaluator:
         """The zero-shot literature's metrics: image AUROC, AP (AUPR) and F1Max; pixel AUROC and AUPRO."""
-        test_metrics = [
-            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-            AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
-            F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
-            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        ]
-        return Evaluator(test_metrics=test_metrics)
+        return Evaluator(test_metrics=zero_shot_metrics())
 
     @property
     def learning_type(self) -> LearningType:
