@@ -24,6 +24,8 @@ import torch
 from open_clip.model import CLIP
 from torch.nn import functional as F  # noqa: N812
 
+from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG, TINY_CLIP_NAME
+
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
@@ -35,6 +37,8 @@ _OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 def _resolve_model_name(clip_model: str) -> str:
     """Return an open_clip model name, registering ``clip_model`` first when it is a JSON config file."""
+    if clip_model == TINY_CLIP_NAME:
+        clip_model = TINY_CLIP_CONFIG
     if clip_model.endswith(".json"):
         path = Path(clip_model).expanduser()
         if not path.is_file():
@@ -50,7 +54,8 @@ def _resolve_model_name(clip_model: str) -> str:
     if open_clip.get_model_config(clip_model) is None:
         msg = (
             f"Unknown CLIP model '{clip_model}'; use an open_clip model name (see open_clip.list_models(), e.g. "
-            f"'ViT-L-14-336') or the path of an open_clip model-config JSON file."
+            f"'ViT-L-14-336'), '{TINY_CLIP_NAME}' (a tiny test model, with --model.clip_pretrained null) or the "
+            f"path of an open_clip model-config JSON file."
         )
         raise ValueError(msg)
     return clip_model
@@ -112,9 +117,10 @@ def _resolve_weights_file(model_name: str, pretrained: str, cache_dir: str | Non
     pretrained_cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
     if not pretrained_cfg:
         tags = open_clip.list_pretrained_tags_by_model(model_name)
+        choices = f"one of its tags {tags}, " if tags else ""
         msg = (
-            f"'{pretrained}' is neither a file nor an open_clip tag of '{model_name}'; known tags: {tags}. "
-            f"Pass a tag from that list or the path of a local checkpoint."
+            f"'{pretrained}' is neither a file nor an open_clip tag of '{model_name}'. Pass {choices}the path of a "
+            f"local checkpoint, or --model.clip_pretrained null for random weights."
         )
         raise ValueError(msg)
     cached = _cached_weights(pretrained_cfg, cache_dir)
