@@ -20,7 +20,7 @@ tuned per category by the authors, so it is an offline evaluation option, never 
 import logging
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any
 
 import pandas as pd
 import torch
@@ -82,13 +82,11 @@ def _metrics() -> list[AnomalibMetric]:
 class PerCategoryMetrics(Callback):
     """Compute test metrics per category and their mean over categories.
 
-    Args:
-        image_score: ``probability``: the model's own score (works one image at a time); ``paper``: the authors'
-            transductive fusion, for comparison with published numbers.
+    The model's ``image_score`` decides the image score: ``probability``, the model's own (one image at a time), or
+    ``paper``, which adds the authors' transductive fusion for comparison with published numbers.
     """
 
-    def __init__(self, image_score: Literal["probability", "paper"] = "probability") -> None:
-        self.image_score = image_score
+    def __init__(self) -> None:
         self.metrics: dict[str, list[AnomalibMetric]] = {}
         self.image_values: dict[str, dict[str, list[torch.Tensor]]] = {}
         self.table: pd.DataFrame | None = None
@@ -123,7 +121,7 @@ class PerCategoryMetrics(Callback):
             )
             for metric in self.metrics.setdefault(category, _metrics()):
                 metric.update(subset)
-            if self.image_score == "paper" and subset.gt_label is not None:
+            if getattr(pl_module, "image_score", "probability") == "paper" and subset.gt_label is not None:
                 values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
                 values["map"].append(map_scores[index].cpu())

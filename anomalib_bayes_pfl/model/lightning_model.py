@@ -11,6 +11,7 @@ evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained (so
 ``ZERO_SHOT`` once it is trained or loaded (so the Engine only evaluates).
 """
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
@@ -25,12 +26,14 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback
+from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
+from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_bayes_pfl.data.class_names import resolve_class_names
@@ -40,6 +43,7 @@ from anomalib_bayes_pfl.protocol import PerCategoryMetrics, PredictionTable, pap
 from .backbone import load_clip
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 from .loss import BayesPFLLoss
+from .options import AUTO, PAPER_DEFAULTS, resolve_options, stored_options
 from .reference_checkpoint import load_head_weights
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel
 
@@ -47,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 CLIP_PREFIX = "model.clip."
 ADAM_BETAS = (0.5, 0.999)
+# Share of normal training images replaced by synthetic anomalies when the training data has no anomalies.
+NORMAL_ONLY_SYNTHETIC_ANOMALIES = 0.5
 
 
 class BayesPFL(AnomalibModule):
@@ -113,25 +119,25 @@ class BayesPFL(AnomalibModule):
 
     def __init__(
         self,
-        clip_model: str = "ViT-L-14-336",
-        clip_pretrained: str | None = "openai",
-        clip_quick_gelu: bool = False,
-        clip_precision: Literal["fp32", "bf16", "fp16"] = "fp32",
-        image_size: int = 518,
+        clip_model: str | None = None,
+        clip_pretrained: str | None = AUTO,
+        clip_quick_gelu: bool | None = None,
+        clip_precision: Literal["fp32", "bf16", "fp16"] | None = None,
+        image_size: int | None = None,
         tap_layers: Sequence[int] | None = None,
-        num_prompts: int = 3,
-        prompt_context_len: int = 5,
-        prompt_state_len: int = 5,
-        num_flow_steps: int = 10,
-        num_samples: int = 10,
-        image_specific_distribution: bool = True,
-        image_agnostic_distribution: bool = True,
-        residual_attention: bool = True,
+        num_prompts: int | None = None,
+        prompt_context_len: int | None = None,
+        prompt_state_len: int | None = None,
+        num_flow_steps: int | None = None,
+        num_samples: int | None = None,
+        image_specific_distribution: bool | None = None,
+        image_agnostic_distribution: bool | None = None,
+        residual_attention: bool | None = None,
         orthogonality_loss: bool = True,
         iad_log_det_per_batch: bool = True,
         kl_weight: float = 0.01,
-        smoothing_sigma: float = 8.0,
-        eval_seed: int = 333,
+        smoothing_sigma: float | None = None,
+        eval_seed: int | None = None,
         stage_one_epochs: int = 20,
         stage_two_epochs: int = 5,
         prompt_learning_rate: float = 1e-3,
@@ -141,19 +147,23 @@ class BayesPFL(AnomalibModule):
         warmup_ratio: float = 0.1,
         prompt_weights: str | None = None,
         class_name: str | None = None,
-        synthetic_anomalies: float = 0.0,
-        image_score: Literal["probability", "paper"] = "probability",
-        image_threshold: float = 0.5,
-        pixel_threshold: float = 0.5,
+        synthetic_anomalies: float | None = None,
+        image_score: Literal["probability", "paper"] | None = None,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        given = {name: value for name, value in locals().items() if name in PAPER_DEFAULTS}
+        source = f"prompt weights {prompt_weights}"
+        options = resolve_options(given, stored_options(prompt_weights) if prompt_weights else None, source)
+        self._owns_pre_processor = pre_processor is True
         if pre_processor is True:
-            pre_processor = self.configure_pre_processor((image_size, image_size))
+            pre_processor = self.configure_pre_processor((options["image_size"],) * 2)
         if post_processor is True:
-            post_processor = self._post_processor(image_threshold, pixel_threshold)
+            post_processor = self._post_processor(options["image_threshold"], options["pixel_threshold"])
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -166,29 +176,14 @@ class BayesPFL(AnomalibModule):
                 f"and at least one positive."
             )
             raise ValueError(msg)
-        self.config = BayesPFLConfig(
-            image_size=image_size,
-            tap_layers=tuple(tap_layers) if tap_layers is not None else None,
-            residual_attention=residual_attention,
-            clip_precision=clip_precision,
-            prompt=PromptConfig(num_prompts, prompt_context_len, prompt_state_len),
-            flow=FlowConfig(
-                num_flow_steps,
-                image_specific_distribution,
-                image_agnostic_distribution,
-                iad_log_det_per_batch,
-            ),
-            scoring=ScoringConfig(num_samples, smoothing_sigma, eval_seed),
-        )
-        clip = load_clip(clip_model, clip_pretrained, quick_gelu=clip_quick_gelu)
-        self.model = BayesPFLModel(self.config, clip, clip_name=clip_model)
-        if prompt_weights is not None:
-            load_head_weights(self.model, prompt_weights)
-            logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", prompt_weights)
+        if synthetic_anomalies is not None and not 0.0 <= synthetic_anomalies <= 1.0:
+            msg = f"synthetic_anomalies is a probability in [0, 1], got {synthetic_anomalies}."
+            raise ValueError(msg)
+        self._given_options = given
+        self._apply_options(options)
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
-        self.class_name = class_name
-        # What an exported model, which sees tensors only, writes into its prompts.
-        self.model.default_class_name = class_name or DEFAULT_CLASS_NAME
+        self.iad_log_det_per_batch = iad_log_det_per_batch
+        self.prompt_weights = prompt_weights
         self.stage_one_epochs = stage_one_epochs
         self.stage_two_epochs = stage_two_epochs
         self.learning_rates = {
@@ -198,17 +193,74 @@ class BayesPFL(AnomalibModule):
             "other": learning_rate,
         }
         self.warmup_ratio = warmup_ratio
-        if not 0.0 <= synthetic_anomalies <= 1.0:
-            msg = f"synthetic_anomalies is a probability in [0, 1], got {synthetic_anomalies}."
-            raise ValueError(msg)
-        self.anomaly_generator = (
-            PerlinAnomalyGenerator(probability=synthetic_anomalies) if synthetic_anomalies else None
-        )
-        self.image_score = image_score
-        self.thresholds = (image_threshold, pixel_threshold)
+        self.synthetic_anomalies = synthetic_anomalies
+        self.anomaly_generator: PerlinAnomalyGenerator | None = None
         self.last_map_scores: torch.Tensor | None = None
+        self._unpadded_test_samples: int | None = None
         self._checked_samples: set[int] = set()
         self.automatic_optimization = False
+        if prompt_weights is not None:
+            self._build()
+
+    def _apply_options(self, options: dict[str, Any]) -> None:
+        """Take resolved scoring options; checkpoints store them, so that they carry everything needed to score."""
+        _check_thresholds(options["image_threshold"], options["pixel_threshold"])
+        self.options = options
+        self.hparams.update(options)
+        self.class_name = options["class_name"]
+        self.image_score = options["image_score"]
+        if self._owns_pre_processor and isinstance(self.pre_processor, PreProcessor):
+            # In place: the datamodule resizes in its workers with this very transform.
+            for resize in (t for t in self.pre_processor.transform.transforms if isinstance(t, Resize)):
+                resize.size = [options["image_size"]] * 2
+            self.pre_processor.export_transform = self.pre_processor.transform  # keep antialiasing when exported
+        if isinstance(self.post_processor, PostProcessor) and not self.post_processor.enable_normalization:
+            self.post_processor.image_sensitivity = 1.0 - options["image_threshold"]
+            self.post_processor.pixel_sensitivity = 1.0 - options["pixel_threshold"]
+
+    @property
+    def is_built(self) -> bool:
+        """Whether the CLIP and the head exist; they are built at first use, once the options are known."""
+        return "model" in self._modules
+
+    @property
+    def model(self) -> BayesPFLModel:
+        """The torch model, built from the resolved options at first use.
+
+        Building waits so that ``anomalib test|predict --ckpt_path X`` builds the CLIP and head that X was trained
+        with (see :meth:`on_load_checkpoint`), never the defaults of an unset command line.
+        """
+        if not self.is_built:
+            self._build()
+        return self._modules["model"]
+
+    def _build(self) -> None:
+        """Build the frozen CLIP and the head from :attr:`options`, and load ``prompt_weights`` if given."""
+        options = self.options
+        config = BayesPFLConfig(
+            image_size=options["image_size"],
+            tap_layers=tuple(options["tap_layers"]) if options["tap_layers"] is not None else None,
+            residual_attention=options["residual_attention"],
+            clip_precision=options["clip_precision"],
+            prompt=PromptConfig(options["num_prompts"], options["prompt_context_len"], options["prompt_state_len"]),
+            flow=FlowConfig(
+                options["num_flow_steps"],
+                options["image_specific_distribution"],
+                options["image_agnostic_distribution"],
+                self.iad_log_det_per_batch,
+            ),
+            scoring=ScoringConfig(options["num_samples"], options["smoothing_sigma"], options["eval_seed"]),
+        )
+        # Builds may happen inside Lightning's inference-mode loops; the head must stay trainable and loadable.
+        with torch.inference_mode(False):
+            clip = load_clip(options["clip_model"], options["clip_pretrained"], quick_gelu=options["clip_quick_gelu"])
+            model = BayesPFLModel(config, clip, clip_name=options["clip_model"])
+            if self.prompt_weights is not None:
+                load_head_weights(model, self.prompt_weights)
+                logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", self.prompt_weights)
+        # What an exported model, which sees tensors only, writes into its prompts.
+        model.default_class_name = options["class_name"] or DEFAULT_CLASS_NAME
+        self.model = model.to(self.device)
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -224,10 +276,7 @@ class BayesPFL(AnomalibModule):
 
     @staticmethod
     def _post_processor(image_threshold: float, pixel_threshold: float) -> PostProcessor:
-        for name, value in (("image_threshold", image_threshold), ("pixel_threshold", pixel_threshold)):
-            if not 0.0 < value < 1.0:
-                msg = f"{name} is a probability threshold in (0, 1), got {value}."
-                raise ValueError(msg)
+        _check_thresholds(image_threshold, pixel_threshold)
         # Thresholds apply to the raw probabilities as 1 - sensitivity (anomalib's PostProcessor without
         # normalisation); min-max normalisation would clamp scores outside the validation range and tie them.
         return PostProcessor(
@@ -237,8 +286,8 @@ class BayesPFL(AnomalibModule):
         )
 
     def configure_post_processor(self) -> PostProcessor:
-        """Label with the probability thresholds (0.5): scores are already probabilities, so no normalisation."""
-        return self._post_processor(0.5, 0.5)
+        """Label with the paper's probability thresholds: scores are already probabilities, so no normalisation."""
+        return self._post_processor(PAPER_DEFAULTS["image_threshold"], PAPER_DEFAULTS["pixel_threshold"])
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -246,29 +295,37 @@ class BayesPFL(AnomalibModule):
         return Evaluator(test_metrics=zero_shot_metrics())
 
     @property
+    def is_trained(self) -> bool:
+        """Whether the head is trained or loaded (known before it is built when ``prompt_weights`` are given)."""
+        return self.model.is_trained if self.is_built else self.prompt_weights is not None
+
+    @property
     def learning_type(self) -> LearningType:
         """``ZERO_SHOT`` once the head is trained or loaded, so that the Engine only evaluates it; else ``ONE_CLASS``.
 
-        While fitting (a resumed run included) it stays ``ONE_CLASS``: anomalib's checkpoint callback saves
-        zero-shot models only after validation, and BayesPFL runs none.
+        While fitting (a resumed run included) it stays ``ONE_CLASS``, so that the Engine trains it.
         """
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        return LearningType.ZERO_SHOT if self.model.is_trained and not fitting else LearningType.ONE_CLASS
+        return LearningType.ZERO_SHOT if self.is_trained and not fitting else LearningType.ONE_CLASS
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
         """The epoch count is a model argument: the Engine lets these override ``--trainer.*``.
 
-        No validation batches: nothing selects a model on validation data (the authors' early stopping looks at the
-        target categories), and labels use probability thresholds, not validation statistics. Checkpoints are
-        therefore written at the end of every training epoch, so that interrupted training can resume.
+        Training runs no validation batches: nothing selects a model on validation data (the authors' early stopping
+        looks at the target categories), and labels use probability thresholds, not validation statistics; a
+        checkpoint is written at the end of every training epoch, so that interrupted training can resume. A
+        zero-shot model is not trained: anomalib's Engine "fits" it by validating, and writes its checkpoint at the
+        end of validation, so one batch is scored for that (as WinClip's whole validation set is).
         """
+        if self.learning_type == LearningType.ZERO_SHOT:
+            return {"limit_val_batches": 1, "num_sanity_val_steps": 0}
         epochs = self.stage_one_epochs + self.stage_two_epochs
         return {"max_epochs": epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
         """Per-category metrics before the post-processor; the prediction table after it, to read the labels."""
-        return [PerCategoryMetrics(self.image_score), *super().configure_callbacks(), PredictionTable()]
+        return [PerCategoryMetrics(), *super().configure_callbacks(), PredictionTable()]
 
     def configure_optimizers(self) -> tuple[list[Adam], list[dict[str, Any]]]:
         """Stage 1: Adam over four learning-rate groups with a warm-up cosine schedule; stage 2: the classifier."""
@@ -317,22 +374,51 @@ class BayesPFL(AnomalibModule):
             raise ValueError(msg)
 
     def setup(self, stage: str) -> None:
-        """Check the datamodule's image and mask files once, before anything is trained, scored or written."""
+        """Check the datamodule's image and mask files once, before anything is trained, scored or written.
+
+        Every subset is checked before anything is reported, so that one run names every bad file.
+        """
         del stage
         datamodule = getattr(self.trainer, "datamodule", None)
+        pairs = []
         for subset in ("train_data", "val_data", "test_data"):
             samples = getattr(getattr(datamodule, subset, None), "samples", None)
             if samples is None or id(samples) in self._checked_samples:
                 continue
             masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
-            check_image_files(zip(samples["image_path"], masks, strict=True))
+            pairs += [pair for pair in zip(samples["image_path"], masks, strict=True) if pair not in pairs]
             self._checked_samples.add(id(samples))
+        check_image_files(pairs)
+
+    def configure_model(self) -> None:
+        """Before training: seed as the command line asks, then build the model (before DDP wraps it)."""
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
+        if fitting and not self.is_built:
+            _seed_from_command_line(self.trainer)
+            self._build()
 
     def on_train_start(self) -> None:
-        """Stop before training on data that cannot teach the prompts what an anomaly looks like."""
-        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        samples = getattr(dataset, "samples", None)
-        if self.anomaly_generator is None and samples is not None and not (samples.label_index == 1).any():
+        """Decide on synthetic anomalies, and say what the training data cannot teach.
+
+        The paper trains on real anomalies of an annotated auxiliary dataset. Normal-only data (a one-class
+        datamodule such as MVTecAD, as in every anomalib benchmark) gets synthetic anomalies unless
+        ``synthetic_anomalies=0`` asks to refuse it; either way the deviation is announced.
+        """
+        samples = getattr(getattr(self.trainer.train_dataloader, "dataset", None), "samples", None)
+        anomalous = samples[samples.label_index == 1] if samples is not None else None
+        probability = self.synthetic_anomalies
+        if probability is None:
+            probability = 0.0 if anomalous is None or len(anomalous) else NORMAL_ONLY_SYNTHETIC_ANOMALIES
+            if probability:
+                logger.warning(
+                    "The training data has normal images only; BayesPFL learns anomalies from an annotated auxiliary "
+                    "dataset, so %.0f%% of the normal images are replaced by synthetic Perlin anomalies with masks. "
+                    "This deviates from the paper's protocol. For the paper's: --data ZeroShotCrossDataset "
+                    "--data.auxiliary_root datasets/visa --data.target_root datasets/MVTecAD; to refuse normal-only "
+                    "data: --model.synthetic_anomalies 0.",
+                    100 * probability,
+                )
+        if anomalous is not None and not len(anomalous) and not probability:
             msg = (
                 "BayesPFL is trained on an annotated *auxiliary* dataset with anomalous images, then used zero-shot "
                 "on unseen categories, but this training set has normal images only. Either evaluate with trained "
@@ -342,6 +428,15 @@ class BayesPFL(AnomalibModule):
                 "on the normal images: --model.synthetic_anomalies 0.5."
             )
             raise ValueError(msg)
+        if anomalous is not None and "mask_path" in anomalous:
+            unmasked = int((anomalous.mask_path.fillna("") == "").sum())
+            if unmasked:
+                logger.warning(
+                    "%d anomalous training image(s) have no mask: their pixel losses are skipped and they teach the "
+                    "image head only.",
+                    unmasked,
+                )
+        self.anomaly_generator = PerlinAnomalyGenerator(probability=probability) if probability else None
 
     def on_train_epoch_start(self) -> None:
         """Switch the image head to the current stage; stage 2 frees stage 1's Adam moments.
@@ -360,7 +455,7 @@ class BayesPFL(AnomalibModule):
         stage = self.current_stage
         images, labels, masks, has_mask = self._training_inputs(batch)
         output = self.model(images, self._class_names(batch))
-        prompt_index = int(torch.randint(self.config.prompt.num_prompts, (1,)))
+        prompt_index = int(torch.randint(self.model.config.prompt.num_prompts, (1,)))
         terms = self.loss(
             output.image_logits,
             output.pixel_logits,
@@ -430,10 +525,19 @@ class BayesPFL(AnomalibModule):
         del batch_idx, dataloader_idx
         return self._evaluate(batch)
 
+    def on_test_epoch_start(self) -> None:
+        """Count this process's share of the test set without the duplicates a distributed sampler pads it with."""
+        self._unpadded_test_samples = _unpadded_share(self.trainer)
+
     def test_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Score the test batch with each image's class name."""
+        """Score the test batch with each image's class name; every image is scored once over all processes."""
         del batch_idx, dataloader_idx
-        return self._evaluate(batch)
+        batch = self._evaluate(batch)
+        if self._unpadded_test_samples is None:
+            return batch
+        keep = min(len(batch), self._unpadded_test_samples)
+        self._unpadded_test_samples -= keep
+        return batch if keep == len(batch) else _first_items(batch, keep)
 
     def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the prediction batch with each image's class name."""
@@ -448,15 +552,66 @@ class BayesPFL(AnomalibModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Put the live frozen CLIP tensors back before Lightning's strict ``load_state_dict``.
+        """Score as the run that wrote the checkpoint: its stored options fill every option left unset.
 
-        anomalib restores the post-processor's settings from the checkpoint; the thresholds are model arguments,
-        so ``--model.image_threshold`` given with ``--ckpt_path`` is applied again afterwards.
+        anomalib restores the post-processor's thresholds; the pre-processor is resized in place from the stored
+        image size (the datamodule resizes with the same transform). Then the frozen CLIP tensors are put back
+        before Lightning's strict ``load_state_dict``.
         """
+        if self._owns_pre_processor:
+            checkpoint.pop("anomalib_pre_processor_config", None)
         super().on_load_checkpoint(checkpoint)
-        if isinstance(self.post_processor, PostProcessor) and not self.post_processor.enable_normalization:
-            self.post_processor.image_sensitivity = 1.0 - self.thresholds[0]
-            self.post_processor.pixel_sensitivity = 1.0 - self.thresholds[1]
+        source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".strip()
+        options = resolve_options(self._given_options, checkpoint.get("hyper_parameters"), source)
+        rebuild = options != self.options
+        self._apply_options(options)
+        if rebuild or not self.is_built:
+            self._build()
         state = checkpoint["state_dict"]
         for key, value in self.model.clip.state_dict().items():
             state.setdefault(CLIP_PREFIX + key, value)
+
+
+def _check_thresholds(image_threshold: float, pixel_threshold: float) -> None:
+    for name, value in (("image_threshold", image_threshold), ("pixel_threshold", pixel_threshold)):
+        if not 0.0 < value < 1.0:
+            msg = f"{name} is a probability threshold in (0, 1), got {value}."
+            raise ValueError(msg)
+
+
+def _seed_from_command_line(trainer: Trainer) -> None:
+    """Apply ``--seed_everything`` (or a config's ``seed_everything``), which anomalib 2.7's CLI parses but ignores.
+
+    ``True`` (the CLI default) draws a seed, as LightningCLI does, and logs it; ``False`` leaves the RNGs alone.
+    Outside the CLI nothing happens: Python users call ``seed_everything`` themselves.
+    """
+    configs = [callback.config for callback in trainer.callbacks if isinstance(callback, SaveConfigCallback)]
+    seed = configs[0].get("seed_everything") if configs else None
+    if seed is True:
+        seed_everything(workers=True)
+    elif seed is not None and seed is not False:
+        seed_everything(int(seed), workers=True)
+
+
+def _unpadded_share(trainer: Trainer) -> int | None:
+    """How many of this process's test samples are real, when a distributed sampler pads the test set; else None.
+
+    ``DistributedSampler`` (no shuffling, no dropping) repeats the first indices so that every process gets
+    ``ceil(n / world)`` samples; process ``r`` takes indices ``r, r + world, ...``, so its real ones come first.
+    """
+    loaders = trainer.test_dataloaders
+    sampler = getattr(loaders[0] if isinstance(loaders, list) else loaders, "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last or sampler.shuffle:
+        return None
+    return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
+
+
+def _first_items(batch: Batch, count: int) -> Batch:
+    """The first ``count`` items of a batch, every per-item field cut alike."""
+    length = len(batch)
+    cut = {
+        field.name: value[:count]
+        for field in dataclasses.fields(batch)
+        if isinstance(value := getattr(batch, field.name), torch.Tensor | list) and len(value) == length
+    }
+    return dataclasses.replace(batch, **cut)

@@ -47,15 +47,27 @@ def trained(tmp_path_factory, tiny_clip_path, mvtec_tree):
     return module, checkpoint
 
 
-def test_normal_only_training_data_stops_with_the_protocol(tiny_clip_path, mvtec_tree, tmp_path):
-    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+def test_normal_only_training_data_gets_announced_synthetic_anomalies(tiny_clip_path, mvtec_tree, tmp_path, caplog):
+    """A one-class datamodule (anomalib's benchmarks) trains on synthetic anomalies, with a warning; 0 refuses it."""
+    engine = Engine(default_root_dir=tmp_path / "refused", accelerator="cpu", devices=1, logger=False)
     with pytest.raises(ValueError, match=r"normal images only.*--model\.prompt_weights.*ZeroShotCrossDataset"):
-        engine.train(tiny_module(tiny_clip_path), datamodule=_datamodule(mvtec_tree))
-    assert not list(tmp_path.rglob("*.ckpt"))
+        engine.train(tiny_module(tiny_clip_path, synthetic_anomalies=0.0), datamodule=_datamodule(mvtec_tree))
+    assert not list((tmp_path / "refused").rglob("*.ckpt"))
+    module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0)
+    engine = Engine(default_root_dir=tmp_path / "default", accelerator="cpu", devices=1, logger=False)
+    engine.fit(module, datamodule=_datamodule(mvtec_tree))
+    assert "normal images only" in caplog.text
+    assert "deviates from the paper's protocol" in caplog.text
+    assert module.anomaly_generator.probability == 0.5
+    assert module.is_trained
+    assert list((tmp_path / "default").rglob("model.ckpt"))
 
 
 def test_synthetic_anomalies_train_on_normal_images(tiny_clip_path, mvtec_tree, tmp_path):
     module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0, synthetic_anomalies=1.0)
+    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
+    engine.train(module, datamodule=_datamodule(mvtec_tree))
+    assert module.learning_type == LearningType.ZERO_SHOT
     normal_images = module.pre_processor.transform(torch.rand(2, 3, 64, 64))
     batch = SimpleNamespace(
         image=normal_images, gt_label=torch.zeros(2, dtype=torch.long), gt_mask=torch.zeros(2, 64, 64)
@@ -72,9 +84,6 @@ def test_synthetic_anomalies_train_on_normal_images(tiny_clip_path, mvtec_tree, 
     _, labels, masks, has_mask = module._training_inputs(unmasked)
     assert has_mask.tolist() == [True, False]  # the real anomaly has no mask: no pixel loss for it
     assert labels.tolist() == [1, 1]
-    engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
-    engine.train(module, datamodule=_datamodule(mvtec_tree))
-    assert module.learning_type == LearningType.ZERO_SHOT
 
 
 def test_training_runs_both_stages_and_becomes_zero_shot(trained):

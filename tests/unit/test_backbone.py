@@ -108,9 +108,11 @@ def test_missing_weights_file_names_the_option(tiny_clip_path):
         load_clip(tiny_clip_path, pretrained="weights/ViT-L-14-336px.pt")
 
 
-def test_unknown_tag_lists_known_tags():
-    with pytest.raises(ValueError, match=r"known tags: .*openai"):
+def test_unknown_tag_lists_known_tags_and_random_weights():
+    with pytest.raises(ValueError, match=r"tags \[.*'openai'.*clip_pretrained null for random weights"):
         load_clip("ViT-B-16", pretrained="no-such-tag")
+    with pytest.raises(ValueError, match=r"Pass the path of a local checkpoint, or --model.clip_pretrained null"):
+        load_clip("bayes-pfl-tiny", pretrained="openai")  # a config without tags, by its short name
 
 
 @pytest.mark.parametrize(

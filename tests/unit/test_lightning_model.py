@@ -13,6 +13,7 @@ from anomalib.data import ImageBatch
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.model.config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
+from anomalib_bayes_pfl.model.options import PAPER_DEFAULTS, is_unset
 
 from ..helpers import TINY_ARGUMENTS
 
@@ -21,37 +22,23 @@ def tiny_module(tiny_clip_path: str, **kwargs) -> BayesPFL:
     return BayesPFL(**{**TINY_ARGUMENTS, "clip_model": tiny_clip_path, **kwargs})
 
 
-def test_signature_defaults_agree_with_config():
-    defaults = {name: p.default for name, p in inspect.signature(BayesPFL).parameters.items()}
+def test_scoring_options_are_unset_and_resolve_to_the_paper():
+    """Unset options are left to a checkpoint; without one they take the paper's values, and nothing is built."""
+    parameters = inspect.signature(BayesPFL).parameters
+    assert all(is_unset(name, parameters[name].default) for name in PAPER_DEFAULTS)
+    module = BayesPFL()  # the default ViT-L-14-336 would need a download: nothing may be built yet
+    assert not module.is_built
+    assert module.options == PAPER_DEFAULTS
+    assert module.pre_processor.transform.transforms[0].size == [518, 518]
     prompt, flow, scoring, config = PromptConfig(), FlowConfig(), ScoringConfig(), BayesPFLConfig()
-    assert (defaults["num_prompts"], defaults["prompt_context_len"], defaults["prompt_state_len"]) == (
-        prompt.num_prompts,
-        prompt.context_len,
-        prompt.state_len,
-    )
-    assert defaults["num_flow_steps"] == flow.num_flow_steps
-    assert defaults["image_specific_distribution"] == flow.image_specific
-    assert defaults["image_agnostic_distribution"] == flow.image_agnostic
-    assert defaults["iad_log_det_per_batch"] == flow.iad_log_det_per_batch
-    assert (defaults["num_samples"], defaults["smoothing_sigma"], defaults["eval_seed"]) == (
-        scoring.num_samples,
-        scoring.smoothing_sigma,
-        scoring.eval_seed,
-    )
-    assert (defaults["image_size"], defaults["tap_layers"], defaults["residual_attention"]) == (
-        config.image_size,
-        config.tap_layers,
-        config.residual_attention,
-    )
-
-
-def test_paper_defaults():
-    defaults = {name: p.default for name, p in inspect.signature(BayesPFL).parameters.items()}
-    assert defaults["clip_model"] == "ViT-L-14-336"
-    assert defaults["image_size"] == 518
-    assert (defaults["num_prompts"], defaults["prompt_context_len"], defaults["prompt_state_len"]) == (3, 5, 5)
-    assert (defaults["num_flow_steps"], defaults["num_samples"], defaults["kl_weight"]) == (10, 10, 0.01)
-    assert defaults["clip_quick_gelu"] is False
+    assert (module.options["num_prompts"], module.options["prompt_context_len"]) == (prompt.num_prompts, 5)
+    assert (module.options["prompt_state_len"], module.options["num_flow_steps"]) == (prompt.state_len, 10)
+    assert module.options["image_specific_distribution"] == flow.image_specific
+    assert (module.options["num_samples"], module.options["smoothing_sigma"]) == (scoring.num_samples, 8.0)
+    assert (module.options["eval_seed"], module.options["image_size"]) == (scoring.eval_seed, config.image_size)
+    assert module.options["clip_model"] == "ViT-L-14-336"
+    assert module.options["clip_quick_gelu"] is False
+    assert (module.options["image_threshold"], module.options["pixel_threshold"]) == (0.5, 0.5)
 
 
 def test_untrained_head_is_one_class(tiny_clip_path):
