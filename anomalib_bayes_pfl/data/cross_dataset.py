@@ -6,31 +6,42 @@
 The zero-shot protocol of Bayes-PFL (bayes_pfl_method.md §7): the head is trained on the *test* split of an
 auxiliary dataset (its anomalous images with masks, and its normal test images), all categories together, and
 evaluated on target categories it has never seen. anomalib's CLI passes one ``--data`` to both training and
-testing, so this datamodule holds both sides; it reuses anomalib's ``MVTecADDataset`` and ``VisaDataset``.
+testing, so this datamodule holds both sides; it reuses anomalib's ``MVTecADDataset``, ``VisaDataset`` and
+``FolderDataset``. Only fitting needs the auxiliary dataset: testing and predicting never read it, and validation
+data, which comes from it, is left empty without it.
 
-Formats:
+Formats (``--data.auxiliary_format`` / ``--data.target_format``):
 
 - ``mvtec``: the MVTec AD layout, ``<root>/<category>/{train/good,test/good,test/<defect>,ground_truth/<defect>}``;
 - ``visa``: anomalib's processed VisA layout, ``<root>/visa_pytorch/<category>/...`` (the same shape);
-- ``folder``: one's own data, ``<root>/<category>/good/*`` for normal images, ``<root>/<category>/<defect>/*`` for
-  anomalous ones and, optionally, masks with the same file stems in ``<root>/<category>/ground_truth/<defect>/``.
-  Without masks the pixel losses are skipped and the head learns from image labels alone.
+- ``folder``: one's own data, one folder per category, ``<root>/<category>/good/*`` for normal images and
+  ``<root>/<category>/<defect>/*`` for anomalous ones (several defect folders allowed). Masks are optional and sit in
+  a mask folder of the category, either with a subfolder per defect (``ground_truth/<defect>/``, as in MVTec AD) or
+  flat (``masks/``, as anomalib's ``Folder`` datamodule expects: ``good/``, ``bad/`` and ``masks/`` side by side).
+  The mask folder is found by name (``ground_truth``, ``masks`` or ``mask``) or named with ``--data.*_mask_dir``;
+  ``--data.*_normal_dir`` renames ``good``. A mask matches the anomalous image with its file stem (``<stem>`` or
+  ``<stem>_mask``), and a category with a mask folder needs a mask for every anomalous image. Without masks the pixel
+  losses are skipped and the head learns from image labels alone.
 """
 
 import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import reduce
 from operator import add
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
+from anomalib import TaskType
 from anomalib.data import AnomalibDataModule, MVTecAD, Visa
 from anomalib.data.datasets import AnomalibDataset
 from anomalib.data.datasets.image.folder import FolderDataset
 from anomalib.data.datasets.image.mvtecad import MVTecADDataset
 from anomalib.data.datasets.image.visa import VisaDataset
-from anomalib.data.utils import Split, TestSplitMode, ValSplitMode
+from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
+from lightning.pytorch.trainer.states import TrainerFn
+from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import Transform
 
 logger = logging.getLogger(__name__)
@@ -38,86 +49,247 @@ logger = logging.getLogger(__name__)
 DatasetFormat = Literal["mvtec", "visa", "folder"]
 NORMAL_FOLDER = "good"
 MASK_FOLDER = "ground_truth"
+MASK_FOLDER_NAMES = (MASK_FOLDER, "masks", "mask")
+EXPECTED_LAYOUTS: dict[str, str] = {
+    "mvtec": "<root>/<category>/test/{good,<defect>}/ with masks in <root>/<category>/ground_truth/<defect>/",
+    "visa": "<root>/visa_pytorch/<category>/test/{good,<defect>}/ with masks in .../<category>/ground_truth/<defect>/",
+    "folder": "<root>/<category>/{good,<defect>}/ with optional masks in <root>/<category>/{ground_truth,masks,mask}/",
+}
 
 
 def _category_root(root: Path, dataset_format: DatasetFormat) -> Path:
     return root / "visa_pytorch" if dataset_format == "visa" else root
 
 
-def discover_categories(root: str | Path, dataset_format: DatasetFormat) -> list[str]:
+def discover_categories(root: str | Path, dataset_format: DatasetFormat, normal_dir: str = NORMAL_FOLDER) -> list[str]:
     """Return the sorted category folders of a dataset tree (those with a ``test`` or, for folders, a ``good``)."""
     base = _category_root(Path(root), dataset_format)
     if not base.is_dir():
         return []
-    marker = NORMAL_FOLDER if dataset_format == "folder" else "test"
+    marker = normal_dir if dataset_format == "folder" else "test"
     return sorted(folder.name for folder in base.iterdir() if (folder / marker).is_dir())
 
 
-def _defect_folders(root: Path, dataset_format: DatasetFormat, category: str) -> list[tuple[Path, Path]]:
-    """(anomalous image folder, mask folder) pairs of one category."""
-    folder = _category_root(root, dataset_format) / category
-    images = folder if dataset_format == "folder" else folder / "test"
-    if not images.is_dir():
+def _image_files(folder: Path, pattern: str = "**/*") -> list[Path]:
+    """The image files of a folder, by default anywhere under it as anomalib lists them (none for a missing folder)."""
+    if not folder.is_dir():
         return []
-    return [
-        (defect, folder / MASK_FOLDER / defect.name)
-        for defect in sorted(images.iterdir())
-        if defect.is_dir() and defect.name not in {NORMAL_FOLDER, MASK_FOLDER}
-    ]
+    return sorted(path for path in folder.glob(pattern) if path.suffix.lower() in IMG_EXTENSIONS and path.is_file())
 
 
-def _folder_dataset(root: Path, category: str) -> FolderDataset:
-    pairs = _defect_folders(root, "folder", category)
-    masks = [mask for _, mask in pairs if mask.is_dir()]
-    return FolderDataset(
-        name=category,
-        root=root / category,
-        normal_dir=NORMAL_FOLDER,
-        abnormal_dir=[defect.name for defect, _ in pairs] or None,
-        mask_dir=masks or None,
-    )
-
-
-def check_masks(root: Path, dataset_format: DatasetFormat, category: str) -> None:
-    """Name the anomalous images without a mask (anomalib pairs masks by sorted order and fails obscurely).
+@dataclass(frozen=True)
+class DataSource:
+    """One side of the protocol and its layout; ``side`` (``auxiliary`` or ``target``) names its ``--data`` options.
 
     Raises:
-        FileNotFoundError: If some anomalous images have no mask with their file stem (``<stem>`` or
-            ``<stem>_mask``) in the matching ``ground_truth`` folder.
+        ValueError: On an unknown format, or folder names given for a format that has fixed ones.
     """
-    missing = []
-    for images, masks in _defect_folders(root, dataset_format, category):
-        if dataset_format == "folder" and not masks.parent.is_dir():
-            return  # a folder dataset without any masks: image labels only
-        mask_stems = {path.stem.removesuffix("_mask") for path in masks.glob("*")} if masks.is_dir() else set()
-        missing += [str(path) for path in sorted(images.glob("*")) if path.is_file() and path.stem not in mask_stems]
-    if missing:
-        msg = (
-            f"{len(missing)} anomalous image(s) of category '{category}' have no mask: {missing[:5]}; add the masks "
-            f"(same file stem, optionally with '_mask'), or, for a folder dataset, remove its ground_truth folder to "
-            f"train on image labels alone."
+
+    side: str
+    root: Path
+    dataset_format: DatasetFormat
+    categories: list[str] | None = None
+    normal_dir: str | None = None
+    mask_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dataset_format not in get_args(DatasetFormat):
+            msg = f"{self.option}_format must be one of {list(get_args(DatasetFormat))}, got '{self.dataset_format}'."
+            raise ValueError(msg)
+        named = [name for name in ("normal_dir", "mask_dir") if getattr(self, name) is not None]
+        if named and self.dataset_format != "folder":
+            msg = (
+                f"{self.option}_{named[0]} applies to the folder format only; the {self.dataset_format} layout has "
+                f"fixed folder names ({EXPECTED_LAYOUTS[self.dataset_format]})."
+            )
+            raise ValueError(msg)
+
+    @property
+    def option(self) -> str:
+        """Prefix of this side's CLI options, for messages."""
+        return f"--data.{self.side}"
+
+    @property
+    def base(self) -> Path:
+        """Folder holding the category folders."""
+        return _category_root(self.root, self.dataset_format)
+
+    @property
+    def normal_folder(self) -> str:
+        """Name of the normal image folder of a ``folder`` category."""
+        return self.normal_dir or NORMAL_FOLDER
+
+    def resolve(self) -> list[str]:
+        """The categories to use: the requested ones, or all found.
+
+        Raises:
+            FileNotFoundError: If there are no categories in the expected layout, or requested ones are missing.
+        """
+        found = discover_categories(self.root, self.dataset_format, self.normal_folder)
+        if not found:
+            msg = (
+                f"no {self.dataset_format} categories found under {self.base} for the {self.side} dataset: "
+                f"{self.option}_format {self.dataset_format} expects {EXPECTED_LAYOUTS[self.dataset_format]}. "
+                f"{self._layout_hint()}"
+            )
+            raise FileNotFoundError(msg)
+        if self.categories is None:
+            return found
+        missing = [category for category in self.categories if category not in found]
+        if missing:
+            msg = (
+                f"{self.side} categories {missing} not found under {self.base} (found: {found}); check "
+                f"{self.option}_root and {self.option}_categories, or pass --data.download true to let anomalib "
+                f"download MVTec AD or VisA."
+            )
+            raise FileNotFoundError(msg)
+        return self.categories
+
+    def _layout_hint(self) -> str:
+        """Point to the root or format that would read this tree, when it has another supported layout."""
+        for fmt in ("visa", "mvtec", "folder"):  # the most specific first: a VisA category is MVTec-shaped too
+            parent = self.root.parent.parent if fmt == "visa" else self.root.parent
+            if _category_root(parent, fmt) == self.root.parent and self.root.name in discover_categories(
+                parent, fmt, self.normal_folder
+            ):
+                change = "" if fmt == self.dataset_format else f" {self.option}_format {fmt}"
+                return (
+                    f"{self.root} looks like a single {fmt} category: pass {self.option}_root {parent} "
+                    f"{self.option}_categories [{self.root.name}]{change}."
+                )
+        for fmt in get_args(DatasetFormat):
+            if fmt != self.dataset_format and discover_categories(self.root, fmt, self.normal_folder):
+                article = "an" if fmt == "mvtec" else "a"
+                return f"{self.root} looks like {article} {fmt} layout: pass {self.option}_format {fmt}."
+        return f"Check {self.option}_root, or pass --data.download true to let anomalib download MVTec AD or VisA."
+
+    def download(self) -> None:
+        """Let anomalib download MVTec AD or VisA (nothing to download for ``folder``)."""
+        if self.dataset_format == "folder":
+            return
+        datamodule = Visa if self.dataset_format == "visa" else MVTecAD
+        for category in self.categories or [None]:
+            arguments = {"root": self.root} if category is None else {"root": self.root, "category": category}
+            datamodule(**arguments).prepare_data()
+
+    def mask_folder(self, category: str) -> Path | None:
+        """The mask folder of a ``folder`` category: the named one, else the one with a mask folder name, else none.
+
+        Raises:
+            FileNotFoundError: If the named mask folder is missing.
+            ValueError: If the category has several folders with mask folder names.
+        """
+        folder = self.base / category
+        if self.mask_dir is not None:
+            if not (folder / self.mask_dir).is_dir():
+                msg = f"mask folder {folder / self.mask_dir} ({self.option}_mask_dir) not found."
+                raise FileNotFoundError(msg)
+            return folder / self.mask_dir
+        present = [folder / name for name in MASK_FOLDER_NAMES if (folder / name).is_dir()]
+        if len(present) > 1:
+            msg = f"category '{category}' has several mask folders {present}; name one with {self.option}_mask_dir."
+            raise ValueError(msg)
+        return present[0] if present else None
+
+    def defect_folders(self, category: str) -> list[tuple[Path, Path | None]]:
+        """(anomalous image folder, folder of its masks or ``None``) pairs of one category.
+
+        Folders with a mask folder name are never image folders, so masks are never scored as anomalous images.
+        """
+        folder = (self.base / category).resolve()
+        if self.dataset_format != "folder":
+            images = folder / "test"
+            defects = sorted(path for path in images.iterdir() if path.is_dir()) if images.is_dir() else []
+            return [(defect, folder / MASK_FOLDER / defect.name) for defect in defects if defect.name != NORMAL_FOLDER]
+        masks = self.mask_folder(category)
+        masks = masks.resolve() if masks is not None else None
+        skipped = {Path(self.normal_folder).parts[0], *MASK_FOLDER_NAMES}
+        if masks is not None and masks.is_relative_to(folder):
+            skipped.add(masks.relative_to(folder).parts[0])
+        defects = sorted(
+            path
+            for path in folder.iterdir()
+            if path.is_dir() and path.name not in skipped and not path.name.startswith(".")
         )
-        raise FileNotFoundError(msg)
+        if masks is None:
+            return [(defect, None) for defect in defects]
+        return [(defect, masks / defect.name if (masks / defect.name).is_dir() else masks) for defect in defects]
 
+    def match_masks(self, category: str) -> dict[str, str]:
+        """Map each anomalous image to the mask with its file stem (``<stem>`` or ``<stem>_mask``).
 
-def _make_dataset(root: Path, dataset_format: DatasetFormat, category: str) -> AnomalibDataset:
-    if dataset_format == "visa":
-        return VisaDataset(root=root / "visa_pytorch", category=category, split=Split.TEST)
-    if dataset_format == "folder":
-        return _folder_dataset(root, category)
-    return MVTecADDataset(root=root, category=category, split=Split.TEST)
+        anomalib pairs masks with images by sorted position, which mis-pairs or fails obscurely when a mask is
+        missing or extra; matching by stem names the images without one instead. A ``folder`` category without a mask
+        folder has no masks (an empty map).
+
+        Raises:
+            FileNotFoundError: If some anomalous images have no mask.
+        """
+        matched, missing = {}, []
+        for images, masks in self.defect_folders(category):
+            if masks is None:
+                return {}
+            # Directly in the folder: a flat mask folder's subfolders hold other defects' masks.
+            by_stem = {path.stem.removesuffix("_mask"): path for path in _image_files(masks, "*")}
+            for image in _image_files(images):
+                if image.stem in by_stem:
+                    matched[str(image)] = str(by_stem[image.stem])
+                else:
+                    missing.append(str(image))
+        if missing:
+            msg = (
+                f"{len(missing)} anomalous image(s) of category '{category}' have no mask: {missing[:5]}; add the "
+                f"masks (same file stem, optionally with '_mask'), or, for a folder dataset, remove its mask folder to "
+                f"train on image labels alone."
+            )
+            raise FileNotFoundError(msg)
+        return matched
+
+    def dataset(self, category: str) -> AnomalibDataset:
+        """The category's images (the test split of MVTec AD and VisA), masks checked first.
+
+        Raises:
+            ValueError: If anomalib cannot read the category.
+        """
+        masks = self.match_masks(category)
+        try:
+            if self.dataset_format == "visa":
+                return VisaDataset(root=self.base, category=category, split=Split.TEST)
+            if self.dataset_format == "mvtec":
+                return MVTecADDataset(root=self.root, category=category, split=Split.TEST)
+            dataset = FolderDataset(
+                name=category,
+                root=self.base / category,
+                normal_dir=self.normal_folder,
+                abnormal_dir=[defect.name for defect, _ in self.defect_folders(category)] or None,
+            )
+        except (RuntimeError, ValueError) as error:
+            msg = f"category '{category}' under {self.base} cannot be read: {error}"
+            raise ValueError(msg) from error
+        if masks:
+            samples = dataset.samples
+            anomalous = samples.label_index == LabelName.ABNORMAL
+            samples.loc[anomalous, "mask_path"] = samples.loc[anomalous, "image_path"].map(masks)
+            samples.attrs["task"] = TaskType.SEGMENTATION.value
+            dataset.samples = samples
+        return dataset
 
 
 class ZeroShotCrossDataset(AnomalibDataModule):
     """Auxiliary dataset for training, target dataset for testing (e.g. VisA -> MVTec AD).
 
     Args:
-        auxiliary_root: Root of the auxiliary dataset.
+        auxiliary_root: Root of the auxiliary dataset; read only when fitting (and, if there, for validation data).
         auxiliary_format: Layout of the auxiliary dataset.
         auxiliary_categories: Auxiliary categories to train on; ``None`` takes every category found.
+        auxiliary_normal_dir: ``folder`` format: the normal image folder of each category (``None``: ``good``).
+        auxiliary_mask_dir: ``folder`` format: the mask folder of each category (``None``: the one named
+            ``ground_truth``, ``masks`` or ``mask``, if any).
         target_root: Root of the target dataset.
         target_format: Layout of the target dataset.
         target_categories: Target categories to evaluate; ``None`` takes every category found.
+        target_normal_dir: As ``auxiliary_normal_dir``, for the target.
+        target_mask_dir: As ``auxiliary_mask_dir``, for the target.
         train_batch_size: Training batch size.
         eval_batch_size: Evaluation batch size (any size: scores do not depend on it).
         num_workers: Data-loading workers.
@@ -126,8 +298,9 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         test_augmentations: Augmentations of the target images.
         augmentations: Augmentations of every subset, where the specific ones are not given.
         val_split_mode: Validation data, for the post-processors of models that set thresholds on it:
-            ``auxiliary`` (never the target) or ``same_as_test`` (the target test images, as anomalib's MVTecAD and
-            Visa do). BayesPFL's own labels use probability thresholds and no validation statistics.
+            ``auxiliary`` (never the target; empty when a run that does not fit finds no auxiliary dataset) or
+            ``same_as_test`` (the target test images, as anomalib's MVTecAD and Visa do). BayesPFL's own labels use
+            probability thresholds and no validation statistics.
         download: Let anomalib download a missing MVTec AD or VisA (never implied; not for ``folder``).
         seed: Seed of anomalib's splitting utilities.
 
@@ -162,6 +335,10 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         val_split_mode: Literal["auxiliary", "same_as_test"] = "auxiliary",
         download: bool = False,
         seed: int | None = None,
+        auxiliary_normal_dir: str | None = None,
+        auxiliary_mask_dir: str | None = None,
+        target_normal_dir: str | None = None,
+        target_mask_dir: str | None = None,
     ) -> None:
         super().__init__(
             train_batch_size=train_batch_size,
@@ -178,11 +355,17 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         self.auxiliary_root = Path(auxiliary_root)
         self.auxiliary_format = auxiliary_format
         self.auxiliary_categories = list(auxiliary_categories) if auxiliary_categories is not None else None
+        self.auxiliary_normal_dir = auxiliary_normal_dir
+        self.auxiliary_mask_dir = auxiliary_mask_dir
         self.target_root = Path(target_root)
         self.target_format = target_format
         self.target_categories = list(target_categories) if target_categories is not None else None
+        self.target_normal_dir = target_normal_dir
+        self.target_mask_dir = target_mask_dir
         self.download = download
         self._image_categories: dict[str, str] = {}
+        for side in ("auxiliary", "target"):
+            self._source(side)  # reject inconsistent options at once, not at the first stage
         if self.target_categories is not None and len(self.target_categories) == 1:
             self.category = self.target_categories[0]
 
@@ -195,66 +378,85 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         """Category of an image of this datamodule (``None`` for an unknown path)."""
         return self._image_categories.get(str(image_path))
 
-    def _datasets(self, root: Path, dataset_format: DatasetFormat, categories: list[str]) -> AnomalibDataset:
+    def _source(self, side: Literal["auxiliary", "target"]) -> DataSource:
+        return DataSource(
+            side=side,
+            root=getattr(self, f"{side}_root"),
+            dataset_format=getattr(self, f"{side}_format"),
+            categories=getattr(self, f"{side}_categories"),
+            normal_dir=getattr(self, f"{side}_normal_dir"),
+            mask_dir=getattr(self, f"{side}_mask_dir"),
+        )
+
+    def _datasets(self, source: DataSource, categories: list[str]) -> AnomalibDataset:
         datasets = []
         for category in categories:
-            check_masks(root, dataset_format, category)
-            try:
-                dataset = _make_dataset(root, dataset_format, category)
-            except (RuntimeError, ValueError) as error:
-                msg = f"category '{category}' under {_category_root(root, dataset_format)} cannot be read: {error}"
-                raise ValueError(msg) from error
+            dataset = source.dataset(category)
             self._image_categories.update(dict.fromkeys(dataset.samples.image_path.astype(str), category))
             datasets.append(dataset)
         return reduce(add, datasets)
 
-    def _resolve(self, root: Path, dataset_format: DatasetFormat, categories: list[str] | None, side: str) -> list[str]:
-        found = discover_categories(root, dataset_format)
-        if categories is None:
-            if not found:
-                msg = (
-                    f"no {dataset_format} categories found under {_category_root(root, dataset_format)} for the "
-                    f"{side} dataset; check --data.{side}_root, or pass --data.download true to let anomalib "
-                    f"download MVTec AD or VisA."
-                )
-                raise FileNotFoundError(msg)
-            return found
-        missing = [category for category in categories if category not in found]
-        if missing:
-            msg = (
-                f"{side} categories {missing} not found under {_category_root(root, dataset_format)} "
-                f"(found: {found}); check --data.{side}_root and --data.{side}_categories, or pass "
-                f"--data.download true to let anomalib download MVTec AD or VisA."
-            )
-            raise FileNotFoundError(msg)
-        return categories
+    @staticmethod
+    def _needs_auxiliary(stage: str | None) -> bool:
+        """Fitting trains on the auxiliary dataset; a setup without a stage (a direct call) builds everything."""
+        return stage is None or stage == TrainerFn.FITTING
+
+    def _wants_auxiliary(self, stage: str | None) -> bool:
+        """Validating reads the auxiliary dataset too, for validation data, but does without it."""
+        return self._needs_auxiliary(stage) or (
+            stage == TrainerFn.VALIDATING and self.val_split_mode == ValSplitMode.FROM_DIR
+        )
 
     def prepare_data(self) -> None:
-        """Download through anomalib only when ``download`` is set; otherwise only check that the data is there."""
-        if self.download:
-            for root, dataset_format, categories in (
-                (self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories),
-                (self.target_root, self.target_format, self.target_categories),
-            ):
-                if dataset_format == "folder":
-                    continue
-                datamodule = Visa if dataset_format == "visa" else MVTecAD
-                for category in categories or [None]:
-                    arguments = {"root": root} if category is None else {"root": root, "category": category}
-                    datamodule(**arguments).prepare_data()
-        self._resolve(self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories, "auxiliary")
-        self._resolve(self.target_root, self.target_format, self.target_categories, "target")
+        """Download through anomalib only when ``download`` is set; otherwise only check that the data is there.
 
-    def _setup(self, _stage: str | None = None) -> None:
-        auxiliary = self._resolve(self.auxiliary_root, self.auxiliary_format, self.auxiliary_categories, "auxiliary")
-        target = self._resolve(self.target_root, self.target_format, self.target_categories, "target")
-        overlap = (
-            sorted(set(auxiliary) & set(target)) if self.auxiliary_root.resolve() == self.target_root.resolve() else []
-        )
+        The auxiliary dataset is checked (or downloaded) only for a fit, or without a trainer to say what runs.
+        """
+        stage = self.trainer.state.fn if self.trainer is not None else None
+        sources = [self._source("target")]
+        if self._needs_auxiliary(stage):
+            sources.insert(0, self._source("auxiliary"))
+        for source in sources:
+            if self.download:
+                source.download()
+            source.resolve()
+
+    def setup(self, stage: str | None = None) -> None:
+        """Set up again when a stage needs the auxiliary dataset that an earlier one skipped.
+
+        anomalib sets up once per datamodule, so a fit after a test in the same process would have no training data.
+        """
+        if self._wants_auxiliary(stage) and not hasattr(self, "train_data"):
+            self._is_setup = False
+        super().setup(stage)
+
+    def _read_auxiliary(self, stage: str | None, target: list[str]) -> AnomalibDataset | None:
+        """The auxiliary dataset if the stage wants it: required for a fit; for validation only if it can be read."""
+        if not self._wants_auxiliary(stage):
+            logger.info("Target (test) categories: %s; the auxiliary dataset is not read at this stage.", target)
+            return None
+        source = self._source("auxiliary")
+        try:
+            categories = source.resolve()
+            dataset = self._datasets(source, categories)
+        except (FileNotFoundError, ValueError) as error:
+            if self._needs_auxiliary(stage):
+                raise
+            logger.warning("The validation data is empty: the auxiliary dataset cannot be read (%s)", error)
+            return None
+        same_root = self.auxiliary_root.resolve() == self.target_root.resolve()
+        overlap = sorted(set(categories) & set(target)) if same_root else []
         if overlap:
             logger.warning("Categories %s are in both the auxiliary and the target set: they are not unseen.", overlap)
-        logger.info("Auxiliary (training) categories: %s; target (test) categories: %s", auxiliary, target)
-        self.train_data = self._datasets(self.auxiliary_root, self.auxiliary_format, auxiliary)
-        self.test_data = self._datasets(self.target_root, self.target_format, target)
+        logger.info("Auxiliary (training) categories: %s; target (test) categories: %s", categories, target)
+        return dataset
+
+    def _setup(self, stage: str | None = None) -> None:
+        target_source = self._source("target")
+        target = target_source.resolve()
+        self.test_data = self._datasets(target_source, target)
+        auxiliary = self._read_auxiliary(stage, target)
+        if auxiliary is not None:
+            self.train_data = auxiliary
         if self.val_split_mode == ValSplitMode.FROM_DIR:
-            self.val_data = copy.deepcopy(self.train_data)
+            self.val_data = copy.deepcopy(auxiliary) if auxiliary is not None else self.test_data.subsample([])

@@ -4,7 +4,8 @@
 """Seeded writers of small dataset trees in the MVTec AD, VisA and folder layouts (tests, demo, documentation).
 
 Each category is a smooth random texture of its own colour; anomalous images carry a Perlin-noise defect from
-anomalib's ``PerlinAnomalyGenerator``, and its mask is written where anomalib's parsers expect it.
+anomalib's ``PerlinAnomalyGenerator``, and its mask is written where anomalib's parsers expect it: per defect in
+``ground_truth/<defect>/``, or, in the layout of anomalib's ``Folder`` datamodule, flat in ``masks/``.
 """
 
 from collections.abc import Iterator, Sequence
@@ -98,7 +99,17 @@ LAYOUTS = {
         "mask": "ground_truth/defect",
         "mask_suffix": "",
     },
+    "anomalib_folder": {
+        "prefix": "",
+        "train": "",
+        "test_good": "good",
+        "defect": "bad",
+        "mask": "masks",
+        "mask_suffix": "",
+    },
 }
+# Layouts whose masks are optional.
+MASKLESS_LAYOUTS = ("folder", "anomalib_folder")
 
 
 def write_tree(
@@ -118,11 +129,12 @@ def write_tree(
     Args:
         root: Output folder (created).
         categories: Category folder names.
-        layout: ``mvtec`` (MVTec AD), ``visa`` (anomalib's processed VisA) or ``folder`` (``good`` and defect
-            folders per category; ``ground_truth`` only with ``masks``).
-        masks: Write masks (``folder`` layout only; the other layouts always have them).
+        layout: ``mvtec`` (MVTec AD), ``visa`` (anomalib's processed VisA), ``folder`` (``good`` and ``defect``
+            folders per category, masks in ``ground_truth/defect``) or ``anomalib_folder`` (anomalib's ``Folder``
+            layout: ``good``, ``bad`` and a flat ``masks`` folder per category).
+        masks: Write masks (optional in the folder layouts only; the other layouts always have them).
         image_size: Side of the square RGB images.
-        num_train: Normal training images per category (not in the ``folder`` layout).
+        num_train: Normal training images per category (not in the folder layouts).
         num_test_good: Normal test images per category.
         num_test_defect: Anomalous images per category.
         seed: Seed of the textures and defects.
@@ -142,8 +154,8 @@ def write_tree(
         raise ValueError(msg)
     spec = dict(LAYOUTS[layout])
     if not masks:
-        if layout != "folder":
-            msg = f"the {layout} layout always has masks; use layout='folder' for a dataset without them."
+        if layout not in MASKLESS_LAYOUTS:
+            msg = f"the {layout} layout always has masks; use one of {MASKLESS_LAYOUTS} for data without them."
             raise ValueError(msg)
         spec["mask"] = ""
     return _write_tree(

@@ -3,12 +3,16 @@
 
 """ZeroShotCrossDataset on synthetic MVTec AD, VisA and folder trees."""
 
+import re
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_bayes_pfl import ZeroShotCrossDataset
-from anomalib_bayes_pfl.data.cross_dataset import discover_categories
+from anomalib_bayes_pfl.data.cross_dataset import EXPECTED_LAYOUTS, discover_categories
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
 
@@ -94,3 +98,152 @@ def test_partial_masks_are_rejected(trees, tmp_path):
         FileNotFoundError, match=r"3 anomalous image\(s\) of category 'gear' have no mask: \[.*scratch/000\.png"
     ):
         data.setup()
+
+
+def _folder_target(trees, root, **kwargs) -> ZeroShotCrossDataset:
+    return _module({"visa": trees["visa"], "folder": root}, target="folder", **kwargs)
+
+
+def test_write_tree_writes_anomalib_folder_layout(tmp_path):
+    root = write_tree(tmp_path, ["gear"], layout="anomalib_folder", num_test_good=2, num_test_defect=2)
+    files = sorted(path.relative_to(root).as_posix() for path in root.rglob("*.png"))
+    assert files == [f"gear/{folder}/{index:03d}.png" for folder in ("bad", "good", "masks") for index in range(2)]
+    bare = write_tree(tmp_path / "bare", ["gear"], layout="anomalib_folder", masks=False)
+    assert sorted(path.name for path in (bare / "gear").iterdir()) == ["bad", "good"]
+    with pytest.raises(ValueError, match="always has masks"):
+        write_tree(tmp_path / "visa", ["gear"], layout="visa", masks=False)
+
+
+@pytest.mark.parametrize("side", ["target", "auxiliary"])
+def test_anomalib_folder_layout_pairs_flat_masks_by_stem(trees, tmp_path, side):
+    root = write_tree(tmp_path / "own", ["gear"], layout="anomalib_folder", num_test_good=2, num_test_defect=3)
+    masks = (root / "gear" / "masks").resolve()
+    (masks / "001.png").rename(masks / "001_mask.png")  # anomalib's other naming of the same stem
+    shutil.copy(masks / "000.png", masks / "999.png")  # a mask of no image: anomalib's positional pairing fails on it
+    if side == "target":
+        data = _folder_target(trees, root)
+    else:
+        data = _module({"folder": root, "mvtec": trees["mvtec"]}, auxiliary="folder")
+    data.setup()
+    dataset = data.test_data if side == "target" else data.train_data
+    samples = dataset.samples
+    assert len(samples) == 2 + 3  # good + bad: the masks are not images
+    assert not samples.image_path.str.contains("/masks/").any()
+    anomalous = samples[samples.label_index == 1]
+    assert list(anomalous.image_path.map(lambda path: Path(path).parent.name)) == ["bad"] * 3
+    pairs = {
+        Path(image).stem: Path(mask) for image, mask in zip(anomalous.image_path, anomalous.mask_path, strict=True)
+    }
+    assert pairs == {"000": masks / "000.png", "001": masks / "001_mask.png", "002": masks / "002.png"}
+    assert (samples[samples.label_index == 0].mask_path == "").all()
+    assert dataset.task.value == "segmentation"
+    item = dataset[int(anomalous.index[0])]
+    assert item.gt_mask.sum() > 0
+
+
+def test_mask_folder_names_and_options(trees, tmp_path):
+    root = write_tree(tmp_path / "own", ["gear"], layout="anomalib_folder")
+    (root / "gear" / "masks").rename(root / "gear" / "mask")
+    data = _folder_target(trees, root)
+    data.setup()
+    assert len(data.test_data) == 6
+    assert data.test_data.samples.mask_path.str.contains("/mask/").sum() == 3
+    (root / "gear" / "mask").rename(root / "gear" / "annotations")
+    (root / "gear" / "good").rename(root / "gear" / "ok")
+    named = _folder_target(trees, root, target_mask_dir="annotations", target_normal_dir="ok")
+    named.setup()
+    assert len(named.test_data) == 6
+    assert named.test_data.samples.mask_path.str.contains("/annotations/").sum() == 3
+    with pytest.raises(FileNotFoundError, match=r"gear/elsewhere \(--data\.target_mask_dir\) not found"):
+        _folder_target(trees, root, target_mask_dir="elsewhere", target_normal_dir="ok").setup()
+    with pytest.raises(ValueError, match=r"--data\.auxiliary_mask_dir applies to the folder format only"):
+        _module(trees, auxiliary_mask_dir="masks")
+    shutil.copytree(root / "gear" / "annotations", root / "gear" / "masks")
+    shutil.copytree(root / "gear" / "annotations", root / "gear" / "ground_truth")
+    with pytest.raises(ValueError, match=r"several mask folders .*name one with --data\.target_mask_dir"):
+        _folder_target(trees, root, target_normal_dir="ok").setup()
+
+
+def test_anomalib_folder_without_masks_is_classification(trees, tmp_path):
+    root = write_tree(tmp_path / "own", ["gear"], layout="anomalib_folder", masks=False)
+    data = _folder_target(trees, root)
+    data.setup()
+    assert len(data.test_data) == 6
+    assert data.test_data.task.value == "classification"
+
+
+def test_flat_masks_missing_for_an_image_are_named(trees, tmp_path):
+    root = write_tree(tmp_path / "own", ["gear"], layout="anomalib_folder")
+    (root / "gear" / "masks" / "002.png").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"1 anomalous image\(s\) of category 'gear' have no mask: \[.*bad/002\.png"
+    ):
+        _folder_target(trees, root).setup()
+
+
+def test_test_stages_never_read_the_auxiliary_dataset(trees, tmp_path):
+    data = _module(trees, auxiliary_root=str(tmp_path / "nowhere"))
+    for stage in (TrainerFn.TESTING, TrainerFn.PREDICTING):
+        data.trainer = SimpleNamespace(state=SimpleNamespace(fn=stage))
+        data.prepare_data()
+    data.setup(TrainerFn.TESTING)
+    assert len(data.test_data) == 12
+    assert not hasattr(data, "train_data")
+    assert len(data.val_data) == 0  # validation comes from the auxiliary dataset, which is not there
+    data.setup(TrainerFn.VALIDATING)
+    assert len(data.val_data) == 0
+    data.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING))
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*for the auxiliary dataset"):
+        data.prepare_data()
+    with pytest.raises(FileNotFoundError, match=r"nowhere.*for the auxiliary dataset"):
+        data.setup(TrainerFn.FITTING)
+
+
+def test_a_fit_after_a_test_gets_its_training_data(trees):
+    data = _module(trees)
+    data.setup(TrainerFn.TESTING)
+    assert not hasattr(data, "train_data")
+    data.setup(TrainerFn.FITTING)
+    assert len(data.train_data) == 12
+    assert len(data.val_data) == 12
+    assert len(data.test_data) == 12
+    validating = _module(trees)
+    validating.setup(TrainerFn.VALIDATING)  # validation data comes from the auxiliary dataset when it is there
+    assert len(validating.val_data) == 12
+
+
+@pytest.mark.parametrize(
+    ("tree", "given", "expected"),
+    [
+        ("mvtec", "visa", "mvtec"),
+        ("visa", "mvtec", "visa"),
+        ("folder", "mvtec", "folder"),
+        ("mvtec", "folder", "mvtec"),
+    ],
+)
+def test_a_wrong_format_names_the_option_and_the_right_one(trees, tree, given, expected):
+    data = _module(trees, target=tree, target_format=given)
+    pattern = (
+        rf"no {given} categories found under .*for the target dataset: --data\.target_format {given} expects "
+        rf".*{re.escape(EXPECTED_LAYOUTS[given])}.*{re.escape(str(trees[tree]))} looks like an? {expected} layout: "
+        rf"pass --data\.target_format {expected}\."
+    )
+    with pytest.raises(FileNotFoundError, match=pattern):
+        data.setup()
+
+
+def test_a_category_given_as_root_is_pointed_to_its_parent(trees):
+    category = trees["folder"] / "gear"
+    data = _module(trees, auxiliary="folder", auxiliary_root=str(category))
+    pattern = (
+        rf"{re.escape(str(category))} looks like a single folder category: pass --data\.auxiliary_root "
+        rf"{re.escape(str(trees['folder']))} --data\.auxiliary_categories \[gear\]\."
+    )
+    with pytest.raises(FileNotFoundError, match=pattern):
+        data.setup()
+    mvtec = _module(trees, target_root=str(trees["mvtec"] / "bottle"))
+    with pytest.raises(FileNotFoundError, match=r"single mvtec category: .*--data\.target_categories \[bottle\]\.$"):
+        mvtec.setup()
+    visa = _module(trees, target_root=str(trees["visa"] / "visa_pytorch" / "candle"), target_format="mvtec")
+    with pytest.raises(FileNotFoundError, match=r"single visa category: .*\[candle\] --data\.target_format visa\.$"):
+        visa.setup()
