@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 from anomalib.engine import Engine
 from jsonargparse import CLI
 from lightning.pytorch import seed_everything
@@ -76,7 +75,6 @@ def run_demo(
     write_tree(datasets / "target", TARGET_CATEGORIES, seed=seed + 1, **size)
 
     def model() -> BayesPFL:
-        torch.manual_seed(seed)
         return BayesPFL(
             clip_model=clip_model,
             clip_pretrained=clip_pretrained,
@@ -94,6 +92,7 @@ def run_demo(
 
     print("Scoring the unseen categories with the untrained head ...")
     untrained_root = root / "results" / "untrained"
+    seed_everything(seed)  # the head is built, from the global RNG, when it is first used
     Engine(default_root_dir=untrained_root, accelerator="cpu", devices=1, logger=False).test(
         model(), datamodule=_datamodule(datasets)
     )

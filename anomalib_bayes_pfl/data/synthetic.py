@@ -27,10 +27,13 @@ def _texture(rng: np.random.Generator, size: int, base_colour: np.ndarray) -> np
 
 
 def _defects(size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(perturbation (H, W, 3) in [0, 255], mask (H, W) bool)`` pairs; the global RNG is left untouched."""
-    generator = PerlinAnomalyGenerator()
+    """Yield ``(perturbation (H, W, 3) in [0, 255], mask (H, W) bool)`` pairs; the global RNG is left untouched.
+
+    The generator is built under the seed too: it draws its solarisation threshold when it is constructed.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
+        generator = PerlinAnomalyGenerator()
         while True:
             perturbation, mask = generator.generate_perturbation(size, size)
             mask = mask[..., 0].numpy() > 0
