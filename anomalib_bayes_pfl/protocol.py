@@ -89,12 +89,13 @@ class PerCategoryMetrics(Callback):
     def __init__(self) -> None:
         self.metrics: dict[str, list[AnomalibMetric]] = {}
         self.image_values: dict[str, dict[str, list[torch.Tensor]]] = {}
+        self.image_counts: dict[str, int] = {}
         self.table: pd.DataFrame | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty metrics for every test run."""
         del trainer, pl_module
-        self.metrics, self.image_values, self.table = {}, {}, None
+        self.metrics, self.image_values, self.image_counts, self.table = {}, {}, {}, None
 
     def on_test_batch_end(
         self,
@@ -121,6 +122,7 @@ class PerCategoryMetrics(Callback):
             )
             for metric in self.metrics.setdefault(category, _metrics()):
                 metric.update(subset)
+            self.image_counts[category] = self.image_counts.get(category, 0) + len(index)
             if getattr(pl_module, "image_score", "probability") == "paper" and subset.gt_label is not None:
                 values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
@@ -140,13 +142,32 @@ class PerCategoryMetrics(Callback):
                 row[f"paper_image_{type(metric).__name__}"] = float(metric.compute())
         return row
 
+    def _gather_across_processes(self) -> None:
+        """Give every process the metrics of every category, so that each metric syncs its states across processes.
+
+        Each process scores a share of the images (the model drops a distributed sampler's padded duplicates), and a
+        share may miss a category; torchmetrics gathers the states when a metric is computed on every process.
+        """
+        categories: list[list[str]] = [[] for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather_object(categories, sorted(self.metrics))
+        for category in sorted(set().union(*categories)):
+            self.metrics.setdefault(category, _metrics())
+        counts: list[dict[str, int]] = [{} for _ in categories]
+        torch.distributed.all_gather_object(counts, self.image_counts)
+        self.image_counts = {name: sum(c.get(name, 0) for c in counts) for name in self.metrics}
+        values: list[dict] = [{} for _ in categories]
+        torch.distributed.all_gather_object(values, self.image_values)
+        merged: dict[str, dict[str, list[torch.Tensor]]] = {}
+        for process_values in values:
+            for category, parts in process_values.items():
+                for name, tensors in parts.items():
+                    merged.setdefault(category, {}).setdefault(name, []).extend(tensors)
+        self.image_values = merged
+
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute the table, print it, write it as CSV and log the means over categories."""
         if trainer.world_size > 1:
-            # Each process sees a share of the images, possibly not of every category; anomalib's pooled metrics
-            # are still synchronised. Test on one device for the per-category table.
-            logger.warning("Per-category metrics are computed on one device only; run anomalib test with devices=1.")
-            return
+            self._gather_across_processes()
         rows = {}
         for category in sorted(self.metrics):
             try:
@@ -155,16 +176,22 @@ class PerCategoryMetrics(Callback):
                 logger.warning("Metrics of category %s could not be computed: %s", category, error)
         table = pd.DataFrame.from_dict(rows, orient="index")
         table.loc[MEAN_ROW] = table.mean(skipna=True)
+        # How many images each row scored: every image exactly once, also across processes.
+        table.insert(0, "images", pd.Series(self.image_counts).reindex(table.index, fill_value=0))
+        table.loc[MEAN_ROW, "images"] = table.images.drop(MEAN_ROW).sum()
+        table = table.astype({"images": int})
         table.index.name = "category"
         self.table = table
+        for name, value in table.loc[MEAN_ROW].drop("images").items():
+            if pd.notna(value):
+                pl_module.log(f"category_mean_{name}", float(value), sync_dist=trainer.world_size > 1)
+        if trainer.global_rank:
+            return
         path = Path(trainer.default_root_dir) / CSV_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path)
         print(f"\nPer-category test metrics (mean over {len(rows)} categories), written to {path}:")
         print(table.to_string(float_format=lambda value: f"{value:.4f}"))
-        for name, value in table.loc[MEAN_ROW].items():
-            if pd.notna(value):
-                pl_module.log(f"category_mean_{name}", float(value))
 
 
 class PredictionTable(Callback):

@@ -508,6 +508,9 @@ class BayesPFL(AnomalibModule):
         return images, torch.where(is_synthetic, torch.ones_like(labels), labels), masks, has_mask
 
     def _evaluate(self, batch: Batch) -> Batch:
+        if not len(batch):  # a process's share of a distributed test set can end in an empty batch
+            image = batch.image
+            return batch.update(pred_score=image.new_zeros(0), anomaly_map=image.new_zeros(0, *image.shape[-2:]))
         self._check_images(batch)
         names = self._class_names(batch)
         scores = self.model.score(batch.image, names)
@@ -532,12 +535,11 @@ class BayesPFL(AnomalibModule):
     def test_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the test batch with each image's class name; every image is scored once over all processes."""
         del batch_idx, dataloader_idx
-        batch = self._evaluate(batch)
-        if self._unpadded_test_samples is None:
-            return batch
-        keep = min(len(batch), self._unpadded_test_samples)
-        self._unpadded_test_samples -= keep
-        return batch if keep == len(batch) else _first_items(batch, keep)
+        if self._unpadded_test_samples is not None:
+            keep = min(len(batch), self._unpadded_test_samples)
+            self._unpadded_test_samples -= keep
+            _keep_first_items(batch, keep)  # in place: the Evaluator and the other callbacks read this batch
+        return self._evaluate(batch)
 
     def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the prediction batch with each image's class name."""
@@ -606,12 +608,10 @@ def _unpadded_share(trainer: Trainer) -> int | None:
     return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
 
 
-def _first_items(batch: Batch, count: int) -> Batch:
-    """The first ``count`` items of a batch, every per-item field cut alike."""
+def _keep_first_items(batch: Batch, count: int) -> None:
+    """Cut every per-item field of ``batch`` to its first ``count`` items, in place."""
     length = len(batch)
-    cut = {
-        field.name: value[:count]
-        for field in dataclasses.fields(batch)
-        if isinstance(value := getattr(batch, field.name), torch.Tensor | list) and len(value) == length
-    }
-    return dataclasses.replace(batch, **cut)
+    for field in dataclasses.fields(batch):
+        value = getattr(batch, field.name)
+        if isinstance(value, torch.Tensor | list) and len(value) == length:
+            setattr(batch, field.name, value[:count])

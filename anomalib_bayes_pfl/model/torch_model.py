@@ -257,8 +257,12 @@ class BayesPFLModel(nn.Module):
         scores = self.score(images, class_names)
         return InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
 
+    @torch.no_grad()
     def score(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> BayesPFLScores:
-        """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more)."""
+        """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more).
+
+        Without gradients: nothing is trained from it, and exported models return plain tensors.
+        """
         tokens = self.class_tokens(class_names, images)
         features = self.encode_images(images)
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)

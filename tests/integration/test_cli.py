@@ -4,8 +4,8 @@
 """``anomalib train --model BayesPFL`` in a fresh process, exactly as a user runs it."""
 
 import os
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,8 @@ from ..helpers import TINY_CLIP
 
 pytestmark = pytest.mark.slow
 
-ANOMALIB = shutil.which("anomalib")
+# The script of the environment running the tests, whether or not that environment is activated.
+ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
 
 
 def anomalib_cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:

@@ -1,0 +1,161 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The command line tells the truth: checkpoints, seeds and multi-process tests reproduce a run's numbers.
+
+Each test runs ``anomalib`` in a fresh process, the way a newcomer types it: a checkpoint from another run with no
+``--model.*`` option, the same seeded command twice, two worker settings, a config file, and two processes.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from anomalib.data.utils import read_image
+from anomalib.deploy import TorchInferencer
+
+from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.protocol import CSV_NAME
+
+from .test_cli import TINY_MODEL, anomalib_cli
+from .test_deploy import cross_data_cli
+
+pytestmark = pytest.mark.slow
+
+SEEDED = ("--seed_everything=42", "--model.num_prompts=2", "--model.num_flow_steps=2", "--model.stage_one_epochs=2")
+
+
+def _train(cwd: Path, tree: Path, *extra: str) -> tuple[pd.DataFrame, Path]:
+    cwd.mkdir(exist_ok=True)
+    result = anomalib_cli(
+        "train",
+        "--model=BayesPFL",
+        *TINY_MODEL,
+        *SEEDED,
+        *cross_data_cli(tree),
+        "--trainer.accelerator=cpu",
+        "--default_root_dir=results",
+        *extra,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _table(cwd / "results"), next((cwd / "results").rglob("model.ckpt"))
+
+
+def _table(root: Path) -> pd.DataFrame:
+    return pd.read_csv(next(root.rglob(CSV_NAME)), index_col="category")
+
+
+@pytest.fixture(scope="module")
+def seeded_run(tmp_path_factory, mvtec_tree):
+    return _train(tmp_path_factory.mktemp("seeded"), mvtec_tree, "--data.num_workers=0")
+
+
+def test_checkpoint_alone_scores_like_the_run_that_wrote_it(tmp_path, mvtec_tree, seeded_run):
+    """No --model.* option: 64 px, R = 2, the tiny CLIP and its random weights all come from the checkpoint."""
+    table, checkpoint = seeded_run
+    result = anomalib_cli(
+        "test",
+        "--model=BayesPFL",
+        f"--ckpt_path={checkpoint}",
+        *cross_data_cli(mvtec_tree),
+        "--data.eval_batch_size=5",
+        "--trainer.accelerator=cpu",
+        "--default_root_dir=again",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = _table(tmp_path / "again")
+    pd.testing.assert_frame_equal(again, table, check_exact=False, rtol=0, atol=1e-6)
+    assert "instead of" not in result.stderr  # nothing was overridden
+
+
+def test_predict_and_export_take_everything_from_the_checkpoint(tmp_path, mvtec_tree, seeded_run, monkeypatch):
+    _, checkpoint = seeded_run
+    images = mvtec_tree / "tile_c" / "test" / "defect"
+    result = anomalib_cli(
+        "predict", "--model=BayesPFL", f"--ckpt_path={checkpoint}", "--data", str(images), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    predicted = pd.read_csv(next(tmp_path.rglob("predictions.csv"))).sort_values("image_path")
+    module = BayesPFL.load_from_checkpoint(checkpoint).eval()
+    assert (module.options["image_size"], module.options["num_samples"]) == (64, 2)
+    raw = torch.stack([read_image(path, as_tensor=True) for path in sorted(images.glob("*.png"))])
+    with torch.no_grad():
+        expected = module(raw)
+    torch.testing.assert_close(
+        torch.tensor(predicted.pred_score.to_numpy(), dtype=torch.float32), expected.pred_score, rtol=0, atol=1e-6
+    )
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    (tmp_path / "export").mkdir()
+    result = anomalib_cli(
+        "export", "--model=BayesPFL", f"--ckpt_path={checkpoint}", "--export_type=torch", cwd=tmp_path / "export"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    inferencer = TorchInferencer(path=next((tmp_path / "export").rglob("model.pt")), device="cpu")
+    exported = inferencer.predict(str(sorted(images.glob("*.png"))[0]))
+    torch.testing.assert_close(exported.pred_score.flatten(), expected.pred_score[:1], rtol=0, atol=1e-6)
+    assert not exported.pred_score.requires_grad
+
+
+def test_explicit_options_are_applied_with_a_warning_or_refused(tmp_path, mvtec_tree, seeded_run):
+    _, checkpoint = seeded_run
+    common = ("test", "--model=BayesPFL", f"--ckpt_path={checkpoint}", *cross_data_cli(mvtec_tree))
+    result = anomalib_cli(*common, "--model.num_samples=3", "--default_root_dir=more", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "num_samples: using 3 from the command line instead of 2 stored in checkpoint" in result.stderr
+    result = anomalib_cli(*common, "--model.num_prompts=3", "--default_root_dir=refused", cwd=tmp_path)
+    assert result.returncode != 0
+    last_lines = " ".join(" ".join(result.stderr.strip().splitlines()[-4:]).split())  # rich wraps long lines
+    assert "num_prompts: 2 there, 3 given" in last_lines
+
+
+def test_same_seed_same_table_with_workers_and_from_a_config_file(tmp_path, mvtec_tree, seeded_run):
+    table, _ = seeded_run
+    again, _ = _train(tmp_path / "again", mvtec_tree, "--data.num_workers=0")
+    pd.testing.assert_frame_equal(again, table, check_exact=True)
+    workers, _ = _train(tmp_path / "workers", mvtec_tree, "--data.num_workers=2")
+    pd.testing.assert_frame_equal(workers, table, check_exact=True)
+    config = tmp_path / "seed.yaml"
+    config.write_text("seed_everything: 42\n")
+    from_config, _ = _train(tmp_path / "config", mvtec_tree, "--data.num_workers=0", f"--config={config}")
+    pd.testing.assert_frame_equal(from_config, table, check_exact=True)
+
+
+def test_two_process_test_phase_scores_every_image_once(tmp_path):
+    """5 target images on 2 processes: the distributed sampler pads one duplicate, which must not be counted."""
+    tree = write_tree(tmp_path / "data", ["tile_a", "tile_b", "tile_c"], num_test_good=3, num_test_defect=2)
+    result = anomalib_cli(
+        "train",
+        "--model=BayesPFL",
+        *TINY_MODEL,
+        *SEEDED,
+        *cross_data_cli(tree),
+        "--data.eval_batch_size=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--default_root_dir=ddp",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = _table(tmp_path / "ddp")
+    result = anomalib_cli(
+        "test",
+        "--model=BayesPFL",
+        f"--ckpt_path={next((tmp_path / 'ddp').rglob('model.ckpt'))}",
+        *cross_data_cli(tree),
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--default_root_dir=single",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    single = _table(tmp_path / "single")
+    assert distributed.loc["tile_c", "images"] == single.loc["tile_c", "images"] == 5
+    # The same images and scores; pixel metrics sum over pixels in the gathered order, hence not bit for bit.
+    pd.testing.assert_frame_equal(distributed, single, check_exact=False, rtol=0, atol=1e-5)
+    images = list((tmp_path / "ddp").rglob("images/**/*.png"))
+    assert len(images) == 5
