@@ -1,0 +1,65 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""anomalib's model contract: every Engine entry point on one-class MVTec AD-style data, trained and zero-shot.
+
+The sequence anomalib puts each built-in model through: fit, then test, train, validate and predict, and export to
+torch and ONNX from the checkpoint that fit wrote. BayesPFL meets it in both of its forms: trained on the normal-only
+training split (synthetic anomalies, announced), and zero-shot with trained prompts (no training; anomalib's Engine
+writes the checkpoint after validating).
+"""
+
+from pathlib import Path
+
+import pytest
+from anomalib import LearningType
+from anomalib.data import MVTecAD
+from anomalib.deploy import ExportType
+from anomalib.engine import Engine
+
+from anomalib_bayes_pfl import BayesPFL
+
+from ..helpers import TINY_ARGUMENTS
+
+pytestmark = pytest.mark.slow
+
+
+def _datamodule(tree: Path) -> MVTecAD:
+    return MVTecAD(root=tree, category="tile_a", train_batch_size=2, eval_batch_size=3, num_workers=0)
+
+
+def _run_contract(model: BayesPFL, tree: Path, root: Path) -> Path:
+    engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
+    engine.fit(model, datamodule=_datamodule(tree))
+    checkpoint = next(root.rglob("model.ckpt"))
+    assert engine.test(model, datamodule=_datamodule(tree))[0]["image_AUROC"] >= 0
+    engine.train(model, datamodule=_datamodule(tree))
+    engine.validate(model, datamodule=_datamodule(tree))
+    predictions = engine.predict(model, datamodule=_datamodule(tree), ckpt_path=checkpoint)
+    assert sum(len(batch.pred_score) for batch in predictions) == 6
+    for export_type, extra in ((ExportType.TORCH, {}), (ExportType.ONNX, {"input_size": (64, 64)})):
+        exported = engine.export(
+            model, export_type, export_root=root / export_type.value, ckpt_path=checkpoint, **extra
+        )
+        assert exported is not None
+        assert exported.is_file()
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, mvtec_tree):
+    root = tmp_path_factory.mktemp("trained")
+    model = BayesPFL(**TINY_ARGUMENTS, stage_one_epochs=1, stage_two_epochs=1)
+    assert model.learning_type == LearningType.ONE_CLASS
+    return _run_contract(model, mvtec_tree, root)
+
+
+def test_trained_form_meets_the_contract(trained_checkpoint):
+    assert trained_checkpoint.is_file()
+
+
+def test_zero_shot_form_meets_the_contract(trained_checkpoint, mvtec_tree, tmp_path):
+    model = BayesPFL(prompt_weights=str(trained_checkpoint))  # every option from the checkpoint
+    assert model.learning_type == LearningType.ZERO_SHOT
+    assert model.options["image_size"] == 64
+    _run_contract(model, mvtec_tree, tmp_path)
