@@ -132,8 +132,16 @@ class PerCategoryMetrics(Callback):
     def _row(self, category: str) -> dict[str, float]:
         row = {}
         for metric in self.metrics[category]:
-            value = metric.compute()
+            value = metric.compute() if metric.update_called else None
             row[metric.name] = float("nan") if value is None else float(value)
+        missing = [name for name, value in row.items() if pd.isna(value)]
+        if missing:  # e.g. no ground-truth masks: never a silent NaN
+            logger.warning(
+                "Category %s: %s cannot be computed (no ground-truth %s); the table shows NaN.",
+                category,
+                ", ".join(missing),
+                "masks" if all(name.startswith("pixel_") for name in missing) else "labels or masks",
+            )
         if category in self.image_values:
             values = {name: torch.cat(parts) for name, parts in self.image_values[category].items()}
             fused = fuse_paper_scores(values["probability"], values["map"])

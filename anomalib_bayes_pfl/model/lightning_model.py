@@ -14,7 +14,9 @@ evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained (so
 import dataclasses
 import logging
 import math
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -562,6 +564,8 @@ class BayesPFL(AnomalibModule):
         """
         if self._owns_pre_processor:
             checkpoint.pop("anomalib_pre_processor_config", None)
+        if self._trainer is None:
+            _warn_that_export_ignores_model_options()
         super().on_load_checkpoint(checkpoint)
         source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".strip()
         options = resolve_options(self._given_options, checkpoint.get("hyper_parameters"), source)
@@ -579,6 +583,21 @@ def _check_thresholds(image_threshold: float, pixel_threshold: float) -> None:
         if not 0.0 < value < 1.0:
             msg = f"{name} is a probability threshold in (0, 1), got {value}."
             raise ValueError(msg)
+
+
+def _warn_that_export_ignores_model_options() -> None:
+    """``anomalib export --ckpt_path`` builds a new model from the checkpoint alone: say which options it drops.
+
+    Its command-line model is discarded (anomalib calls ``load_from_checkpoint``), so only the arguments tell.
+    """
+    ignored = [argument.split("=")[0] for argument in sys.argv[2:] if argument.startswith("--model.")]
+    if Path(sys.argv[0]).name == "anomalib" and sys.argv[1:2] == ["export"] and ignored:
+        logger.warning(
+            "anomalib export --ckpt_path rebuilds BayesPFL from the checkpoint's own options and ignores %s. To "
+            "export with other options, pass the checkpoint as --model.prompt_weights instead of --ckpt_path: the "
+            "options are then applied, each with a warning.",
+            ", ".join(ignored),
+        )
 
 
 def _seed_from_command_line(trainer: Trainer) -> None:

@@ -91,9 +91,15 @@ def test_predict_and_export_take_everything_from_the_checkpoint(tmp_path, mvtec_
     monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
     (tmp_path / "export").mkdir()
     result = anomalib_cli(
-        "export", "--model=BayesPFL", f"--ckpt_path={checkpoint}", "--export_type=torch", cwd=tmp_path / "export"
+        "export",
+        "--model=BayesPFL",
+        "--model.class_name=tile_c",
+        f"--ckpt_path={checkpoint}",
+        "--export_type=torch",
+        cwd=tmp_path / "export",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "ignores --model.class_name" in " ".join(result.stderr.split())  # anomalib drops it: never silently
     inferencer = TorchInferencer(path=next((tmp_path / "export").rglob("model.pt")), device="cpu")
     exported = inferencer.predict(str(sorted(images.glob("*.png"))[0]))
     torch.testing.assert_close(exported.pred_score.flatten(), expected.pred_score[:1], rtol=0, atol=1e-6)
