@@ -26,6 +26,7 @@ Formats (``--data.auxiliary_format`` / ``--data.target_format``):
 
 import copy
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import reduce
@@ -292,7 +293,8 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         target_mask_dir: As ``auxiliary_mask_dir``, for the target.
         train_batch_size: Training batch size.
         eval_batch_size: Evaluation batch size (any size: scores do not depend on it).
-        num_workers: Data-loading workers.
+        num_workers: Data-loading workers; ``None`` takes up to 4, no more than the CPUs this process may use (more
+            only makes torch warn).
         train_augmentations: Augmentations of the auxiliary training images.
         val_augmentations: Augmentations of the validation images.
         test_augmentations: Augmentations of the target images.
@@ -327,7 +329,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         target_categories: Sequence[str] | None = None,
         train_batch_size: int = 8,
         eval_batch_size: int = 8,
-        num_workers: int = 4,
+        num_workers: int | None = None,
         train_augmentations: Transform | None = None,
         val_augmentations: Transform | None = None,
         test_augmentations: Transform | None = None,
@@ -343,7 +345,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
+            num_workers=min(4, len(os.sched_getaffinity(0))) if num_workers is None else num_workers,
             train_augmentations=train_augmentations,
             val_augmentations=val_augmentations,
             test_augmentations=test_augmentations,

@@ -262,7 +262,7 @@ class BayesPFL(AnomalibModule):
                 logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", self.prompt_weights)
         # What an exported model, which sees tensors only, writes into its prompts.
         model.default_class_name = options["class_name"] or DEFAULT_CLASS_NAME
-        self.model = model.to(self.device)
+        self.model = model.to(self.device).train(self.training)  # built late: take the module's mode
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
