@@ -138,8 +138,12 @@ class ZeroShotCapableBenchmarkJob(Job):
             fitted = time.time()
             metrics = engine.test(model, datamodule=datamodule)[0]
         finished = time.time()
-        durations = {"job_duration": finished - started, "fit_duration": fitted - started}
-        return {**durations, "test_duration": finished - fitted, **metrics}
+        return {
+            "job_duration": finished - started,
+            "fit_duration": fitted - started,
+            "test_duration": finished - fitted,
+            **metrics,
+        }
 
     @staticmethod
     def collect(results: list[dict[str, Any]]) -> pd.DataFrame:

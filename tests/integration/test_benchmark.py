@@ -1,0 +1,166 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""``python -m anomalib_bayes_pfl.benchmark``: every job keeps its row, failures fail the command, configs run."""
+
+import os
+import subprocess
+import sys
+from itertools import product
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from anomalib.engine import Engine
+
+from anomalib_bayes_pfl import ZeroShotCrossDataset
+from anomalib_bayes_pfl.data.synthetic import write_tree
+
+from ..helpers import TINY_ARGUMENTS, TINY_CLIP
+from ..unit.test_lightning_model import tiny_module
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+METRICS = ["image_AUROC", "pixel_AUROC"]
+
+
+@pytest.fixture(scope="module")
+def mvtec(tmp_path_factory) -> Path:
+    return write_tree(tmp_path_factory.mktemp("MVTecAD"), ["bottle", "metal_nut"], seed=1)
+
+
+def run_benchmark(config: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run the command on ``config`` in ``cwd``; return the process and its results.csv."""
+    path = cwd / "benchmark.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = subprocess.run(
+        [sys.executable, "-m", "anomalib_bayes_pfl.benchmark", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        # One thread: on a small shared machine, oversubscribed OpenMP threads make Padim's fit many times slower.
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+        check=False,
+    )
+    tables = list((cwd / "runs").rglob("results.csv"))
+    assert len(tables) == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert str(tables[0].relative_to(cwd)) in result.stdout  # the path is printed
+    return result, tables[0]
+
+
+def test_failed_jobs_keep_every_row_and_fail_the_command(tmp_path, mvtec):
+    """The issue's grid: a model that cannot be built after one that works; also one that fails while training."""
+    tiny = {**TINY_ARGUMENTS, "stage_one_epochs": 1, "stage_two_epochs": 1}
+    missing_weights = tmp_path / "missing" / "ViT-L-14-336px.pt"
+    models = [
+        {"class_path": "BayesPFL", "init_args": {**tiny, "synthetic_anomalies": 0.5}},  # works
+        {"class_path": "BayesPFL", "init_args": {**tiny, "clip_pretrained": str(missing_weights)}},
+        {"class_path": "Padim", "init_args": {"backbone": "no_such_backbone"}},
+        # Refuses to train on normal images only, the train split of MVTecAD: fails in Engine.fit.
+        {"class_path": "BayesPFL", "init_args": {**tiny, "synthetic_anomalies": 0.0}},
+    ]
+    categories = ["bottle", "metal_nut"]
+    config = {
+        "accelerator": "cpu",
+        "benchmark": {
+            "seed": 0,
+            "model": {"grid": models},
+            "data": {
+                "class_path": "MVTecAD",
+                "init_args": {"root": str(mvtec), "num_workers": 0, "category": {"grid": categories}},
+            },
+        },
+    }
+
+    result, table = run_benchmark(config, tmp_path)
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    results = pd.read_csv(table)
+    # One row per grid point, in the grid's order: the working jobs finished before the failing ones started.
+    assert list(zip(results["model.class_path"], results["data.init_args.category"], strict=True)) == [
+        (model["class_path"], category) for model, category in product(models, categories)
+    ]
+    works = results.index < len(categories)
+    assert results.loc[works, "error"].isna().all(), results.loc[works, "error"]
+    assert results.loc[works, METRICS].apply(lambda metric: metric.between(0, 1)).all().all()
+    failed = results[~works]
+    assert failed["error"].str.len().gt(0).all()
+    assert failed[[*METRICS, "job_duration"]].isna().all().all()
+    assert failed["model.init_args.clip_pretrained"].eq(str(missing_weights)).sum() == len(categories)
+    assert failed["error"].str.contains(str(missing_weights), regex=False).sum() == len(categories)
+    assert failed["error"].str.contains("no_such_backbone").sum() == len(categories)
+
+    # The last lines, after the table and the CSV path, name each failed job: model, category and error.
+    last_lines = result.stderr.strip().splitlines()[-len(failed) - 1 :]
+    assert last_lines[0].startswith(f"{len(failed)} of {len(results)} benchmark jobs failed"), result.stderr[-3000:]
+    for line, (_, row) in zip(last_lines[1:], failed.iterrows(), strict=True):
+        assert line.strip().startswith(f"{row['model.class_path']} / MVTecAD / {row['data.init_args.category']}")
+        assert line.endswith(f": {row['error']}")
+    names = [line.strip().split(": ", 1)[0] for line in last_lines[1:]]
+    assert len(set(names)) == len(names), names  # the BayesPFL variants are told apart
+
+    # The printed table has a few columns: not every config key.
+    header = next(line for line in result.stdout.splitlines() if line.split()[:3] == ["model", "data", "category"])
+    assert {*METRICS, "seconds", "error"} <= set(header.split())
+    assert "data.init_args.root" not in result.stdout
+    assert len(header.split()) < len(results.columns) / 2
+
+
+def test_offline_config_runs(tmp_path):
+    """The shipped offline config, on a synthetic tree of two of its categories: one finite row per job."""
+    config = yaml.safe_load((CONFIGS / "benchmark_offline.yaml").read_text())
+    data = config["benchmark"]["data"]["init_args"]
+    categories = data["category"]["grid"][:2]
+    data.update(root=str(write_tree(tmp_path / "target", categories, num_test_good=4, num_test_defect=4)))
+    data["category"]["grid"] = categories
+
+    result, table = run_benchmark(config, tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = pd.read_csv(table)
+    models = [model["class_path"] for model in config["benchmark"]["model"]["grid"]]
+    assert sorted(zip(results["model.class_path"], results["data.init_args.category"], strict=True)) == sorted(
+        product(models, categories)
+    )
+    assert results["error"].isna().all(), results["error"]
+    assert results[METRICS].apply(lambda metric: metric.between(0, 1)).all().all(), results[METRICS]
+
+
+def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
+    visa = write_tree(tmp_path / "visa", ["candle", "pcb1"], layout="visa")
+    torch.manual_seed(0)
+    module = tiny_module(str(TINY_CLIP), stage_one_epochs=1, stage_two_epochs=1)
+    data = ZeroShotCrossDataset(auxiliary_root=str(visa), target_root=str(mvtec), num_workers=0, train_batch_size=4)
+    Engine(default_root_dir=tmp_path / "train", accelerator="cpu", devices=1, logger=False).train(
+        module, datamodule=data
+    )
+    checkpoint = next((tmp_path / "train").rglob("model.ckpt"))
+
+    config = yaml.safe_load((CONFIGS / "benchmark_zero_shot_mvtec.yaml").read_text())
+    config["accelerator"] = ["cpu"]
+    bayes_pfl = config["benchmark"]["model"]["grid"][0]
+    assert bayes_pfl["class_path"] == "BayesPFL"
+    bayes_pfl["init_args"] = {**TINY_ARGUMENTS, "prompt_weights": str(checkpoint)}
+    padim = {"class_path": "Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}}
+    config["benchmark"]["model"]["grid"] = [bayes_pfl, padim]
+    config["benchmark"]["data"]["init_args"].update(root=str(mvtec), num_workers=0, train_batch_size=4)
+    config["benchmark"]["data"]["init_args"]["category"]["grid"] = ["bottle", "metal_nut"]
+
+    result, table = run_benchmark(config, tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = pd.read_csv(table)
+    assert results["error"].isna().all(), results["error"]
+    rows = results.set_index(["model.class_path", "data.init_args.category"])
+    assert sorted(rows.index) == [
+        ("BayesPFL", "bottle"),
+        ("BayesPFL", "metal_nut"),
+        ("Padim", "bottle"),
+        ("Padim", "metal_nut"),
+    ]
+    assert rows["image_AUROC"].between(0, 1).all()
+    assert rows.loc["BayesPFL", "category_mean_image_AUROC"].between(0, 1).all()
