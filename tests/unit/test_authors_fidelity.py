@@ -1,0 +1,203 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Fidelity to the authors' code, on numbers their code computed (tests/fixtures/authors_reference/README.md).
+
+The fixture holds a tiny CLIP, a tiny head in the authors' checkpoint format, inputs and every random draw, and
+what the authors' code (xiaozhen228/Bayes-PFL, commit 8f155a0) computed from them: inference intermediates, maps
+and image probabilities, and one training step per stage with every loss term and gradient. ``BayesPFL`` is built
+from the same files, the recorded draws are injected, and every quantity is compared at
+``1e-5 * max(1, max |authors|)``. A change that alters scores must keep this test green by default.
+"""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.model import torch_model
+from anomalib_bayes_pfl.model.loss import dice_loss, focal_loss, orthogonality_loss
+from anomalib_bayes_pfl.model.reference_checkpoint import REFERENCE_KEY, convert_reference_state_dict
+from anomalib_bayes_pfl.model.scoring import smooth, upsample
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "authors_reference"
+TOLERANCE = 1e-5
+
+
+def assert_matches(name: str, ours: torch.Tensor, authors: torch.Tensor) -> None:
+    """The fixture's verdict: max |authors - ours| <= tol * max(1, max |authors|)."""
+    ours, authors = ours.detach().float(), authors.float()
+    assert ours.shape == authors.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(authors.shape)}"
+    difference = float((ours - authors).abs().max()) if authors.numel() else 0.0
+    limit = TOLERANCE * max(1.0, float(authors.abs().max()) if authors.numel() else 0.0)
+    assert difference <= limit, f"{name}: max abs difference {difference:.3g} > {limit:.3g}"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return torch.load(FIXTURE / "authors_reference_tiny.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def module(reference, tmp_path_factory) -> BayesPFL:
+    """BayesPFL built from the fixture's CLIP and head files, as a user would load the authors' checkpoint."""
+    folder = tmp_path_factory.mktemp("authors")
+    clip_state = dict(reference["clip_state_dict"])
+    table = torch.zeros(reference["clip_vocab_size"], reference["clip_token_rows"].shape[1], dtype=torch.float16)
+    table[reference["clip_token_ids"]] = reference["clip_token_rows"]
+    clip_state["token_embedding.weight"] = table
+    torch.save(clip_state, folder / "clip.pt")
+    torch.save({REFERENCE_KEY: reference["head_state_dict"]}, folder / "train_tiny.pth")
+    return BayesPFL(
+        clip_model=str(FIXTURE / "bayes-pfl-authors-tiny.json"),
+        clip_pretrained=str(folder / "clip.pt"),
+        prompt_weights=str(folder / "train_tiny.pth"),
+        image_size=64,
+        tap_layers=[3, 6, 9, 12],
+        num_prompts=2,
+        prompt_context_len=2,
+        prompt_state_len=2,
+        num_flow_steps=2,
+        num_samples=3,
+        smoothing_sigma=1.0,
+    )
+
+
+def test_inference_matches_the_authors(reference, module):
+    model = module.model.eval()
+    samples = reference["R"]
+    for index, class_name in enumerate(reference["infer_class_names"]):
+        image = reference["infer_images"][index : index + 1].float()
+        eps = reference["infer_eps"]
+        # The authors cache the image-agnostic samples of the first image and reuse them (noise contract).
+        model.eval_context_noise = eps[index, :samples].unsqueeze(1)
+        model.eval_normal_noise = eps[0, samples : 2 * samples]
+        model.eval_abnormal_noise = eps[0, 2 * samples :]
+        with torch.no_grad():
+            tokens = model.class_tokens([class_name], image)
+            features = model.encode_images(image)
+            noise = (model.eval_context_noise, model.eval_normal_noise, model.eval_abnormal_noise)
+            text, _ = model.encode_text(features.global_features, tokens, noise)
+            layer_logits = model.layer_pixel_logits(text, features.patch_tokens)
+            rca_text = [
+                model.rca(text, model.rca.project_patches(tokens_of_layer, layer))
+                for layer, tokens_of_layer in enumerate(features.patch_tokens)
+            ]
+            scores = {}
+            for stage in (2, 1):
+                model.image_head_stage = stage
+                scores[stage] = model.score(image, [class_name])
+                logits = model.image_head(text, features.global_features, features.patch_tokens, stage=stage)
+                assert_matches(
+                    f"image {index} stage-{stage} image logits",
+                    logits[0],
+                    reference[f"infer_pro_img_stage{stage}"][index],
+                )
+            fuse = model.image_head.patch_pooling(features.patch_tokens)
+        assert_matches(
+            f"image {index} global feature", features.global_features[0], reference["infer_image_features"][index]
+        )
+        assert_matches(f"image {index} text embeddings", text[0], reference["infer_text_embeddings"][index])
+        for layer in range(4):
+            assert_matches(
+                f"image {index} RCA text {layer}", rca_text[layer][0], reference["infer_rca_text"][index, layer]
+            )
+            assert_matches(
+                f"image {index} pixel logits {layer}",
+                layer_logits[layer][0],
+                reference["infer_pixel_logits"][index, layer],
+            )
+            normal, abnormal = layer_logits[layer].chunk(2, dim=1)
+            layer_map = torch.sigmoid(upsample(abnormal - normal, (64, 64))).mean(dim=1)
+            assert_matches(
+                f"image {index} map of block {layer}", layer_map[0], reference["infer_layer_maps"][index, layer]
+            )
+        assert_matches(f"image {index} fuse", fuse[0], reference["infer_fuse"][index])
+        stage_two = scores[2]
+        assert_matches(f"image {index} raw map", stage_two.raw_anomaly_map[0], reference["infer_anomaly_map"][index])
+        assert_matches(
+            f"image {index} map sigma 1", stage_two.anomaly_map[0], reference["infer_anomaly_map_sigma1"][index]
+        )
+        assert_matches(
+            f"image {index} map sigma 8",
+            smooth(stage_two.raw_anomaly_map, 8.0)[0],
+            reference["infer_anomaly_map_sigma8"][index],
+        )
+        for stage in (2, 1):
+            assert_matches(
+                f"image {index} stage-{stage} probability",
+                scores[stage].pred_score[0],
+                reference[f"infer_pr_sp_stage{stage}"][index],
+            )
+    model.image_head_stage = 2
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_training_step_matches_the_authors(reference, module, monkeypatch, stage):
+    model = module.model.train()
+    model.image_head_stage = stage
+    draws = iter(
+        [
+            reference[f"train_s{stage}_eps_isd"].unsqueeze(0),
+            reference[f"train_s{stage}_eps_normal"],
+            reference[f"train_s{stage}_eps_abnormal"],
+        ]
+    )
+
+    def recorded_randn(*size: int, **kwargs) -> torch.Tensor:
+        draw = next(draws)
+        assert tuple(draw.shape) == tuple(size), f"draw of shape {size}, recorded {tuple(draw.shape)}"
+        return draw.clone()
+
+    monkeypatch.setattr(torch_model.torch, "randn", recorded_randn)
+    images = reference["train_images"].float()
+    labels, masks = reference["train_labels"], reference["train_masks"].float()
+    model.zero_grad()
+    output = model(images, reference["train_class_names"])
+    monkeypatch.undo()
+    prompt_index = reference[f"train_s{stage}_prompt_index"]
+    terms = module.loss(
+        output.image_logits,
+        output.pixel_logits,
+        output.text_embeddings,
+        output.kl,
+        labels,
+        masks,
+        prompt_index=prompt_index,
+        stage=stage,
+    )
+    terms.total.backward()
+    assert_matches(
+        f"stage {stage} text embeddings", output.text_embeddings, reference[f"train_s{stage}_text_embeddings"]
+    )
+    assert_matches(f"stage {stage} image logits", output.image_logits, reference[f"train_s{stage}_pro_img"])
+    assert_matches(f"stage {stage} classification loss", terms.classification, reference[f"train_s{stage}_loss_class"])
+    assert_matches(f"stage {stage} total loss", terms.total, reference[f"train_s{stage}_loss_total"])
+    if stage == 1:
+        pair = [prompt_index, prompt_index + len(output.text_embeddings[0]) // 2]
+        for layer, logits in enumerate(output.pixel_logits):
+            assert_matches(f"pixel logits {layer}", logits, reference["train_s1_pixel_logits"][:, layer])
+            probabilities = upsample(logits[:, pair], masks.shape[-2:]).softmax(dim=1)
+            assert_matches(
+                f"focal {layer}", focal_loss(probabilities, masks), reference["train_s1_loss_focal_layers"][layer]
+            )
+            assert_matches(
+                f"dice {layer}", dice_loss(probabilities[:, 1], masks), reference["train_s1_loss_dice_layers"][layer]
+            )
+        assert_matches("focal", terms.focal, reference["train_s1_loss_focal"])
+        assert_matches("dice", terms.dice, reference["train_s1_loss_dice"])
+        assert_matches("distribution", terms.distribution, reference["train_s1_loss_distribution"])
+        assert_matches(
+            "orthogonality", orthogonality_loss(output.text_embeddings), reference["train_s1_loss_orthogonality"]
+        )
+    expected = convert_reference_state_dict(reference[f"train_s{stage}_grads"])
+    if stage == 2:  # our stage 2 computes no gradient before the image head, by design
+        expected = {name: grad for name, grad in expected.items() if name.startswith("image_head.")}
+    parameters = dict(model.named_parameters())
+    for name, grad in expected.items():
+        ours = parameters[name].grad
+        assert ours is not None, f"stage {stage}: no gradient for {name}"
+        assert_matches(f"stage {stage} gradient of {name}", ours.reshape(grad.shape), grad)
+    model.zero_grad()
+    model.eval()
