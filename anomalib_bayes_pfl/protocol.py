@@ -89,13 +89,14 @@ class PerCategoryMetrics(Callback):
     def __init__(self) -> None:
         self.metrics: dict[str, list[AnomalibMetric]] = {}
         self.image_values: dict[str, dict[str, list[torch.Tensor]]] = {}
-        self.image_counts: dict[str, int] = {}
+        # Per category: normal images, anomalous images, anomalous pixels; they decide which metrics are defined.
+        self.counts: dict[str, torch.Tensor] = {}
         self.table: pd.DataFrame | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty metrics for every test run."""
         del trainer, pl_module
-        self.metrics, self.image_values, self.image_counts, self.table = {}, {}, {}, None
+        self.metrics, self.image_values, self.counts, self.table = {}, {}, {}, None
 
     def on_test_batch_end(
         self,
@@ -122,7 +123,10 @@ class PerCategoryMetrics(Callback):
             )
             for metric in self.metrics.setdefault(category, _metrics()):
                 metric.update(subset)
-            self.image_counts[category] = self.image_counts.get(category, 0) + len(index)
+            labels = subset.gt_label if subset.gt_label is not None else torch.zeros(len(index), dtype=torch.long)
+            anomalous_pixels = int(subset.gt_mask.sum()) if subset.gt_mask is not None else 0
+            counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels])
+            self.counts[category] = self.counts.get(category, torch.zeros(3, dtype=torch.long)) + counts
             if getattr(pl_module, "image_score", "probability") == "paper" and subset.gt_label is not None:
                 values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
@@ -130,19 +134,27 @@ class PerCategoryMetrics(Callback):
                 values["label"].append(subset.gt_label)
 
     def _row(self, category: str) -> dict[str, float]:
-        row = {}
+        """One category's metrics; those it cannot define are NaN, and a warning says which and why."""
+        normal, anomalous, anomalous_pixels = self.counts[category].tolist()
+        reasons = {
+            "image_": None
+            if normal and anomalous
+            else "its test images are all " + ("anomalous" if anomalous else "normal"),
+            "pixel_": None if anomalous_pixels else "no anomalous pixel in its ground-truth masks (or no masks)",
+        }
+        row: dict[str, float] = {"images": normal + anomalous}
+        undefined: dict[str, list[str]] = {}
         for metric in self.metrics[category]:
-            value = metric.compute() if metric.update_called else None
+            reason = reasons["image_" if metric.name.startswith("image_") else "pixel_"]
+            value = metric.compute() if reason is None else None  # the reasons are the same on every process
             row[metric.name] = float("nan") if value is None else float(value)
-        missing = [name for name, value in row.items() if pd.isna(value)]
-        if missing:  # e.g. no ground-truth masks: never a silent NaN
+            if value is None:
+                undefined.setdefault(reason or "no values", []).append(metric.name)
+        for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
-                "Category %s: %s cannot be computed (no ground-truth %s); the table shows NaN.",
-                category,
-                ", ".join(missing),
-                "masks" if all(name.startswith("pixel_") for name in missing) else "labels or masks",
+                "Category %s: %s cannot be computed (%s); the table shows NaN.", category, ", ".join(names), reason
             )
-        if category in self.image_values:
+        if category in self.image_values and reasons["image_"] is None:
             values = {name: torch.cat(parts) for name, parts in self.image_values[category].items()}
             fused = fuse_paper_scores(values["probability"], values["map"])
             for metric in (AUROC(fields=["pred_score", "gt_label"]), AUPR(fields=["pred_score", "gt_label"])):
@@ -160,9 +172,11 @@ class PerCategoryMetrics(Callback):
         torch.distributed.all_gather_object(categories, sorted(self.metrics))
         for category in sorted(set().union(*categories)):
             self.metrics.setdefault(category, _metrics())
-        counts: list[dict[str, int]] = [{} for _ in categories]
-        torch.distributed.all_gather_object(counts, self.image_counts)
-        self.image_counts = {name: sum(c.get(name, 0) for c in counts) for name in self.metrics}
+        counts: list[dict[str, torch.Tensor]] = [{} for _ in categories]
+        torch.distributed.all_gather_object(counts, self.counts)
+        self.counts = {
+            name: sum(c.get(name, torch.zeros(3, dtype=torch.long)) for c in counts) for name in self.metrics
+        }
         values: list[dict] = [{} for _ in categories]
         torch.distributed.all_gather_object(values, self.image_values)
         merged: dict[str, dict[str, list[torch.Tensor]]] = {}
@@ -184,8 +198,7 @@ class PerCategoryMetrics(Callback):
                 logger.warning("Metrics of category %s could not be computed: %s", category, error)
         table = pd.DataFrame.from_dict(rows, orient="index")
         table.loc[MEAN_ROW] = table.mean(skipna=True)
-        # How many images each row scored: every image exactly once, also across processes.
-        table.insert(0, "images", pd.Series(self.image_counts).reindex(table.index, fill_value=0))
+        # How many images each row scored (every image exactly once, also across processes); the mean row: all.
         table.loc[MEAN_ROW, "images"] = table.images.drop(MEAN_ROW).sum()
         table = table.astype({"images": int})
         table.index.name = "category"

@@ -409,6 +409,14 @@ class ZeroShotCrossDataset(AnomalibDataModule):
             stage == TrainerFn.VALIDATING and self.val_split_mode == ValSplitMode.FROM_DIR
         )
 
+    def _create_test_split(self) -> None:
+        """Keep the target's test split as it is.
+
+        anomalib completes a test split without normal images with images of the training data, which here is
+        another dataset; a category whose test images are all anomalous instead reports its image metrics as not
+        computable.
+        """
+
     def prepare_data(self) -> None:
         """Download through anomalib only when ``download`` is set; otherwise only check that the data is there.
 

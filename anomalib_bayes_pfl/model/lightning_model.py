@@ -14,6 +14,7 @@ evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained (so
 import dataclasses
 import logging
 import math
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -603,15 +604,15 @@ def _warn_that_export_ignores_model_options() -> None:
 def _seed_from_command_line(trainer: Trainer) -> None:
     """Apply ``--seed_everything`` (or a config's ``seed_everything``), which anomalib 2.7's CLI parses but ignores.
 
-    ``True`` (the CLI default) draws a seed, as LightningCLI does, and logs it; ``False`` leaves the RNGs alone.
+    ``True`` (the CLI default) draws a random seed and logs it; ``False`` leaves the RNGs alone.
     Outside the CLI nothing happens: Python users call ``seed_everything`` themselves.
     """
     configs = [callback.config for callback in trainer.callbacks if isinstance(callback, SaveConfigCallback)]
     seed = configs[0].get("seed_everything") if configs else None
     if seed is True:
-        seed_everything(workers=True)
-    elif seed is not None and seed is not False:
-        seed_everything(int(seed), workers=True)
+        seed = secrets.randbelow(2**31)  # Lightning's seed_everything() would take 0 every time
+    if seed is not None and seed is not False:
+        seed_everything(int(seed), workers=True)  # logs "Seed set to <seed>": pass it again to repeat the run
 
 
 def _unpadded_share(trainer: Trainer) -> int | None:

@@ -13,6 +13,8 @@ from anomalib.data import MVTecAD
 from anomalib.engine import Engine
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
+from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.protocol import PerCategoryMetrics
 
 from ..helpers import cross_dataset
 from ..unit.test_lightning_model import tiny_module
@@ -156,8 +158,6 @@ def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_cl
 
 
 def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tmp_path):
-    from anomalib_bayes_pfl.data.synthetic import write_tree
-
     auxiliary = write_tree(tmp_path / "own", ["gear", "bolt"], layout="folder", masks=False)
     target = write_tree(tmp_path / "line", ["widget"], layout="folder", seed=3)
     data = ZeroShotCrossDataset(
@@ -206,3 +206,23 @@ def test_thresholds_given_with_a_checkpoint_win_over_the_stored_ones(trained):
     scores = torch.tensor([0.2, 0.35, 0.9])
     labels = reloaded.post_processor._apply_threshold(scores, reloaded.post_processor.normalized_image_threshold)
     assert labels.tolist() == [False, True, True]
+
+
+def test_single_class_target_reports_image_metrics_as_not_computable(tiny_clip_path, tmp_path, caplog):
+    """A target category without normal test images keeps its split (nothing borrowed) and says what is undefined."""
+    tree = write_tree(tmp_path / "data", ["tile_a", "only_defects"], num_test_good=0, num_test_defect=3)
+    datamodule = ZeroShotCrossDataset(
+        auxiliary_root=str(tmp_path / "absent"),  # testing never reads the auxiliary side
+        target_root=str(tree),
+        target_format="mvtec",
+        target_categories=["only_defects"],
+        num_workers=0,
+    )
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    engine.test(tiny_module(tiny_clip_path), datamodule=datamodule)
+    table = next(callback.table for callback in engine.trainer.callbacks if isinstance(callback, PerCategoryMetrics))
+    row = table.loc["only_defects"]
+    assert row["images"] == 3
+    assert row[["image_AUROC", "image_AUPR", "image_F1Max"]].isna().all()
+    assert row[["pixel_AUROC", "pixel_AUPRO", "pixel_AUPR"]].notna().all()  # anomalous images hold normal pixels
+    assert "image_AUROC, image_AUPR, image_F1Max cannot be computed (its test images are all anomalous)" in caplog.text

@@ -117,3 +117,22 @@ def test_optimisers_and_warmup_cosine(tiny_clip_path, monkeypatch):
     assert max(factors) == pytest.approx(1.0)
     assert factors[39] > 0.05  # still training when stage 2 starts after 40 steps, as in the authors' schedule
     assert factors[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_command_line_seed_is_applied_and_true_draws_a_new_one(monkeypatch):
+    """anomalib's CLI parses --seed_everything but never applies it; BayesPFL does, before building its head."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    from anomalib_bayes_pfl.model.lightning_model import _seed_from_command_line
+
+    def initial_seed_after(seed) -> int:
+        callback = SaveConfigCallback.__new__(SaveConfigCallback)
+        callback.config = {"seed_everything": seed}
+        _seed_from_command_line(SimpleNamespace(callbacks=[callback]))
+        return torch.initial_seed()
+
+    assert initial_seed_after(42) == initial_seed_after(42) == 42
+    drawn = {initial_seed_after(True) for _ in range(3)}
+    assert len(drawn) == 3  # a random seed each time, never a fixed one
+    torch.manual_seed(5)
+    assert initial_seed_after(False) == 5  # left alone
