@@ -44,6 +44,23 @@ def _train(cwd: Path, tree: Path, *extra: str) -> tuple[pd.DataFrame, Path]:
     return _table(cwd / "results"), next((cwd / "results").rglob("model.ckpt"))
 
 
+def _test(cwd: Path, checkpoint: Path, tree: Path, *extra: str) -> tuple[pd.DataFrame, str]:
+    """``anomalib test`` of a checkpoint with no ``--model.*`` option: its per-category table and its log."""
+    cwd.mkdir(exist_ok=True)
+    result = anomalib_cli(
+        "test",
+        "--model=BayesPFL",
+        f"--ckpt_path={checkpoint}",
+        *cross_data_cli(tree),
+        "--trainer.accelerator=cpu",
+        "--default_root_dir=results",
+        *extra,
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return _table(cwd / "results"), result.stderr
+
+
 def _table(root: Path) -> pd.DataFrame:
     return pd.read_csv(next(root.rglob(CSV_NAME)), index_col="category")
 
@@ -56,20 +73,9 @@ def seeded_run(tmp_path_factory, mvtec_tree):
 def test_checkpoint_alone_scores_like_the_run_that_wrote_it(tmp_path, mvtec_tree, seeded_run):
     """No --model.* option: 64 px, R = 2, the tiny CLIP and its random weights all come from the checkpoint."""
     table, checkpoint = seeded_run
-    result = anomalib_cli(
-        "test",
-        "--model=BayesPFL",
-        f"--ckpt_path={checkpoint}",
-        *cross_data_cli(mvtec_tree),
-        "--data.eval_batch_size=5",
-        "--trainer.accelerator=cpu",
-        "--default_root_dir=again",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    again = _table(tmp_path / "again")
+    again, log = _test(tmp_path, checkpoint, mvtec_tree, "--data.eval_batch_size=5")
     pd.testing.assert_frame_equal(again, table, check_exact=False, rtol=0, atol=1e-6)
-    assert "instead of" not in result.stderr  # nothing was overridden
+    assert "instead of" not in log  # nothing was overridden
 
 
 def test_predict_and_export_take_everything_from_the_checkpoint(tmp_path, mvtec_tree, seeded_run, monkeypatch):
@@ -133,35 +139,12 @@ def test_same_seed_same_table_with_workers_and_from_a_config_file(tmp_path, mvte
 def test_two_process_test_phase_scores_every_image_once(tmp_path):
     """5 target images on 2 processes: the distributed sampler pads one duplicate, which must not be counted."""
     tree = write_tree(tmp_path / "data", ["tile_a", "tile_b", "tile_c"], num_test_good=3, num_test_defect=2)
-    result = anomalib_cli(
-        "train",
-        "--model=BayesPFL",
-        *TINY_MODEL,
-        *SEEDED,
-        *cross_data_cli(tree),
-        "--data.eval_batch_size=2",
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=2",
-        "--trainer.strategy=ddp",
-        "--default_root_dir=ddp",
-        cwd=tmp_path,
+    distributed, checkpoint = _train(
+        tmp_path / "ddp", tree, "--data.eval_batch_size=2", "--trainer.devices=2", "--trainer.strategy=ddp"
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    distributed = _table(tmp_path / "ddp")
-    result = anomalib_cli(
-        "test",
-        "--model=BayesPFL",
-        f"--ckpt_path={next((tmp_path / 'ddp').rglob('model.ckpt'))}",
-        *cross_data_cli(tree),
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=1",
-        "--default_root_dir=single",
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    single = _table(tmp_path / "single")
+    single, _ = _test(tmp_path / "single", checkpoint, tree, "--trainer.devices=1")
     assert distributed.loc["tile_c", "images"] == single.loc["tile_c", "images"] == 5
     # The same images and scores; pixel metrics sum over pixels in the gathered order, hence not bit for bit.
     pd.testing.assert_frame_equal(distributed, single, check_exact=False, rtol=0, atol=1e-5)
-    images = list((tmp_path / "ddp").rglob("images/**/*.png"))
+    images = list((tmp_path / "ddp" / "results").rglob("images/**/*.png"))
     assert len(images) == 5
