@@ -25,13 +25,28 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "authors_reference"
 TOLERANCE = 1e-5
 
 
-def assert_matches(name: str, ours: torch.Tensor, authors: torch.Tensor) -> None:
-    """The fixture's verdict: max |authors - ours| <= tol * max(1, max |authors|)."""
-    ours, authors = ours.detach().float(), authors.float()
-    assert ours.shape == authors.shape, f"{name}: shape {tuple(ours.shape)} vs {tuple(authors.shape)}"
-    difference = float((ours - authors).abs().max()) if authors.numel() else 0.0
-    limit = TOLERANCE * max(1.0, float(authors.abs().max()) if authors.numel() else 0.0)
-    assert difference <= limit, f"{name}: max abs difference {difference:.3g} > {limit:.3g}"
+class Comparisons:
+    """Every compared quantity of one test, so that a failure lists all the rows that differ, not only the first."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.count = 0
+
+    def __call__(self, name: str, ours: torch.Tensor, authors: torch.Tensor) -> None:
+        """The fixture's verdict: max |authors - ours| <= tol * max(1, max |authors|)."""
+        self.count += 1
+        ours, authors = ours.detach().float(), authors.float()
+        if ours.shape != authors.shape:
+            self.failures.append(f"{name}: shape {tuple(ours.shape)} vs {tuple(authors.shape)}")
+            return
+        difference = float((ours - authors).abs().max())
+        limit = TOLERANCE * max(1.0, float(authors.abs().max()))
+        if not difference <= limit:
+            self.failures.append(f"{name}: max abs difference {difference:.3g} > {limit:.3g}")
+
+    def assert_all(self) -> None:
+        listed = "\n  ".join(self.failures)
+        assert not self.failures, f"{len(self.failures)} of {self.count} quantities differ:\n  {listed}"
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +80,7 @@ def module(reference, tmp_path_factory) -> BayesPFL:
 
 
 def test_inference_matches_the_authors(reference, module):
+    compare = Comparisons()
     model = module.model.eval()
     samples = reference["R"]
     for index, class_name in enumerate(reference["infer_class_names"]):
@@ -89,52 +105,46 @@ def test_inference_matches_the_authors(reference, module):
                 model.image_head_stage = stage
                 scores[stage] = model.score(image, [class_name])
                 logits = model.image_head(text, features.global_features, features.patch_tokens, stage=stage)
-                assert_matches(
+                compare(
                     f"image {index} stage-{stage} image logits",
                     logits[0],
                     reference[f"infer_pro_img_stage{stage}"][index],
                 )
             fuse = model.image_head.patch_pooling(features.patch_tokens)
-        assert_matches(
-            f"image {index} global feature", features.global_features[0], reference["infer_image_features"][index]
-        )
-        assert_matches(f"image {index} text embeddings", text[0], reference["infer_text_embeddings"][index])
+        compare(f"image {index} global feature", features.global_features[0], reference["infer_image_features"][index])
+        compare(f"image {index} text embeddings", text[0], reference["infer_text_embeddings"][index])
         for layer in range(4):
-            assert_matches(
-                f"image {index} RCA text {layer}", rca_text[layer][0], reference["infer_rca_text"][index, layer]
-            )
-            assert_matches(
+            compare(f"image {index} RCA text {layer}", rca_text[layer][0], reference["infer_rca_text"][index, layer])
+            compare(
                 f"image {index} pixel logits {layer}",
                 layer_logits[layer][0],
                 reference["infer_pixel_logits"][index, layer],
             )
             normal, abnormal = layer_logits[layer].chunk(2, dim=1)
             layer_map = torch.sigmoid(upsample(abnormal - normal, (64, 64))).mean(dim=1)
-            assert_matches(
-                f"image {index} map of block {layer}", layer_map[0], reference["infer_layer_maps"][index, layer]
-            )
-        assert_matches(f"image {index} fuse", fuse[0], reference["infer_fuse"][index])
+            compare(f"image {index} map of block {layer}", layer_map[0], reference["infer_layer_maps"][index, layer])
+        compare(f"image {index} fuse", fuse[0], reference["infer_fuse"][index])
         stage_two = scores[2]
-        assert_matches(f"image {index} raw map", stage_two.raw_anomaly_map[0], reference["infer_anomaly_map"][index])
-        assert_matches(
-            f"image {index} map sigma 1", stage_two.anomaly_map[0], reference["infer_anomaly_map_sigma1"][index]
-        )
-        assert_matches(
+        compare(f"image {index} raw map", stage_two.raw_anomaly_map[0], reference["infer_anomaly_map"][index])
+        compare(f"image {index} map sigma 1", stage_two.anomaly_map[0], reference["infer_anomaly_map_sigma1"][index])
+        compare(
             f"image {index} map sigma 8",
             smooth(stage_two.raw_anomaly_map, 8.0)[0],
             reference["infer_anomaly_map_sigma8"][index],
         )
         for stage in (2, 1):
-            assert_matches(
+            compare(
                 f"image {index} stage-{stage} probability",
                 scores[stage].pred_score[0],
                 reference[f"infer_pr_sp_stage{stage}"][index],
             )
     model.image_head_stage = 2
+    compare.assert_all()
 
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_training_step_matches_the_authors(reference, module, monkeypatch, stage):
+    compare = Comparisons()
     model = module.model.train()
     model.image_head_stage = stage
     draws = iter(
@@ -168,29 +178,23 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
         stage=stage,
     )
     terms.total.backward()
-    assert_matches(
-        f"stage {stage} text embeddings", output.text_embeddings, reference[f"train_s{stage}_text_embeddings"]
-    )
-    assert_matches(f"stage {stage} image logits", output.image_logits, reference[f"train_s{stage}_pro_img"])
-    assert_matches(f"stage {stage} classification loss", terms.classification, reference[f"train_s{stage}_loss_class"])
-    assert_matches(f"stage {stage} total loss", terms.total, reference[f"train_s{stage}_loss_total"])
+    compare(f"stage {stage} text embeddings", output.text_embeddings, reference[f"train_s{stage}_text_embeddings"])
+    compare(f"stage {stage} image logits", output.image_logits, reference[f"train_s{stage}_pro_img"])
+    compare(f"stage {stage} classification loss", terms.classification, reference[f"train_s{stage}_loss_class"])
+    compare(f"stage {stage} total loss", terms.total, reference[f"train_s{stage}_loss_total"])
     if stage == 1:
         pair = [prompt_index, prompt_index + len(output.text_embeddings[0]) // 2]
         for layer, logits in enumerate(output.pixel_logits):
-            assert_matches(f"pixel logits {layer}", logits, reference["train_s1_pixel_logits"][:, layer])
+            compare(f"pixel logits {layer}", logits, reference["train_s1_pixel_logits"][:, layer])
             probabilities = upsample(logits[:, pair], masks.shape[-2:]).softmax(dim=1)
-            assert_matches(
-                f"focal {layer}", focal_loss(probabilities, masks), reference["train_s1_loss_focal_layers"][layer]
-            )
-            assert_matches(
+            compare(f"focal {layer}", focal_loss(probabilities, masks), reference["train_s1_loss_focal_layers"][layer])
+            compare(
                 f"dice {layer}", dice_loss(probabilities[:, 1], masks), reference["train_s1_loss_dice_layers"][layer]
             )
-        assert_matches("focal", terms.focal, reference["train_s1_loss_focal"])
-        assert_matches("dice", terms.dice, reference["train_s1_loss_dice"])
-        assert_matches("distribution", terms.distribution, reference["train_s1_loss_distribution"])
-        assert_matches(
-            "orthogonality", orthogonality_loss(output.text_embeddings), reference["train_s1_loss_orthogonality"]
-        )
+        compare("focal", terms.focal, reference["train_s1_loss_focal"])
+        compare("dice", terms.dice, reference["train_s1_loss_dice"])
+        compare("distribution", terms.distribution, reference["train_s1_loss_distribution"])
+        compare("orthogonality", orthogonality_loss(output.text_embeddings), reference["train_s1_loss_orthogonality"])
     expected = convert_reference_state_dict(reference[f"train_s{stage}_grads"])
     if stage == 2:  # our stage 2 computes no gradient before the image head, by design
         expected = {name: grad for name, grad in expected.items() if name.startswith("image_head.")}
@@ -198,6 +202,7 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
     for name, grad in expected.items():
         ours = parameters[name].grad
         assert ours is not None, f"stage {stage}: no gradient for {name}"
-        assert_matches(f"stage {stage} gradient of {name}", ours.reshape(grad.shape), grad)
+        compare(f"stage {stage} gradient of {name}", ours.reshape(grad.shape), grad)
     model.zero_grad()
     model.eval()
+    compare.assert_all()
