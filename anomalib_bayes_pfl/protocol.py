@@ -8,8 +8,8 @@ categories. :class:`PerCategoryMetrics` keeps one set of metrics per category (r
 the table, writes it as CSV next to the run's other outputs, and logs the means as ``category_mean_<metric>`` so
 that they also reach ``engine.test`` results and ``anomalib benchmark`` CSVs.
 
-It reads the model's raw scores: it runs before the post-processor, whose min-max normalisation clamps scores
-outside the validation range and would tie them.
+It reads the model's own scores, the probabilities of the head trained on the auxiliary data, before the
+post-processor labels them; a metric a category cannot define is NaN, with a warning that says why.
 
 ``image_score="paper"`` adds the authors' fused image score: per category, min-max normalise the probability and
 the mean of the top-k values of the unsmoothed anomaly map, and average the two (authors:

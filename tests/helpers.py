@@ -52,7 +52,6 @@ def tiny_config(**overrides) -> BayesPFLConfig:
     flow = overrides.pop("flow", FlowConfig(num_flow_steps=3))
     scoring = overrides.pop("scoring", ScoringConfig(num_samples=3, smoothing_sigma=1.0))
     return BayesPFLConfig(
-        image_size=TINY_IMAGE_SIZE,
         tap_layers=(1, 2, 3, 4),
         prompt=prompt,
         flow=flow,

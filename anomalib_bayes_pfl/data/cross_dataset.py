@@ -3,7 +3,7 @@
 
 """Train on an annotated auxiliary dataset, evaluate on the categories of another one.
 
-The zero-shot protocol of Bayes-PFL (bayes_pfl_method.md §7): the head is trained on the *test* split of an
+The zero-shot protocol of Bayes-PFL (authors: train.py, test.py): the head is trained on the *test* split of an
 auxiliary dataset (its anomalous images with masks, and its normal test images), all categories together, and
 evaluated on target categories it has never seen. anomalib's CLI passes one ``--data`` to both training and
 testing, so this datamodule holds both sides; it reuses anomalib's ``MVTecADDataset``, ``VisaDataset`` and

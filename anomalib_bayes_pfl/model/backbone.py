@@ -4,7 +4,7 @@
 """Frozen CLIP backbone: building it from any open_clip source, and tapping multi-layer patch tokens.
 
 Every touch of open_clip's vision internals lives here (the text side lives in ``prompts.py``). A unit test pins
-:class:`ClipImageTaps` against ``CLIP.encode_image`` on a tiny model.
+:func:`encode_image_taps` against ``CLIP.encode_image`` on a tiny model.
 
 Shape legend: N images, L patch tokens, C vision width, D joint embedding width.
 """
@@ -189,8 +189,8 @@ def load_clip(
     """Build a frozen open_clip ``CLIP`` in eval mode.
 
     The towers are built from the open_clip config, so their activation follows ``quick_gelu`` whatever the
-    weights source: the authors trained Bayes-PFL on OpenAI weights run with exact GELU
-    (bayes_pfl_method.md §1), while open_clip's ``'openai'`` path would build QuickGELU towers.
+    weights source: the authors trained Bayes-PFL on OpenAI weights run with exact GELU (their CLIP blocks in
+    models/transformer.py), while open_clip's ``'openai'`` path would build QuickGELU towers.
 
     Args:
         clip_model: An open_clip model name, or the path of an open_clip model-config JSON file (any architecture
@@ -230,7 +230,7 @@ def load_clip(
 
 
 class ImageFeatures(NamedTuple):
-    """Output of :class:`ClipImageTaps`.
+    """Output of :func:`encode_image_taps`.
 
     Attributes:
         global_features: Projected CLS feature ``(N, D)``, not normalised.

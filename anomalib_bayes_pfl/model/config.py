@@ -52,7 +52,7 @@ class FlowConfig:
         image_agnostic: Shift the state vectors by samples of the image-agnostic distributions (IAD).
             ``False`` is the "IAD off" ablation.
         iad_log_det_per_batch: Divide the IAD log-determinant by the batch size in the KL term, as the authors'
-            loss does by broadcasting (authors: loss.py L81-113; bayes_pfl_method.md §3). ``False`` uses the
+            loss does by broadcasting (paper §3.3-3.4; authors: loss.py L81-113). ``False`` uses the
             textbook single-sample estimate.
     """
 
@@ -99,7 +99,6 @@ class BayesPFLConfig:
     """Everything that shapes the Bayes-PFL head around a given CLIP.
 
     Args:
-        image_size: Side of the square model input in pixels (518 in the paper).
         tap_layers: 1-based numbers of the vision blocks whose patch tokens are tapped, like the authors'
             ``--features_list``. ``None`` takes the quarter points of the depth (6, 12, 18, 24 for ViT-L/14).
         residual_attention: Use the residual cross-modal attention (RCA). ``False`` is the "RCA off" ablation.
@@ -111,7 +110,6 @@ class BayesPFLConfig:
         scoring: Evaluation settings.
     """
 
-    image_size: int = 518
     tap_layers: tuple[int, ...] | None = None
     residual_attention: bool = True
     attention_heads: int = 4
@@ -122,9 +120,6 @@ class BayesPFLConfig:
 
     def __post_init__(self) -> None:
         """Check the values that need no CLIP; :func:`resolve_tap_layers` checks the rest."""
-        if self.image_size < 1:
-            msg = f"image_size must be positive, got {self.image_size}."
-            raise ValueError(msg)
         if self.clip_precision not in {"fp32", "bf16", "fp16"}:
             msg = f"clip_precision must be 'fp32', 'bf16' or 'fp16', got '{self.clip_precision}'."
             raise ValueError(msg)

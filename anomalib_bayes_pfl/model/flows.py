@@ -5,7 +5,7 @@
 
 The image-specific distribution (ISD) takes its Gaussian and its flow parameters from the CLIP global image
 feature; the two image-agnostic distributions (IAD, normal and abnormal) start from learnable vectors and have
-free flow parameters, and share one Gaussian encoder (authors: PFL.py, VPB.py L205-225; bayes_pfl_method.md §3).
+free flow parameters, and share one Gaussian encoder (paper §3.3-3.4; authors: PFL.py, VPB.py L205-225).
 
 Kept from the authors: the encoder's second output is used as a variance ``exp(h(x) / 2)``; ``u`` is not
 re-parameterised for invertibility; every step's log-determinant is ``log(|1 + u^T psi| + 1e-5)``.

@@ -5,8 +5,8 @@
 
 Stage 1 compares ``text_mapping(text)`` with the CLIP global feature. Stage 2, the classifier-only training stage
 that the released checkpoints use, compares it with ``image_mapping(global + pool(patches))``, where the pooling
-attends over the concatenated patch tokens of all tapped layers (authors: VPB.py L113-130, L314-356;
-bayes_pfl_method.md §5).
+attends over the concatenated patch tokens of all tapped layers (paper §3.5;
+authors: VPB.py L113-130, L314-356).
 
 Shape legend: N images, T text embeddings per image, L patch tokens, C vision width, D joint width.
 """

@@ -5,10 +5,11 @@
 
 Paper: Qin et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detection", CVPR 2025, arXiv 2503.10080.
 
-Training follows the authors' code (bayes_pfl_method.md §6-7) with one change: the stage switch is a fixed epoch
-count instead of patience on the *target* dataset, so nothing here ever looks at the categories it will be
-evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained (so the Engine trains it) and
-``ZERO_SHOT`` once it is trained or loaded (so the Engine only evaluates).
+Training follows the authors' code (train.py); the README's "Faithfulness" section lists every deliberate difference,
+such as a stage switch after a fixed epoch count instead of patience on the *target* dataset, so that nothing here
+ever looks at the categories it will be evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained
+(so the Engine trains it) and ``ZERO_SHOT`` once it is trained or loaded (so the Engine only evaluates). Scoring
+options left unset come from the checkpoint that is loaded (``options.py``).
 """
 
 import dataclasses
@@ -162,6 +163,7 @@ class BayesPFL(AnomalibModule):
         given = {name: value for name, value in locals().items() if name in PAPER_DEFAULTS}
         source = f"prompt weights {prompt_weights}"
         options = resolve_options(given, stored_options(prompt_weights) if prompt_weights else None, source)
+        _check_options(options)
         self._owns_pre_processor = pre_processor is True
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((options["image_size"],) * 2)
@@ -207,7 +209,7 @@ class BayesPFL(AnomalibModule):
 
     def _apply_options(self, options: dict[str, Any]) -> None:
         """Take resolved scoring options; checkpoints store them, so that they carry everything needed to score."""
-        _check_thresholds(options["image_threshold"], options["pixel_threshold"])
+        _check_options(options)
         self.options = options
         self.hparams.update(options)
         self.class_name = options["class_name"]
@@ -241,7 +243,6 @@ class BayesPFL(AnomalibModule):
         """Build the frozen CLIP and the head from :attr:`options`, and load ``prompt_weights`` if given."""
         options = self.options
         config = BayesPFLConfig(
-            image_size=options["image_size"],
             tap_layers=tuple(options["tap_layers"]) if options["tap_layers"] is not None else None,
             residual_attention=options["residual_attention"],
             clip_precision=options["clip_precision"],
@@ -279,7 +280,6 @@ class BayesPFL(AnomalibModule):
 
     @staticmethod
     def _post_processor(image_threshold: float, pixel_threshold: float) -> PostProcessor:
-        _check_thresholds(image_threshold, pixel_threshold)
         # Thresholds apply to the raw probabilities as 1 - sensitivity (anomalib's PostProcessor without
         # normalisation); min-max normalisation would clamp scores outside the validation range and tie them.
         return PostProcessor(
@@ -579,11 +579,15 @@ class BayesPFL(AnomalibModule):
             state.setdefault(CLIP_PREFIX + key, value)
 
 
-def _check_thresholds(image_threshold: float, pixel_threshold: float) -> None:
-    for name, value in (("image_threshold", image_threshold), ("pixel_threshold", pixel_threshold)):
-        if not 0.0 < value < 1.0:
-            msg = f"{name} is a probability threshold in (0, 1), got {value}."
+def _check_options(options: dict[str, Any]) -> None:
+    """Reject values that the pre- and post-processor would take without complaint."""
+    for name in ("image_threshold", "pixel_threshold"):
+        if not 0.0 < options[name] < 1.0:
+            msg = f"{name} is a probability threshold in (0, 1), got {options[name]}."
             raise ValueError(msg)
+    if options["image_size"] < 1:
+        msg = f"image_size must be positive, got {options['image_size']}."
+        raise ValueError(msg)
 
 
 def _warn_that_export_ignores_model_options() -> None:

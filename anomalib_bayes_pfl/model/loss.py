@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Bayes-PFL training losses (authors: train.py L218-242, loss.py; bayes_pfl_method.md §6).
+"""Bayes-PFL training losses (paper Eq. 7, the "Prompt Flow Loss"; authors: train.py L218-242, loss.py).
 
 Stage 1: ``CE + sum_layers (focal + dice) + kl_weight * KL + orthogonality``, where one prompt set ``b`` of the
 bank, drawn per step and shared by the batch, feeds the classification and segmentation terms. Stage 2: the

@@ -33,7 +33,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "clip_pretrained": "openai",
     "clip_quick_gelu": False,
     "clip_precision": _CONFIG.clip_precision,
-    "image_size": _CONFIG.image_size,
+    "image_size": 518,
     "tap_layers": _CONFIG.tap_layers,
     "num_prompts": _PROMPT.num_prompts,
     "prompt_context_len": _PROMPT.context_len,

@@ -6,7 +6,7 @@
 Each prompt is ``[SOT] ctx_1..P state_1..Q <class-name tokens> [EOT]``: the text ``"X <class name>"`` is
 tokenised and its single placeholder token ``X`` (position 1) is replaced by the P + Q learnable vectors, so the
 end-of-text token moves from position ``e`` to ``e + P + Q - 1`` and the sequence is cut back to the context
-length (authors: VPB.py L150-166; bayes_pfl_method.md §2). All sequences of a batch go through the text tower in
+length (paper §3.2; authors: VPB.py L150-166). All sequences of a batch go through the text tower in
 one call, truncated after the last end-of-text token: with CLIP's causal mask, later positions cannot change it.
 
 Every touch of open_clip's text internals lives here; a unit test pins them against ``CLIP.encode_text``.

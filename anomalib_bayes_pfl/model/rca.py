@@ -5,8 +5,8 @@
 
 Per tapped layer l: ``F_s = normalize(W_l patch_l)`` (bias-free, one projection per layer), a query projection of
 the text embeddings shared across layers, keys = values = ``F_s`` with no projection, 4 heads scaled by the *full*
-width ``D**-0.5``, and ``F_t' = normalize(Attn(q, F_s, F_s) + F_t)`` (authors: VPB.py L82-109;
-bayes_pfl_method.md §4).
+width ``D**-0.5``, and ``F_t' = normalize(Attn(q, F_s, F_s) + F_t)`` (paper §3.5;
+authors: VPB.py L82-109).
 
 Shape legend: N images, T text embeddings per image, L patch tokens, C vision width, D joint width.
 """

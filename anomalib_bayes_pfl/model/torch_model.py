@@ -10,7 +10,7 @@ or file I/O; in eval mode it returns anomalib's ``InferenceBatch``.
 Evaluation noise is drawn once, from ``config.scoring.eval_seed``, and shared by all images: each image still
 gets its own samples (its Gaussian and flows depend on its features), and its scores do not depend on the batch
 it is in or on the evaluation order. The authors redraw the image-specific noise per image and cache the
-image-agnostic samples at the first test image (VPB.py L277-283; bayes_pfl_method.md §10.8-10.9).
+image-agnostic samples at the first test image (authors: VPB.py L277-283).
 
 Shape legend: N images, B prompt sets, R samples, L patch tokens, C vision width, D joint width.
 """
@@ -79,7 +79,7 @@ class BayesPFLModel(nn.Module):
         >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
         >>> from anomalib_bayes_pfl.model.backbone import load_clip
         >>> clip = load_clip(TINY_CLIP_CONFIG, pretrained=None)
-        >>> model = BayesPFLModel(BayesPFLConfig(image_size=64, tap_layers=(1, 2, 3, 4)), clip).eval()
+        >>> model = BayesPFLModel(BayesPFLConfig(tap_layers=(1, 2, 3, 4)), clip).eval()
         >>> output = model(torch.randn(2, 3, 64, 64), ["bottle", "screw"])
         >>> output.pred_score.shape, output.anomaly_map.shape
         (torch.Size([2]), torch.Size([2, 64, 64]))

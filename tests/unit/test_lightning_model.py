@@ -35,7 +35,8 @@ def test_scoring_options_are_unset_and_resolve_to_the_paper():
     assert (module.options["prompt_state_len"], module.options["num_flow_steps"]) == (prompt.state_len, 10)
     assert module.options["image_specific_distribution"] == flow.image_specific
     assert (module.options["num_samples"], module.options["smoothing_sigma"]) == (scoring.num_samples, 8.0)
-    assert (module.options["eval_seed"], module.options["image_size"]) == (scoring.eval_seed, config.image_size)
+    assert (module.options["eval_seed"], module.options["image_size"]) == (scoring.eval_seed, 518)
+    assert module.options["residual_attention"] == config.residual_attention
     assert module.options["clip_model"] == "ViT-L-14-336"
     assert module.options["clip_quick_gelu"] is False
     assert (module.options["image_threshold"], module.options["pixel_threshold"]) == (0.5, 0.5)

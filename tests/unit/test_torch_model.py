@@ -158,7 +158,7 @@ def test_head_size_of_the_default_configuration():
         ImageClassificationHead(vision, embed, layers),
     ]
     count = sum(p.numel() for module in modules for p in module.parameters()) + 1  # + pixel temperature
-    unused = 2 * 1_050_368 + 3 * 590_592  # decoders, p_mu (bayes_pfl_method.md §12)
+    unused = 2 * 1_050_368 + 3 * 590_592  # the authors' unused decoders and p_mu layers (VPB.py L205-225)
     assert count == 27_370_017 - unused
 
 
