@@ -3,12 +3,12 @@
 
 """CLIP loading from every source, and the image taps pinned against open_clip's own forward."""
 
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from anomalib_bayes_pfl.model import backbone
 from anomalib_bayes_pfl.model.backbone import (
     _resolve_weights_file,
     encode_image_taps,
@@ -126,11 +126,23 @@ def test_unknown_tag_lists_known_tags_and_random_weights():
         ),
     ],
 )
-def test_uncached_tag_without_network_fails_fast_with_the_file_to_fetch(tmp_path, model, tag, source):
-    started = time.monotonic()
+def test_uncached_tag_without_network_fails_fast_with_the_file_to_fetch(tmp_path, monkeypatch, model, tag, source):
+    """One connection probe with a short timeout, then the error: no download and its retries are attempted."""
+    probes = []
+
+    def unreachable(address, timeout):
+        probes.append(timeout)
+        message = "no network"
+        raise OSError(message)
+
+    def download(*args, **kwargs):
+        pytest.fail("a download was attempted although the host did not answer")
+
+    monkeypatch.setattr(backbone.socket, "create_connection", unreachable)
+    monkeypatch.setattr(backbone.open_clip, "download_pretrained", download)
     with pytest.raises(RuntimeError, match=rf"cannot be reached\. Download https://{source}.*--model\.clip_pretrained"):
         load_clip(model, pretrained=tag, cache_dir=str(tmp_path))
-    assert time.monotonic() - started < 30
+    assert probes == [backbone.CONNECT_TIMEOUT_S]
 
 
 def test_cached_tags_resolve_offline(tmp_path):

@@ -3,11 +3,14 @@
 
 """Planar flows, the distributions and their KL term."""
 
+import math
+
 import pytest
 import torch
 
 from anomalib_bayes_pfl.model.config import FlowConfig
 from anomalib_bayes_pfl.model.flows import (
+    LOG_DET_EPS,
     FlowSample,
     GaussianEncoder,
     ImageAgnosticDistribution,
@@ -40,10 +43,15 @@ def test_log_det_matches_finite_difference_jacobian():
     assert log_det.item() == pytest.approx(expected.item(), abs=1e-4)
 
 
-def test_each_step_is_the_planar_formula():
-    z, u, w, b = torch.randn(3, 6), torch.randn(1, 6), torch.randn(1, 6), torch.randn(1)
-    zk, _ = planar_flow(z, u, w, b)
-    torch.testing.assert_close(zk, z + u * torch.tanh(z @ w.T + b))
+def test_one_step_by_hand():
+    """z = (1, 2), u = (0.5, -1), w = (1, 0), b = 0.5: w.z + b = 1.5, so z' = z + u tanh(1.5), and
+    log|det| = log(|1 + (1 - tanh(1.5)^2) u.w| + eps) with u.w = 0.5 and the authors' eps."""
+    z = torch.tensor([[1.0, 2.0]])
+    u, w, b = torch.tensor([[0.5, -1.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([0.5])
+    zk, log_det = planar_flow(z, u, w, b)
+    t = math.tanh(1.5)
+    torch.testing.assert_close(zk, torch.tensor([[1.0 + 0.5 * t, 2.0 - t]]))
+    assert log_det.item() == pytest.approx(math.log(1 + (1 - t * t) * 0.5 + LOG_DET_EPS), rel=1e-6)
 
 
 def test_kl_is_zero_for_standard_normal_without_flows():
