@@ -80,6 +80,15 @@ def test_fresh_process_test_from_checkpoint_reproduces_the_run(tmp_path, mvtec_t
         assert table.loc["mean", name] == pytest.approx(results[0][f"category_mean_{name}"], abs=1e-6), name
 
 
+class _HeadAtTrainStart(Callback):
+    """The head's tensors when training starts (after a checkpoint was restored)."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.head = {
+            key: value.clone() for key, value in pl_module.model.head_state_dict().items() if torch.is_tensor(value)
+        }
+
+
 class _StopAfterFirstEpoch(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         trainer.should_stop = True
@@ -101,8 +110,12 @@ def test_interrupted_training_resumes_from_its_checkpoint(tmp_path, mvtec_tree, 
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     assert saved["epoch"] == 0
     resumed = tiny_module(str(TINY_CLIP), stage_one_epochs=2, stage_two_epochs=1)
-    engine = Engine(default_root_dir=tmp_path / "second", accelerator="cpu", devices=1, logger=False)
+    start = _HeadAtTrainStart()
+    engine = Engine(default_root_dir=tmp_path / "second", accelerator="cpu", devices=1, logger=False, callbacks=[start])
     engine.fit(resumed, datamodule=cross_dataset(mvtec_tree), ckpt_path=checkpoint)
+    for key, value in start.head.items():  # it went on from the checkpoint's head, not from a fresh one
+        if isinstance(value, torch.Tensor):
+            torch.testing.assert_close(value, saved["state_dict"][f"model.{key}"], rtol=0, atol=0, msg=key)
     assert engine.trainer.current_epoch == 3
     assert (
         engine.trainer.global_step

@@ -11,6 +11,7 @@ import torch
 from anomalib import LearningType
 from anomalib.data import MVTecAD
 from anomalib.engine import Engine
+from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
@@ -152,6 +153,17 @@ def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_cl
         assert table[column].between(0, 1).all(), column
         assert table.loc["mean", column] == pytest.approx(table.loc[["tile_a", "tile_b"], column].mean())
     assert results[0]["category_mean_image_AUROC"] == pytest.approx(table.loc["mean", "image_AUROC"])
+    predictions = engine.predict(module, datamodule=data)  # the same test images, scored again
+    scored = pd.DataFrame(
+        {
+            "category": [Path(path).parts[-4] for batch in predictions for path in batch.image_path],
+            "score": [float(score) for batch in predictions for score in batch.pred_score],
+            "label": [int(label) for batch in predictions for label in batch.gt_label],
+        }
+    )
+    for category, rows in scored.groupby("category"):  # each category's own images, by an independent library
+        assert table.loc[category, "image_AUROC"] == pytest.approx(roc_auc_score(rows.label, rows.score), abs=1e-6)
+        assert table.loc[category, "images"] == len(rows)
     images = sorted(p.relative_to(next(tmp_path.rglob("images"))).as_posix() for p in tmp_path.rglob("images/**/*.png"))
     assert len(images) == 12  # 6 test images in each target category, none overwritten
     assert images[0].startswith("tile_a/test/")
