@@ -550,8 +550,13 @@ class BayesPFL(AnomalibModule):
         return self._evaluate(batch)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep the checkpoint head-only: the frozen CLIP is rebuilt from ``clip_model`` / ``clip_pretrained``."""
+        """Keep the checkpoint head-only: the frozen CLIP is rebuilt from ``clip_model`` / ``clip_pretrained``.
+
+        The head it holds replaces the ``prompt_weights`` it may have started from, so that loading it never
+        needs (or reloads) that file.
+        """
         super().on_save_checkpoint(checkpoint)
+        checkpoint["hyper_parameters"]["prompt_weights"] = None
         state = checkpoint["state_dict"]
         for key in [key for key in state if key.startswith(CLIP_PREFIX)]:
             del state[key]

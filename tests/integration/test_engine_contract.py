@@ -12,6 +12,7 @@ writes the checkpoint after validating).
 from pathlib import Path
 
 import pytest
+import torch
 from anomalib import LearningType
 from anomalib.data import MVTecAD
 from anomalib.deploy import ExportType
@@ -62,4 +63,6 @@ def test_zero_shot_form_meets_the_contract(trained_checkpoint, mvtec_tree, tmp_p
     model = BayesPFL(prompt_weights=str(trained_checkpoint))  # every option from the checkpoint
     assert model.learning_type == LearningType.ZERO_SHOT
     assert model.options["image_size"] == 64
-    _run_contract(model, mvtec_tree, tmp_path)
+    checkpoint = _run_contract(model, mvtec_tree, tmp_path)
+    # The checkpoint holds the head: loading it (as export --ckpt_path does) needs no prompt-weights file.
+    assert torch.load(checkpoint, weights_only=True)["hyper_parameters"]["prompt_weights"] is None
