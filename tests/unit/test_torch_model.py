@@ -116,23 +116,64 @@ def test_extra_state_round_trip(tiny_clip, tiny_model):
     assert not any(key.startswith("clip.") for key in tiny_model.head_state_dict())
 
 
-@pytest.mark.parametrize(
-    ("overrides", "attribute"),
-    [
-        ({"residual_attention": False}, "rca.query"),
-        ({"flow": FlowConfig(num_flow_steps=0)}, None),
-        ({"flow": FlowConfig(num_flow_steps=3, image_specific=False)}, "distributions.image_specific"),
-        ({"flow": FlowConfig(num_flow_steps=3, image_agnostic=False)}, None),
-    ],
-)
-def test_ablations_run(tiny_clip, overrides, attribute):
-    model = BayesPFLModel(tiny_config(**overrides), tiny_clip).eval()
-    if attribute is not None:
-        module_name, _, leaf = attribute.rpartition(".")
-        assert getattr(model.get_submodule(module_name), leaf) is None
+def _text(model: BayesPFLModel, features: torch.Tensor, seed: int) -> torch.Tensor:
+    """Text embeddings of ``features`` for class "bottle" under the noise drawn from ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    samples, dim = model.config.scoring.num_samples, features.shape[-1]
+    noise = tuple(
+        torch.randn(shape, generator=generator) for shape in ((samples, 1, dim), (samples, dim), (samples, dim))
+    )
+    tokens = model.class_tokens(["bottle"] * features.shape[0], IMAGES[: features.shape[0]])
+    return model.encode_text(features, tokens, noise)[0]
+
+
+def test_ablation_without_residual_attention_keeps_the_text(tiny_clip):
+    model = BayesPFLModel(tiny_config(residual_attention=False), tiny_clip).eval()
+    assert model.rca.query is None
     with torch.no_grad():
-        output = model(IMAGES[:2], NAMES[:2])
-    assert torch.isfinite(output.pred_score).all()
+        features = model.encode_images(IMAGES[:2])
+        text = _text(model, features.global_features, seed=0)
+        patches = model.rca.project_patches(features.patch_tokens[0], 0)
+        torch.testing.assert_close(model.rca(text, patches), text)
+
+
+def test_ablation_without_flow_steps_samples_the_gaussian(tiny_clip):
+    model = BayesPFLModel(tiny_config(flow=FlowConfig(num_flow_steps=0)), tiny_clip).eval()
+    with torch.no_grad():
+        features = model.encode_images(IMAGES[:2]).global_features
+        sample = model.distributions.image_specific(features, torch.randn(3, 2, features.shape[-1]))
+    torch.testing.assert_close(sample.zk, sample.z0)
+    assert not sample.log_det.any()
+
+
+def test_ablation_without_the_image_specific_distribution_ignores_the_image(tiny_clip):
+    model = BayesPFLModel(tiny_config(flow=FlowConfig(num_flow_steps=3, image_specific=False)), tiny_clip).eval()
+    assert model.distributions.image_specific is None
+    with torch.no_grad():
+        features = model.encode_images(IMAGES[:2]).global_features
+        text = _text(model, features, seed=0)
+    torch.testing.assert_close(text[0], text[1])  # two images, one class: only the image-specific shift differs
+    full = BayesPFLModel(tiny_config(flow=FlowConfig(num_flow_steps=3)), tiny_clip).eval()
+    with torch.no_grad():
+        text = _text(full, full.encode_images(IMAGES[:2]).global_features, seed=0)
+    assert not torch.allclose(text[0], text[1])
+
+
+def test_ablation_without_the_image_agnostic_distributions_ignores_their_noise(tiny_clip):
+    model = BayesPFLModel(tiny_config(flow=FlowConfig(num_flow_steps=3, image_agnostic=False)), tiny_clip).eval()
+    with torch.no_grad():
+        features = model.encode_images(IMAGES[:1]).global_features
+        tokens = model.class_tokens(["bottle"], IMAGES[:1])
+        samples, dim = model.config.scoring.num_samples, features.shape[-1]
+        image_specific = torch.randn(samples, 1, dim)
+
+        def text(state_noise: torch.Tensor) -> torch.Tensor:
+            return model.encode_text(features, tokens, (image_specific, state_noise, -state_noise))[0]
+
+        # Other normal/abnormal noise, same text: the state vectors are not shifted.
+        torch.testing.assert_close(text(torch.randn(samples, dim)), text(torch.randn(samples, dim)))
+        # The image-specific noise still shifts the context vectors.
+        assert not torch.allclose(_text(model, features, seed=0), _text(model, features, seed=1))
 
 
 def test_rejects_clip_with_different_joint_and_text_width(tiny_clip_path, tmp_path):
