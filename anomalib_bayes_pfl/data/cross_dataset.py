@@ -140,8 +140,12 @@ class DataSource:
         if missing:
             msg = (
                 f"{self.side} categories {missing} not found under {self.base} (found: {found}); check "
-                f"{self.option}_root and {self.option}_categories, or pass --data.download true to let anomalib "
-                f"download MVTec AD or VisA."
+                f"{self.option}_root and {self.option}_categories"
+                + (
+                    "."
+                    if self.dataset_format == "folder"
+                    else ", or pass --data.download true to let anomalib download MVTec AD or VisA."
+                )
             )
             raise FileNotFoundError(msg)
         return self.categories
@@ -162,6 +166,8 @@ class DataSource:
             if fmt != self.dataset_format and discover_categories(self.root, fmt, self.normal_folder):
                 article = "an" if fmt == "mvtec" else "a"
                 return f"{self.root} looks like {article} {fmt} layout: pass {self.option}_format {fmt}."
+        if self.dataset_format == "folder":
+            return f"Check {self.option}_root: each category folder needs a '{self.normal_folder}' folder."
         return f"Check {self.option}_root, or pass --data.download true to let anomalib download MVTec AD or VisA."
 
     def download(self) -> None:

@@ -88,6 +88,12 @@ def test_missing_data_is_named_and_never_downloaded(trees, tmp_path):
         FileNotFoundError, match=r"target categories \['carpet'\] not found.*found: \['bottle', 'metal_nut'\]"
     ):
         unknown.setup()
+    empty = tmp_path / "own"
+    (empty / "gear" / "defect").mkdir(parents=True)  # a category folder without its normal folder
+    own = _module({"folder": empty, "mvtec": trees["mvtec"]}, auxiliary="folder")
+    with pytest.raises(FileNotFoundError, match=r"each category folder needs a 'good' folder\.$") as error:
+        own.prepare_data()
+    assert "download" not in str(error.value)  # nothing to download for one's own data
 
 
 def test_partial_masks_are_rejected(trees, tmp_path):
