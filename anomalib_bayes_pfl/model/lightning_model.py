@@ -64,10 +64,16 @@ class BayesPFL(AnomalibModule):
 
     Train once on an annotated auxiliary dataset, then detect and segment defects in unseen categories.
 
+    Every scoring option (from ``clip_model`` to ``residual_attention``, ``smoothing_sigma``, ``eval_seed``,
+    ``class_name``, ``image_score`` and the thresholds) defaults to unset: a checkpoint that is loaded
+    (``--ckpt_path`` or ``prompt_weights``) supplies it, and otherwise the paper's value named below applies
+    (:data:`~anomalib_bayes_pfl.model.options.PAPER_DEFAULTS`).
+
     Args:
-        clip_model: open_clip model name, or the path of an open_clip model-config JSON file.
-        clip_pretrained: open_clip tag (e.g. ``"openai"``), local CLIP checkpoint (e.g. OpenAI's
-            ``ViT-L-14-336px.pt``), or ``None`` for random weights.
+        clip_model: open_clip model name (``ViT-L-14-336``), ``bayes-pfl-tiny``, or the path of an open_clip
+            model-config JSON file.
+        clip_pretrained: open_clip tag (``"openai"``), local CLIP checkpoint (e.g. OpenAI's ``ViT-L-14-336px.pt``),
+            or ``None`` for random weights; ``"auto"`` leaves it unset.
         clip_quick_gelu: Force QuickGELU towers; the authors' heads were trained with exact GELU.
         clip_precision: Autocast precision of the frozen CLIP (``fp32``, ``bf16`` or ``fp16``; the last two for
             GPUs); the head always computes in float32.
