@@ -389,13 +389,14 @@ class BayesPFL(AnomalibModule):
         """
         del stage
         datamodule = getattr(self.trainer, "datamodule", None)
-        pairs = []
+        pairs: dict[tuple[str, str | None], None] = {}  # each file once, in order (validation may copy training)
         for subset in ("train_data", "val_data", "test_data"):
             samples = getattr(getattr(datamodule, subset, None), "samples", None)
             if samples is None or id(samples) in self._checked_samples:
                 continue
             masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
-            pairs += [pair for pair in zip(samples["image_path"], masks, strict=True) if pair not in pairs]
+            for image, mask in zip(samples["image_path"], masks, strict=True):
+                pairs[str(image), mask if isinstance(mask, str) and mask else None] = None
             self._checked_samples.add(id(samples))
         check_image_files(pairs)
 
