@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import FlowConfig
+from .initialisation import init_linear_layers
 
 LOG_DET_EPS = 1e-5
 
@@ -100,10 +101,7 @@ class GaussianEncoder(nn.Module):
 
     def reset_parameters(self) -> None:
         """N(0, 0.02) weights and zero biases, like every linear layer of the authors' head."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        init_linear_layers(self)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mean, variance)``, the variance being ``exp(h(x) / 2)`` (authors: VPB.py L50-54)."""

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from .initialisation import init_linear_layers
+
 
 class PatchAttentionPooling(nn.Module):
     """Pool the concatenated multi-layer patch tokens into one vector with a learned per-patch attention.
@@ -57,10 +59,7 @@ class ImageClassificationHead(nn.Module):
 
     def reset_parameters(self) -> None:
         """N(0, 0.02) linear weights, zero biases, and a temperature of 0.07 (authors: VPB.py L202-250)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        init_linear_layers(self)
         nn.init.constant_(self.logit_scale, torch.log(torch.tensor(1 / 0.07)).item())
 
     def image_embedding(
