@@ -1,9 +1,10 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Data: the cross-dataset datamodule, per-image class names and synthetic dataset trees."""
+"""Data: the cross-dataset datamodule, the authors' augmentations, per-image class names and synthetic dataset trees."""
 
+from .augmentation import AuthorsAugmentations
 from .class_names import class_name_from_path, resolve_class_names
 from .cross_dataset import ZeroShotCrossDataset
 
-__all__ = ["ZeroShotCrossDataset", "class_name_from_path", "resolve_class_names"]
+__all__ = ["AuthorsAugmentations", "ZeroShotCrossDataset", "class_name_from_path", "resolve_class_names"]

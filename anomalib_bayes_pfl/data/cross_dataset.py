@@ -45,6 +45,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import Transform
 
+from .augmentation import MosaicDataset
+
 logger = logging.getLogger(__name__)
 
 DatasetFormat = Literal["mvtec", "visa", "folder"]
@@ -301,7 +303,11 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         eval_batch_size: Evaluation batch size (any size: scores do not depend on it).
         num_workers: Data-loading workers; ``None`` takes up to 4, no more than the CPUs this process may use (more
             only makes torch warn).
-        train_augmentations: Augmentations of the auxiliary training images.
+        train_augmentations: Augmentations of the auxiliary training images (the paper configs set the authors',
+            :class:`~anomalib_bayes_pfl.data.augmentation.AuthorsAugmentations`).
+        mosaic_probability: Chance that a training item is replaced by a 2x2 mosaic of four anomalous images of its
+            category, masks pasted alike (:class:`~anomalib_bayes_pfl.data.augmentation.MosaicDataset`); the
+            authors use 0.4 when MVTec AD is the auxiliary set, and none otherwise.
         val_augmentations: Augmentations of the validation images.
         test_augmentations: Augmentations of the target images.
         augmentations: Augmentations of every subset, where the specific ones are not given.
@@ -347,7 +353,11 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         auxiliary_mask_dir: str | None = None,
         target_normal_dir: str | None = None,
         target_mask_dir: str | None = None,
+        mosaic_probability: float = 0.0,
     ) -> None:
+        if not 0.0 <= mosaic_probability <= 1.0:
+            msg = f"mosaic_probability must be in [0, 1], got {mosaic_probability}."
+            raise ValueError(msg)
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -371,6 +381,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         self.target_normal_dir = target_normal_dir
         self.target_mask_dir = target_mask_dir
         self.download = download
+        self.mosaic_probability = mosaic_probability
         self._image_categories: dict[str, str] = {}
         for side in ("auxiliary", "target"):
             self._source(side)  # reject inconsistent options at once, not at the first stage
@@ -473,6 +484,10 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         self.test_data = self._datasets(target_source, target)
         auxiliary = self._read_auxiliary(stage, target)
         if auxiliary is not None:
-            self.train_data = auxiliary
+            self.train_data = (
+                MosaicDataset(auxiliary, self.mosaic_probability, self.class_name_of)
+                if self.mosaic_probability
+                else auxiliary
+            )
         if self.val_split_mode == ValSplitMode.FROM_DIR:
             self.val_data = copy.deepcopy(auxiliary) if auxiliary is not None else self.test_data.subsample([])
