@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Check image and mask files before any work starts, so that bad files stop a run with their names.
+"""Check image and mask files before any work starts, and pixel values as batches arrive, naming what is bad.
 
 anomalib reads images with ``PIL.Image.convert("RGB")``: grayscale, palette and RGBA files come out right, but
 16-bit and float images are clipped to 8 bits (almost every pixel becomes white) without a word, and a corrupt file
@@ -11,6 +11,9 @@ fails deep inside a data-loader worker. Checking headers is cheap (the pixels ar
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+from anomalib.data import Batch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image, UnidentifiedImageError
 
 # PIL modes that convert("RGB") maps without losing range: everything but 16-bit and 32-bit integer/float pixels.
@@ -60,3 +63,41 @@ def check_image_files(samples: Iterable[tuple[str, str | None]]) -> None:
         more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
         msg = f"{len(problems)} problem(s) with the dataset files:\n  {listed}{more}"
         raise ValueError(msg)
+
+
+def check_finite_images(batch: Batch) -> None:
+    """Refuse images with NaN or Inf values, naming them: they would poison every score and gradient silently."""
+    bad = (~torch.isfinite(batch.image)).flatten(1).any(dim=1)
+    if bad.any():
+        paths = [path for path, is_bad in zip(batch.image_path or [], bad.tolist(), strict=False) if is_bad]
+        msg = f"images contain NaN or Inf values: {paths or 'batch without paths'}; check the data and transforms."
+        raise ValueError(msg)
+
+
+class DataCheck(Callback):
+    """Check a run's data before and while it is used: files at setup, pixel values in every batch.
+
+    At setup every subset of the datamodule is checked before anything is reported, so that one run names every
+    bad file, before anything is trained, scored or written.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """Check the image and mask files of the datamodule's subsets."""
+        del pl_module, stage
+        datamodule = getattr(trainer, "datamodule", None)
+        pairs: dict[tuple[str, str | None], None] = {}  # each file once, in order (validation may copy training)
+        for subset in ("train_data", "val_data", "test_data"):
+            samples = getattr(getattr(datamodule, subset, None), "samples", None)
+            if samples is None:
+                continue
+            masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
+            for image, mask in zip(samples["image_path"], masks, strict=True):
+                pairs[str(image), mask if isinstance(mask, str) and mask else None] = None
+        check_image_files(pairs)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *indices: int) -> None:
+        """Check the pixel values of a batch (of any stage: the same hook serves all four)."""
+        del trainer, pl_module, indices
+        check_finite_images(batch)
+
+    on_validation_batch_start = on_test_batch_start = on_predict_batch_start = on_train_batch_start

@@ -15,48 +15,46 @@ options left unset come from the checkpoint that is loaded (``options.py``).
 import dataclasses
 import logging
 import math
-import secrets
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from anomalib import LearningType
 from anomalib.data import Batch
-from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from lightning.pytorch import Callback, Trainer, seed_everything
-from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
-from torch.utils.data import DistributedSampler
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_bayes_pfl.data.class_names import resolve_class_names
-from anomalib_bayes_pfl.data.validation import check_image_files
-from anomalib_bayes_pfl.protocol import PerCategoryMetrics, PredictionTable, paper_top_k, top_k_mean, zero_shot_metrics
+from anomalib_bayes_pfl.data.distributed import DropSamplerPadding
+from anomalib_bayes_pfl.data.synthetic_anomalies import SyntheticAnomalies, known_masks
+from anomalib_bayes_pfl.data.validation import DataCheck
+from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
+from anomalib_bayes_pfl.paper_score import PaperScoredBatch, paper_map_scores
+from anomalib_bayes_pfl.prediction_writer import PredictionTable
 
 from .backbone import load_clip
+from .command_line import seed_from_command_line, warn_that_export_ignores_model_options
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
-from .loss import BayesPFLLoss
+from .loss import BayesPFLLoss, LossTerms
 from .options import AUTO, PAPER_DEFAULTS, resolve_options, stored_options
+from .post_processor import ProbabilityPostProcessor
 from .reference_checkpoint import load_head_weights
-from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel
+from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
 
 logger = logging.getLogger(__name__)
 
 CLIP_PREFIX = "model.clip."
 ADAM_BETAS = (0.5, 0.999)
-# Share of normal training images replaced by synthetic anomalies when the training data has no anomalies.
-NORMAL_ONLY_SYNTHETIC_ANOMALIES = 0.5
 
 
 class BayesPFL(AnomalibModule):
@@ -105,7 +103,8 @@ class BayesPFL(AnomalibModule):
             (``ZeroShotCrossDataset``, or the MVTec AD / VisA folder layout), then the datamodule's category, then
             ``"object"`` (also for loose files given to ``anomalib predict``).
         synthetic_anomalies: Probability that a normal training image is replaced by a synthetic anomaly (anomalib's
-            Perlin generator) with its mask, for training data that has no anomalous images. 0 disables it.
+            Perlin generator) with its mask; ``None`` uses them (0.5) only for training data without anomalous
+            images, with a warning, and 0 refuses such data (:mod:`anomalib_bayes_pfl.data.synthetic_anomalies`).
         image_score: ``probability`` reports the model's own score in the per-category table; ``paper`` adds the
             authors' transductive fusion of the probability and the top-k map mean, min-max normalised per
             category (for comparison with published numbers only).
@@ -114,7 +113,8 @@ class BayesPFL(AnomalibModule):
             decision and uses no labels of the data being scored.
         pixel_threshold: The same for anomaly-map pixels (the predicted masks).
         pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
-        post_processor: Post-processor, ``True`` for the default.
+        post_processor: Post-processor, ``True`` for the default, which labels with the two thresholds
+            (:class:`~anomalib_bayes_pfl.model.post_processor.ProbabilityPostProcessor`).
         evaluator: Evaluator, ``True`` for image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
         visualizer: Visualizer, ``True`` for anomalib's image visualizer.
 
@@ -174,7 +174,7 @@ class BayesPFL(AnomalibModule):
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((options["image_size"],) * 2)
         if post_processor is True:
-            post_processor = self._post_processor(options["image_threshold"], options["pixel_threshold"])
+            post_processor = ProbabilityPostProcessor(options["image_threshold"], options["pixel_threshold"])
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
@@ -187,9 +187,7 @@ class BayesPFL(AnomalibModule):
                 f"and at least one positive."
             )
             raise ValueError(msg)
-        if synthetic_anomalies is not None and not 0.0 <= synthetic_anomalies <= 1.0:
-            msg = f"synthetic_anomalies is a probability in [0, 1], got {synthetic_anomalies}."
-            raise ValueError(msg)
+        self.synthetic_anomalies = SyntheticAnomalies(synthetic_anomalies)
         self._given_options = given
         self._apply_options(options)
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
@@ -204,11 +202,6 @@ class BayesPFL(AnomalibModule):
             "other": learning_rate,
         }
         self.warmup_ratio = warmup_ratio
-        self.synthetic_anomalies = synthetic_anomalies
-        self.anomaly_generator: PerlinAnomalyGenerator | None = None
-        self.last_map_scores: torch.Tensor | None = None
-        self._unpadded_test_samples: int | None = None
-        self._checked_samples: set[int] = set()
         self.automatic_optimization = False
         if prompt_weights is not None:
             self._build()
@@ -225,9 +218,8 @@ class BayesPFL(AnomalibModule):
             for resize in (t for t in self.pre_processor.transform.transforms if isinstance(t, Resize)):
                 resize.size = [options["image_size"]] * 2
             self.pre_processor.export_transform = self.pre_processor.transform  # keep antialiasing when exported
-        if isinstance(self.post_processor, PostProcessor) and not self.post_processor.enable_normalization:
-            self.post_processor.image_sensitivity = 1.0 - options["image_threshold"]
-            self.post_processor.pixel_sensitivity = 1.0 - options["pixel_threshold"]
+        if isinstance(self.post_processor, ProbabilityPostProcessor):
+            self.post_processor.set_thresholds(options["image_threshold"], options["pixel_threshold"])
 
     @property
     def is_built(self) -> bool:
@@ -284,19 +276,9 @@ class BayesPFL(AnomalibModule):
             ),
         )
 
-    @staticmethod
-    def _post_processor(image_threshold: float, pixel_threshold: float) -> PostProcessor:
-        # Thresholds apply to the raw probabilities as 1 - sensitivity (anomalib's PostProcessor without
-        # normalisation); min-max normalisation would clamp scores outside the validation range and tie them.
-        return PostProcessor(
-            enable_normalization=False,
-            image_sensitivity=1.0 - image_threshold,
-            pixel_sensitivity=1.0 - pixel_threshold,
-        )
-
     def configure_post_processor(self) -> PostProcessor:
-        """Label with the paper's probability thresholds: scores are already probabilities, so no normalisation."""
-        return self._post_processor(PAPER_DEFAULTS["image_threshold"], PAPER_DEFAULTS["pixel_threshold"])
+        """Label with probability thresholds (the paper's until options or a checkpoint set them)."""
+        return ProbabilityPostProcessor()
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
@@ -333,8 +315,9 @@ class BayesPFL(AnomalibModule):
         return {"max_epochs": epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
-        """Per-category metrics before the post-processor; the prediction table after it, to read the labels."""
-        return [PerCategoryMetrics(), *super().configure_callbacks(), PredictionTable()]
+        """Data checks first; synthetic anomalies after the pre-processor; the tables after the post-processor."""
+        checks, tables = [DataCheck(), DropSamplerPadding()], [PerCategoryMetrics(), PredictionTable()]
+        return [*checks, *super().configure_callbacks(), self.synthetic_anomalies, *tables]
 
     def configure_optimizers(self) -> tuple[list[Adam], list[dict[str, Any]]]:
         """Stage 1: Adam over four learning-rate groups with a warm-up cosine schedule; stage 2: the classifier."""
@@ -374,79 +357,12 @@ class BayesPFL(AnomalibModule):
             lookup=getattr(datamodule, "class_name_of", None),
         )
 
-    @staticmethod
-    def _check_images(batch: Batch) -> None:
-        if not torch.isfinite(batch.image).all():
-            bad = (~torch.isfinite(batch.image)).flatten(1).any(dim=1)
-            paths = [p for p, is_bad in zip(batch.image_path or [], bad.tolist(), strict=False) if is_bad]
-            msg = f"images contain NaN or Inf values: {paths or 'batch without paths'}; check the data and transforms."
-            raise ValueError(msg)
-
-    def setup(self, stage: str) -> None:
-        """Check the datamodule's image and mask files once, before anything is trained, scored or written.
-
-        Every subset is checked before anything is reported, so that one run names every bad file.
-        """
-        del stage
-        datamodule = getattr(self.trainer, "datamodule", None)
-        pairs: dict[tuple[str, str | None], None] = {}  # each file once, in order (validation may copy training)
-        for subset in ("train_data", "val_data", "test_data"):
-            samples = getattr(getattr(datamodule, subset, None), "samples", None)
-            if samples is None or id(samples) in self._checked_samples:
-                continue
-            masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
-            for image, mask in zip(samples["image_path"], masks, strict=True):
-                pairs[str(image), mask if isinstance(mask, str) and mask else None] = None
-            self._checked_samples.add(id(samples))
-        check_image_files(pairs)
-
     def configure_model(self) -> None:
         """Before training: seed as the command line asks, then build the model (before DDP wraps it)."""
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
         if fitting and not self.is_built:
-            _seed_from_command_line(self.trainer)
+            seed_from_command_line(self.trainer)
             self._build()
-
-    def on_train_start(self) -> None:
-        """Decide on synthetic anomalies, and say what the training data cannot teach.
-
-        The paper trains on real anomalies of an annotated auxiliary dataset. Normal-only data (a one-class
-        datamodule such as MVTecAD, as in every anomalib benchmark) gets synthetic anomalies unless
-        ``synthetic_anomalies=0`` asks to refuse it; either way the deviation is announced.
-        """
-        samples = getattr(getattr(self.trainer.train_dataloader, "dataset", None), "samples", None)
-        anomalous = samples[samples.label_index == 1] if samples is not None else None
-        probability = self.synthetic_anomalies
-        if probability is None:
-            probability = 0.0 if anomalous is None or len(anomalous) else NORMAL_ONLY_SYNTHETIC_ANOMALIES
-            if probability:
-                logger.warning(
-                    "The training data has normal images only; BayesPFL learns anomalies from an annotated auxiliary "
-                    "dataset, so %.0f%% of the normal images are replaced by synthetic Perlin anomalies with masks. "
-                    "This deviates from the paper's protocol. For the paper's: --data ZeroShotCrossDataset "
-                    "--data.auxiliary_root datasets/visa --data.target_root datasets/MVTecAD; to refuse normal-only "
-                    "data: --model.synthetic_anomalies 0.",
-                    100 * probability,
-                )
-        if anomalous is not None and not len(anomalous) and not probability:
-            msg = (
-                "BayesPFL is trained on an annotated *auxiliary* dataset with anomalous images, then used zero-shot "
-                "on unseen categories, but this training set has normal images only. Either evaluate with trained "
-                "prompts (no training): --model.prompt_weights <anomalib_train_checkpoint.ckpt or train_visa.pth>; "
-                "or train on an auxiliary dataset: --data anomalib_bayes_pfl.ZeroShotCrossDataset "
-                "--data.auxiliary_root datasets/visa --data.target_root datasets/MVTecAD; or synthesise anomalies "
-                "on the normal images: --model.synthetic_anomalies 0.5."
-            )
-            raise ValueError(msg)
-        if anomalous is not None and "mask_path" in anomalous:
-            unmasked = int((anomalous.mask_path.fillna("") == "").sum())
-            if unmasked:
-                logger.warning(
-                    "%d anomalous training image(s) have no mask: their pixel losses are skipped and they teach the "
-                    "image head only.",
-                    unmasked,
-                )
-        self.anomaly_generator = PerlinAnomalyGenerator(probability=probability) if probability else None
 
     def on_train_epoch_start(self) -> None:
         """Switch the image head to the current stage; stage 2 frees stage 1's Adam moments.
@@ -459,30 +375,13 @@ class BayesPFL(AnomalibModule):
             self.optimizers()[0].optimizer.state.clear()
 
     def training_step(self, batch: Batch, batch_idx: int = 0) -> STEP_OUTPUT:
-        """One optimiser step of the current stage, with one prompt set of the bank drawn for the batch."""
+        """One optimiser step of the current stage."""
         del batch_idx
-        self._check_images(batch)
         stage = self.current_stage
-        images, labels, masks, has_mask = self._training_inputs(batch)
-        output = self.model(images, self._class_names(batch))
-        prompt_index = int(torch.randint(self.model.config.prompt.num_prompts, (1,)))
-        terms = self.loss(
-            output.image_logits,
-            output.pixel_logits,
-            output.text_embeddings,
-            output.kl,
-            labels,
-            masks,
-            prompt_index=prompt_index,
-            stage=stage,
-            has_mask=has_mask,
-        )
-        # Every trainable parameter takes part in the graph, with zero weight where this stage does not train it,
-        # so that DistributedDataParallel needs no search for unused parameters (plain --trainer.strategy ddp).
-        participation = sum(parameter.sum() for parameter in self.model.parameters() if parameter.requires_grad)
+        _, terms = self.training_loss(batch, stage)
         optimizer = self.optimizers()[stage - 1]
         optimizer.zero_grad()
-        self.manual_backward(terms.total + 0.0 * participation)
+        self.manual_backward(terms.total + self.model.zero_from_every_trainable_parameter())
         optimizer.step()
         self.model.is_trained = True  # in the state of every checkpoint written from now on
         if stage == 1:
@@ -494,61 +393,43 @@ class BayesPFL(AnomalibModule):
                 self.log(f"train_loss_{name}", value, batch_size=batch_size)
         return {"loss": terms.total.detach()}
 
-    def _training_inputs(
-        self,
-        batch: Batch,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """Images, labels, masks and which images have a known mask, with synthetic anomalies if enabled.
-
-        Without masks in the data, only synthetic anomalies and normal images (whose mask is empty) have one: a
-        real anomaly without its mask must not teach the pixel head that its defect is normal.
-        """
-        images, labels = batch.image, batch.gt_label
-        masks = batch.gt_mask.float() if batch.gt_mask is not None else None
-        if self.anomaly_generator is None:
-            return images, labels, masks, None
-        mean = images.new_tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
-        std = images.new_tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
-        augmented, synthetic_masks = self.anomaly_generator((images * std + mean).clamp(0, 1))
-        synthetic_masks = synthetic_masks.squeeze(1) * (labels == 0).view(-1, 1, 1)  # real anomalies stay as they are
-        is_synthetic = synthetic_masks.flatten(1).amax(dim=1) > 0
-        images = torch.where(synthetic_masks.unsqueeze(1) > 0, (augmented - mean) / std, images)
-        has_mask = None if masks is not None else labels == 0
-        masks = torch.maximum(masks, synthetic_masks) if masks is not None else synthetic_masks
-        return images, torch.where(is_synthetic, torch.ones_like(labels), labels), masks, has_mask
+    def training_loss(self, batch: Batch, stage: int) -> tuple[BayesPFLTrainOutput, LossTerms]:
+        """The forward pass and loss terms of a batch at ``stage``, with one prompt set of the bank drawn for it."""
+        output = self.model(batch.image, self._class_names(batch))
+        prompt_index = int(torch.randint(self.model.config.prompt.num_prompts, (1,)))
+        terms = self.loss(
+            output.image_logits,
+            output.pixel_logits,
+            output.text_embeddings,
+            output.kl,
+            batch.gt_label,
+            batch.gt_mask.float() if batch.gt_mask is not None else None,
+            prompt_index=prompt_index,
+            stage=stage,
+            has_mask=known_masks(batch),
+        )
+        return output, terms
 
     def _evaluate(self, batch: Batch) -> Batch:
         if not len(batch):  # a process's share of a distributed test set can end in an empty batch
             image = batch.image
             return batch.update(pred_score=image.new_zeros(0), anomaly_map=image.new_zeros(0, *image.shape[-2:]))
-        self._check_images(batch)
         names = self._class_names(batch)
         scores = self.model.score(batch.image, names)
-        if self.image_score == "paper":  # read by PerCategoryMetrics
-            self.last_map_scores = torch.cat(
-                [
-                    top_k_mean(raw_map.unsqueeze(0), paper_top_k(name))
-                    for raw_map, name in zip(scores.raw_anomaly_map, names, strict=True)
-                ]
-            )
-        return batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
+        batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
+        if self.image_score != "paper":
+            return batch
+        fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+        return PaperScoredBatch(**fields, paper_map_score=paper_map_scores(scores.raw_anomaly_map, names))
 
     def validation_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the validation batch; the post-processor collects its thresholds from it."""
         del batch_idx, dataloader_idx
         return self._evaluate(batch)
 
-    def on_test_epoch_start(self) -> None:
-        """Count this process's share of the test set without the duplicates a distributed sampler pads it with."""
-        self._unpadded_test_samples = _unpadded_share(self.trainer)
-
     def test_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Score the test batch with each image's class name; every image is scored once over all processes."""
+        """Score the test batch with each image's class name; ``image_score="paper"`` adds the map score."""
         del batch_idx, dataloader_idx
-        if self._unpadded_test_samples is not None:
-            keep = min(len(batch), self._unpadded_test_samples)
-            self._unpadded_test_samples -= keep
-            _keep_first_items(batch, keep)  # in place: the Evaluator and the other callbacks read this batch
         return self._evaluate(batch)
 
     def predict_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
@@ -578,7 +459,7 @@ class BayesPFL(AnomalibModule):
         if self._owns_pre_processor:
             checkpoint.pop("anomalib_pre_processor_config", None)
         if self._trainer is None:
-            _warn_that_export_ignores_model_options()
+            warn_that_export_ignores_model_options()
         super().on_load_checkpoint(checkpoint)
         source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".strip()
         options = resolve_options(self._given_options, checkpoint.get("hyper_parameters"), source)
@@ -592,62 +473,7 @@ class BayesPFL(AnomalibModule):
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    """Reject values that the pre- and post-processor would take without complaint."""
-    for name in ("image_threshold", "pixel_threshold"):
-        if not 0.0 < options[name] < 1.0:
-            msg = f"{name} is a probability threshold in (0, 1), got {options[name]}."
-            raise ValueError(msg)
+    """Reject an image size that the pre-processor would take without complaint (the thresholds: its post-processor)."""
     if options["image_size"] < 1:
         msg = f"image_size must be positive, got {options['image_size']}."
         raise ValueError(msg)
-
-
-def _warn_that_export_ignores_model_options() -> None:
-    """``anomalib export --ckpt_path`` builds a new model from the checkpoint alone: say which options it drops.
-
-    Its command-line model is discarded (anomalib calls ``load_from_checkpoint``), so only the arguments tell.
-    """
-    ignored = [argument.split("=")[0] for argument in sys.argv[2:] if argument.startswith("--model.")]
-    if Path(sys.argv[0]).name == "anomalib" and sys.argv[1:2] == ["export"] and ignored:
-        logger.warning(
-            "anomalib export --ckpt_path rebuilds BayesPFL from the checkpoint's own options and ignores %s. To "
-            "export with other options, pass the checkpoint as --model.prompt_weights instead of --ckpt_path: the "
-            "options are then applied, each with a warning.",
-            ", ".join(ignored),
-        )
-
-
-def _seed_from_command_line(trainer: Trainer) -> None:
-    """Apply ``--seed_everything`` (or a config's ``seed_everything``), which anomalib 2.7's CLI parses but ignores.
-
-    ``True`` (the CLI default) draws a random seed and logs it; ``False`` leaves the RNGs alone.
-    Outside the CLI nothing happens: Python users call ``seed_everything`` themselves.
-    """
-    configs = [callback.config for callback in trainer.callbacks if isinstance(callback, SaveConfigCallback)]
-    seed = configs[0].get("seed_everything") if configs else None
-    if seed is True:
-        seed = secrets.randbelow(2**31)  # Lightning's seed_everything() would take 0 every time
-    if seed is not None and seed is not False:
-        seed_everything(int(seed), workers=True)  # logs "Seed set to <seed>": pass it again to repeat the run
-
-
-def _unpadded_share(trainer: Trainer) -> int | None:
-    """How many of this process's test samples are real, when a distributed sampler pads the test set; else None.
-
-    ``DistributedSampler`` (no shuffling, no dropping) repeats the first indices so that every process gets
-    ``ceil(n / world)`` samples; process ``r`` takes indices ``r, r + world, ...``, so its real ones come first.
-    """
-    loaders = trainer.test_dataloaders
-    sampler = getattr(loaders[0] if isinstance(loaders, list) else loaders, "sampler", None)
-    if not isinstance(sampler, DistributedSampler) or sampler.drop_last or sampler.shuffle:
-        return None
-    return len(range(sampler.rank, len(sampler.dataset), sampler.num_replicas))
-
-
-def _keep_first_items(batch: Batch, count: int) -> None:
-    """Cut every per-item field of ``batch`` to its first ``count`` items, in place."""
-    length = len(batch)
-    for field in dataclasses.fields(batch):
-        value = getattr(batch, field.name)
-        if isinstance(value, torch.Tensor | list) and len(value) == length:
-            setattr(batch, field.name, value[:count])

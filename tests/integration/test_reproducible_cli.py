@@ -17,7 +17,7 @@ from anomalib.deploy import TorchInferencer
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.protocol import CSV_NAME
+from anomalib_bayes_pfl.metrics import CSV_NAME
 
 from .test_cli import TINY_MODEL, anomalib_cli
 from .test_deploy import cross_data_cli

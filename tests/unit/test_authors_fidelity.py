@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from anomalib.data import ImageBatch
 
 from anomalib_bayes_pfl import BayesPFL
-from anomalib_bayes_pfl.model import torch_model
+from anomalib_bayes_pfl.model import lightning_model, torch_model
 from anomalib_bayes_pfl.model.loss import dice_loss, focal_loss, orthogonality_loss
 from anomalib_bayes_pfl.model.reference_checkpoint import REFERENCE_KEY, convert_reference_state_dict
 from anomalib_bayes_pfl.model.scoring import smooth, upsample
@@ -161,22 +162,19 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
         return draw.clone()
 
     monkeypatch.setattr(torch_model.torch, "randn", recorded_randn)
-    images = reference["train_images"].float()
-    labels, masks = reference["train_labels"], reference["train_masks"].float()
-    model.zero_grad()
-    output = model(images, reference["train_class_names"])
-    monkeypatch.undo()
     prompt_index = reference[f"train_s{stage}_prompt_index"]
-    terms = module.loss(
-        output.image_logits,
-        output.pixel_logits,
-        output.text_embeddings,
-        output.kl,
-        labels,
-        masks,
-        prompt_index=prompt_index,
-        stage=stage,
+    monkeypatch.setattr(lightning_model.torch, "randint", lambda high, size: torch.tensor([prompt_index]))
+    monkeypatch.setattr(module, "_class_names", lambda batch: reference["train_class_names"])
+    masks = reference["train_masks"].float()
+    batch = ImageBatch(
+        image=reference["train_images"].float(),
+        gt_label=reference["train_labels"],
+        gt_mask=masks,
+        mask_path=["mask.png", ""],  # the anomalous image has a mask file
     )
+    model.zero_grad()
+    output, terms = module.training_loss(batch, stage)  # the module's own training path, minus the optimiser
+    monkeypatch.undo()
     terms.total.backward()
     compare(f"stage {stage} text embeddings", output.text_embeddings, reference[f"train_s{stage}_text_embeddings"])
     compare(f"stage {stage} image logits", output.image_logits, reference[f"train_s{stage}_pro_img"])

@@ -12,6 +12,7 @@ from anomalib import LearningType
 from anomalib.data import ImageBatch
 
 from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.data.validation import DataCheck
 from anomalib_bayes_pfl.model.config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 from anomalib_bayes_pfl.model.options import PAPER_DEFAULTS, is_unset
 
@@ -81,13 +82,18 @@ def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatc
     assert module._class_names(batch) == ["gear box"] * 3
 
 
-def test_nan_images_are_named(tiny_clip_path):
+def test_nan_images_are_named_by_the_data_check_of_every_stage(tiny_clip_path):
     module = tiny_module(tiny_clip_path)
+    callbacks = module.configure_callbacks()
+    check = callbacks[0]
+    assert isinstance(check, DataCheck)  # before the pre-processor and every other callback
     image = torch.zeros(2, 3, 64, 64)
     image[1, 0, 3, 3] = float("nan")
     batch = ImageBatch(image=image, image_path=["a/good.png", "a/broken.png"])
-    with pytest.raises(ValueError, match=r"NaN or Inf.*broken.png"):
-        module.validation_step(batch)
+    for hook in ("on_train_batch_start", "on_validation_batch_start", "on_test_batch_start", "on_predict_batch_start"):
+        with pytest.raises(ValueError, match=r"NaN or Inf.*broken.png"):
+            getattr(check, hook)(None, module, batch, 0)
+    check.on_test_batch_start(None, module, ImageBatch(image=image[:1], image_path=["a/good.png"]), 0)
 
 
 def test_epochs_must_be_positive(tiny_clip_path):
@@ -124,12 +130,12 @@ def test_command_line_seed_is_applied_and_true_draws_a_new_one(monkeypatch):
     """anomalib's CLI parses --seed_everything but never applies it; BayesPFL does, before building its head."""
     from lightning.pytorch.cli import SaveConfigCallback
 
-    from anomalib_bayes_pfl.model.lightning_model import _seed_from_command_line
+    from anomalib_bayes_pfl.model.command_line import seed_from_command_line
 
     def initial_seed_after(seed) -> int:
         callback = SaveConfigCallback.__new__(SaveConfigCallback)
         callback.config = {"seed_everything": seed}
-        _seed_from_command_line(SimpleNamespace(callbacks=[callback]))
+        seed_from_command_line(SimpleNamespace(callbacks=[callback]))
         return torch.initial_seed()
 
     assert initial_seed_after(42) == initial_seed_after(42) == 42

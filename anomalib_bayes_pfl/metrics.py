@@ -11,56 +11,28 @@ that they also reach ``engine.test`` results and ``anomalib benchmark`` CSVs.
 It reads the model's own scores, the probabilities of the head trained on the auxiliary data, before the
 post-processor labels them; a metric a category cannot define is NaN, with a warning that says why.
 
-``image_score="paper"`` adds the authors' fused image score: per category, min-max normalise the probability and
-the mean of the top-k values of the unsmoothed anomaly map, and average the two (authors:
-metric_and_visualization.py L161-189). It is transductive (it needs the whole test set of a category) and its k is
-tuned per category by the authors, so it is an offline evaluation option, never the model's own score.
+``image_score="paper"`` adds the authors' fused image score (``paper_score.py``) as more columns.
 """
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pandas as pd
 import torch
+from anomalib.data import ImageBatch
 from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
 from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomalib_bayes_pfl.data.class_names import category_of
+from anomalib_bayes_pfl.paper_score import fuse_paper_scores
 
 logger = logging.getLogger(__name__)
 
 CSV_NAME = "per_category_metrics.csv"
-PREDICTIONS_CSV = "predictions.csv"
 MEAN_ROW = "mean"
 UNKNOWN_CATEGORY = "all"
-# The authors' top-k for the map score: 20 for these categories, 2000 for all others.
-PAPER_SMALL_TOP_K_CATEGORIES = frozenset(
-    {"capsules", "macaroni1", "macaroni2", "pipe_fryum", "screw", "cashew", "chewinggum"}
-)
-
-
-def paper_top_k(category: str) -> int:
-    """The authors' k for ``category`` (tuned on the test categories; see the module docstring)."""
-    return 20 if category in PAPER_SMALL_TOP_K_CATEGORIES else 2000
-
-
-def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean of the ``k`` largest values of each map ``(N, H, W)`` (all values when a map is smaller)."""
-    flat = maps.flatten(1)
-    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
-
-
-def fuse_paper_scores(probabilities: torch.Tensor, map_scores: torch.Tensor) -> torch.Tensor:
-    """``0.5 * minmax(p) + 0.5 * minmax(s)`` over one category's test images."""
-
-    def min_max(values: torch.Tensor) -> torch.Tensor:
-        span = values.max() - values.min()
-        return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
-
-    return 0.5 * min_max(probabilities) + 0.5 * min_max(map_scores)
 
 
 def zero_shot_metrics() -> list[AnomalibMetric]:
@@ -77,6 +49,24 @@ def zero_shot_metrics() -> list[AnomalibMetric]:
 def _metrics() -> list[AnomalibMetric]:
     """Per category, the pooled metrics plus pixel AP."""
     return [*zero_shot_metrics(), AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
+
+
+def _select(batch: ImageBatch, index: torch.Tensor) -> ImageBatch:
+    """The images ``index`` of ``batch`` with the fields the metrics read.
+
+    Scores and maps go to the CPU, where the pixel metrics keep them until the end of the test.
+    """
+
+    def pick(value: torch.Tensor | None) -> torch.Tensor | None:
+        return value[index].detach().cpu() if value is not None else None
+
+    return ImageBatch(
+        image=batch.image[index],
+        pred_score=pick(batch.pred_score),
+        gt_label=pick(batch.gt_label),
+        anomaly_map=pick(batch.anomaly_map),
+        gt_mask=pick(batch.gt_mask),
+    )
 
 
 class PerCategoryMetrics(Callback):
@@ -107,30 +97,25 @@ class PerCategoryMetrics(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Route each image's raw scores and maps to the metrics of its category."""
-        del outputs, batch_idx, dataloader_idx
+        """Route each image's scores and maps to the metrics of its category."""
+        del batch, batch_idx, dataloader_idx
         lookup = getattr(getattr(trainer, "datamodule", None), "class_name_of", None)
-        paths = batch.image_path or [None] * batch.image.shape[0]
+        paths = outputs.image_path or [None] * len(outputs)
         categories = [category_of(path, lookup) or UNKNOWN_CATEGORY for path in paths]
-        map_scores = getattr(pl_module, "last_map_scores", None)
+        paper = getattr(pl_module, "image_score", "probability") == "paper" and outputs.gt_label is not None
         for category in dict.fromkeys(categories):
             index = torch.tensor([i for i, c in enumerate(categories) if c == category])
-            subset = SimpleNamespace(
-                pred_score=batch.pred_score[index].detach().cpu(),
-                gt_label=batch.gt_label[index].cpu() if batch.gt_label is not None else None,
-                anomaly_map=batch.anomaly_map[index].detach().cpu() if batch.anomaly_map is not None else None,
-                gt_mask=batch.gt_mask[index].cpu() if batch.gt_mask is not None else None,
-            )
+            subset = _select(outputs, index)
             for metric in self.metrics.setdefault(category, _metrics()):
                 metric.update(subset)
             labels = subset.gt_label if subset.gt_label is not None else torch.zeros(len(index), dtype=torch.long)
             anomalous_pixels = int(subset.gt_mask.sum()) if subset.gt_mask is not None else 0
             counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels])
             self.counts[category] = self.counts.get(category, torch.zeros(3, dtype=torch.long)) + counts
-            if getattr(pl_module, "image_score", "probability") == "paper" and subset.gt_label is not None:
+            if paper:
                 values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
-                values["map"].append(map_scores[index].cpu())
+                values["map"].append(outputs.paper_map_score[index].cpu())
                 values["label"].append(subset.gt_label)
 
     def _row(self, category: str) -> dict[str, float]:
@@ -157,8 +142,10 @@ class PerCategoryMetrics(Callback):
         if category in self.image_values and reasons["image_"] is None:
             values = {name: torch.cat(parts) for name, parts in self.image_values[category].items()}
             fused = fuse_paper_scores(values["probability"], values["map"])
+            no_pixels = torch.empty(len(fused), 3, 0, 0)  # a batch needs images; these scores have none
+            fused_batch = ImageBatch(image=no_pixels, pred_score=fused, gt_label=values["label"])
             for metric in (AUROC(fields=["pred_score", "gt_label"]), AUPR(fields=["pred_score", "gt_label"])):
-                metric.update(SimpleNamespace(pred_score=fused, gt_label=values["label"]))
+                metric.update(fused_batch)
                 row[f"paper_image_{type(metric).__name__}"] = float(metric.compute())
         return row
 
@@ -213,41 +200,3 @@ class PerCategoryMetrics(Callback):
         table.to_csv(path)
         print(f"\nPer-category test metrics (mean over {len(rows)} categories), written to {path}:")
         print(table.to_string(float_format=lambda value: f"{value:.4f}"))
-
-
-class PredictionTable(Callback):
-    """Write ``predictions.csv`` (image path, score, label) next to the other outputs of ``anomalib predict``."""
-
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start an empty table."""
-        del trainer, pl_module
-        self.rows = []
-
-    def on_predict_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Collect each image's score and label."""
-        del trainer, pl_module, batch, batch_idx, dataloader_idx
-        paths = outputs.image_path or [None] * len(outputs.pred_score)
-        labels = outputs.pred_label if outputs.pred_label is not None else [None] * len(outputs.pred_score)
-        for path, score, label in zip(paths, outputs.pred_score.tolist(), labels, strict=True):
-            self.rows.append(
-                {"image_path": path, "pred_score": score, "pred_label": None if label is None else int(label)}
-            )
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Write the table."""
-        del pl_module
-        path = Path(trainer.default_root_dir) / PREDICTIONS_CSV
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(self.rows, columns=["image_path", "pred_score", "pred_label"]).to_csv(path, index=False)
-        print(f"Scores and labels of {len(self.rows)} images written to {path}")
