@@ -10,6 +10,7 @@ from the same files, the recorded draws are injected, and every quantity is comp
 ``1e-5 * max(1, max |authors|)``. A change that alters scores must keep this test green by default.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ import torch
 from anomalib.data import ImageBatch
 
 from anomalib_bayes_pfl import BayesPFL
-from anomalib_bayes_pfl.model import lightning_model, torch_model
+from anomalib_bayes_pfl.model import flows, lightning_model, torch_model
+from anomalib_bayes_pfl.model.backbone import ImageFeatures, interpolate_positional_embedding
 from anomalib_bayes_pfl.model.loss import dice_loss, focal_loss, orthogonality_loss
 from anomalib_bayes_pfl.model.reference_checkpoint import REFERENCE_KEY, convert_reference_state_dict
 from anomalib_bayes_pfl.model.scoring import smooth, upsample
@@ -50,6 +52,37 @@ class Comparisons:
         assert not self.failures, f"{len(self.failures)} of {self.count} quantities differ:\n  {listed}"
 
 
+class FlowRecorder:
+    """The samples each distribution draws and the KL terms the loss adds, read at the model's own seams."""
+
+    def __init__(self, model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.samples: dict[str, torch.Tensor] = {}
+        self.kl_terms: list[torch.Tensor] = []
+        self.handles = [
+            getattr(model.distributions, name).register_forward_hook(self._hook(name))
+            for name in ("image_specific", "normal", "abnormal")
+        ]
+        original_kl = flows.kl_divergence
+
+        def recording_kl(*args: object, **kwargs: object) -> torch.Tensor:
+            term = original_kl(*args, **kwargs)
+            self.kl_terms.append(term.detach())
+            return term
+
+        monkeypatch.setattr(flows, "kl_divergence", recording_kl)
+
+    def _hook(self, name: str) -> Callable[[torch.nn.Module, object, flows.FlowSample], None]:
+        def record(module: torch.nn.Module, inputs: object, output: flows.FlowSample) -> None:
+            del module, inputs
+            self.samples[name] = output.zk.detach()
+
+        return record
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 @pytest.fixture(scope="module")
 def reference() -> dict:
     return torch.load(FIXTURE / "authors_reference_tiny.pt", weights_only=True)
@@ -80,10 +113,17 @@ def module(reference, tmp_path_factory) -> BayesPFL:
     )
 
 
-def test_inference_matches_the_authors(reference, module):
+def test_inference_matches_the_authors(reference, module, monkeypatch):
     compare = Comparisons()
     model = module.model.eval()
     samples = reference["R"]
+    grid = reference["infer_images"].shape[-1] // 8  # patch size 8
+    compare(
+        "positional table after the 6x6 -> 8x8 resize",
+        interpolate_positional_embedding(model.clip.visual.positional_embedding, grid),
+        reference["authors_clip_visual_positional_embedding"],
+    )
+    recorder = FlowRecorder(model, monkeypatch)
     for index, class_name in enumerate(reference["infer_class_names"]):
         image = reference["infer_images"][index : index + 1].float()
         eps = reference["infer_eps"]
@@ -96,6 +136,9 @@ def test_inference_matches_the_authors(reference, module):
             features = model.encode_images(image)
             noise = (model.eval_context_noise, model.eval_normal_noise, model.eval_abnormal_noise)
             text, _ = model.encode_text(features.global_features, tokens, noise)
+            isd_samples, normal_samples, abnormal_samples = (
+                recorder.samples[name] for name in ("image_specific", "normal", "abnormal")
+            )
             layer_logits = model.layer_pixel_logits(text, features.patch_tokens)
             rca_text = [
                 model.rca(text, model.rca.project_patches(tokens_of_layer, layer))
@@ -112,7 +155,11 @@ def test_inference_matches_the_authors(reference, module):
                     reference[f"infer_pro_img_stage{stage}"][index],
                 )
             fuse = model.image_head.patch_pooling(features.patch_tokens)
+        compare(f"image {index} token ids", tokens.token_ids[0], reference["infer_tokens"][index])
         compare(f"image {index} global feature", features.global_features[0], reference["infer_image_features"][index])
+        compare(f"image {index} ISD samples", isd_samples[:, 0], reference["infer_zk_isd"][index])
+        compare(f"image {index} normal IAD samples", normal_samples, reference["infer_zk_normal"])
+        compare(f"image {index} abnormal IAD samples", abnormal_samples, reference["infer_zk_abnormal"])
         compare(f"image {index} text embeddings", text[0], reference["infer_text_embeddings"][index])
         for layer in range(4):
             compare(f"image {index} RCA text {layer}", rca_text[layer][0], reference["infer_rca_text"][index, layer])
@@ -139,6 +186,7 @@ def test_inference_matches_the_authors(reference, module):
                 scores[stage].pred_score[0],
                 reference[f"infer_pr_sp_stage{stage}"][index],
             )
+    recorder.remove()
     model.image_head_stage = 2
     compare.assert_all()
 
@@ -162,6 +210,16 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
         return draw.clone()
 
     monkeypatch.setattr(torch_model.torch, "randn", recorded_randn)
+    recorder = FlowRecorder(model, monkeypatch)
+    features: list[torch.Tensor] = []
+    encode_images = model.encode_images
+
+    def recording_encode_images(images: torch.Tensor) -> ImageFeatures:
+        encoded = encode_images(images)
+        features.append(encoded.global_features.detach())
+        return encoded
+
+    monkeypatch.setattr(model, "encode_images", recording_encode_images)
     prompt_index = reference[f"train_s{stage}_prompt_index"]
     monkeypatch.setattr(lightning_model.torch, "randint", lambda high, size: torch.tensor([prompt_index]))
     monkeypatch.setattr(module, "_class_names", lambda batch: reference["train_class_names"])
@@ -175,7 +233,9 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
     model.zero_grad()
     output, terms = module.training_loss(batch, stage)  # the module's own training path, minus the optimiser
     monkeypatch.undo()
+    recorder.remove()
     terms.total.backward()
+    compare(f"stage {stage} image features", features[0], reference["train_image_features"])
     compare(f"stage {stage} text embeddings", output.text_embeddings, reference[f"train_s{stage}_text_embeddings"])
     compare(f"stage {stage} image logits", output.image_logits, reference[f"train_s{stage}_pro_img"])
     compare(f"stage {stage} classification loss", terms.classification, reference[f"train_s{stage}_loss_class"])
@@ -192,6 +252,12 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
         compare("focal", terms.focal, reference["train_s1_loss_focal"])
         compare("dice", terms.dice, reference["train_s1_loss_dice"])
         compare("distribution", terms.distribution, reference["train_s1_loss_distribution"])
+        for name, term in zip(("isd", "normal", "abnormal"), recorder.kl_terms, strict=True):
+            compare(f"KL {name} x weight", module.loss.kl_weight * term, reference[f"train_s1_loss_kl_{name}_x0.01"])
+        isd, normal, abnormal = (recorder.samples[name] for name in ("image_specific", "normal", "abnormal"))
+        compare("ISD samples", isd[0], reference["train_s1_zk_isd"])  # one training sample (R = 1) per image
+        compare("normal IAD samples", normal, reference["train_s1_zk_normal"])
+        compare("abnormal IAD samples", abnormal, reference["train_s1_zk_abnormal"])
         compare("orthogonality", orthogonality_loss(output.text_embeddings), reference["train_s1_loss_orthogonality"])
     expected = convert_reference_state_dict(reference[f"train_s{stage}_grads"])
     if stage == 2:  # our stage 2 computes no gradient before the image head, by design
