@@ -74,26 +74,41 @@ def check_finite_images(batch: Batch) -> None:
         raise ValueError(msg)
 
 
-class DataCheck(Callback):
-    """Check a run's data before and while it is used: files at setup, pixel values in every batch.
+def _file_pairs(dataset: object) -> list[tuple[str, str | None]]:
+    """``(image, mask or None)`` of every item of an anomalib dataset, or the files of a ``PredictDataset``."""
+    samples = getattr(dataset, "samples", None)
+    if samples is not None:
+        masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
+        return [
+            (str(image), mask if isinstance(mask, str) and mask else None)
+            for image, mask in zip(samples["image_path"], masks, strict=True)
+        ]
+    return [(str(image), None) for image in getattr(dataset, "image_filenames", [])]
 
-    At setup every subset of the datamodule is checked before anything is reported, so that one run names every
-    bad file, before anything is trained, scored or written.
+
+class DataCheck(Callback):
+    """Check a run's data before and while it is used: files before the first batch, pixel values in every batch.
+
+    Every subset of the datamodule is checked at setup, and loose files given to ``anomalib predict`` when prediction
+    starts, before anything is reported, so that one run names every bad file, before anything is trained or scored.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         """Check the image and mask files of the datamodule's subsets."""
         del pl_module, stage
         datamodule = getattr(trainer, "datamodule", None)
-        pairs: dict[tuple[str, str | None], None] = {}  # each file once, in order (validation may copy training)
-        for subset in ("train_data", "val_data", "test_data"):
-            samples = getattr(getattr(datamodule, subset, None), "samples", None)
-            if samples is None:
-                continue
-            masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
-            for image, mask in zip(samples["image_path"], masks, strict=True):
-                pairs[str(image), mask if isinstance(mask, str) and mask else None] = None
-        check_image_files(pairs)
+        subsets = (getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
+        # Each file once, in order (validation may copy training).
+        check_image_files(dict.fromkeys(pair for subset in subsets for pair in _file_pairs(subset)))
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Check the files of prediction dataloaders that no datamodule supplied (checked at setup otherwise)."""
+        del pl_module
+        if getattr(trainer, "datamodule", None) is not None:
+            return
+        loaders = trainer.predict_dataloaders
+        loaders = loaders if isinstance(loaders, list) else [loaders]
+        check_image_files(dict.fromkeys(pair for loader in loaders for pair in _file_pairs(loader.dataset)))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *indices: int) -> None:
         """Check the pixel values of a batch (of any stage: the same hook serves all four)."""

@@ -116,3 +116,16 @@ def test_unknown_class_names_work_and_empty_ones_are_refused(tiny_clip_path):
     assert torch.isfinite(scores).all()
     with pytest.raises(ValueError, match="class name is empty"):
         module.model(images, ["bottle", ""])
+
+
+def test_loose_files_given_to_predict_are_checked_before_any_is_scored(tiny_clip_path, tmp_path):
+    root = _tree(tmp_path)
+    loose = sorted((root / "target" / "tile_c" / "test").rglob("*.png"))
+    truncated = loose[-1]
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    named = rf"(?s)1 problem\(s\).*/{truncated.parent.name}/{truncated.name} cannot be read"
+    with pytest.raises(ValueError, match=named):
+        engine.predict(tiny_module(tiny_clip_path), data_path=root / "target" / "tile_c" / "test")
+    assert not list((tmp_path / "results").rglob("predictions.csv"))
+    assert not list((tmp_path / "results").rglob("*.png"))
