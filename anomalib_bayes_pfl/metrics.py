@@ -144,7 +144,8 @@ class PerCategoryMetrics(Callback):
             fused = fuse_paper_scores(values["probability"], values["map"])
             no_pixels = torch.empty(len(fused), 3, 0, 0)  # a batch needs images; these scores have none
             fused_batch = ImageBatch(image=no_pixels, pred_score=fused, gt_label=values["label"])
-            for metric in (AUROC(fields=["pred_score", "gt_label"]), AUPR(fields=["pred_score", "gt_label"])):
+            fields = ["pred_score", "gt_label"]
+            for metric in (AUROC(fields=fields), AUPR(fields=fields), F1Max(fields=fields)):
                 metric.update(fused_batch)
                 row[f"paper_image_{type(metric).__name__}"] = float(metric.compute())
         return row

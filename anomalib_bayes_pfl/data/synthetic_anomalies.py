@@ -71,6 +71,14 @@ class SyntheticAnomalies(Callback):
                     "data: --model.synthetic_anomalies 0.",
                     100 * probability,
                 )
+        elif probability:
+            logger.warning(
+                "synthetic_anomalies=%s: %.0f%% of the normal training images are replaced by synthetic Perlin "
+                "anomalies with masks. This deviates from the paper's protocol, which trains on the real anomalies of "
+                "an annotated auxiliary dataset only.",
+                probability,
+                100 * probability,
+            )
         if anomalous is not None and not len(anomalous) and not probability:
             msg = (
                 "BayesPFL is trained on an annotated *auxiliary* dataset with anomalous images, then used zero-shot "

@@ -6,6 +6,7 @@
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 from anomalib import LearningType
@@ -23,6 +24,10 @@ from ..unit.test_lightning_model import tiny_module
 
 def _datamodule(root: Path, category: str = "tile_a") -> MVTecAD:
     return MVTecAD(root=root, category=category, train_batch_size=2, eval_batch_size=3, num_workers=0)
+
+
+def _min_max(values: pd.Series) -> pd.Series:
+    return (values - values.min()) / (values.max() - values.min())
 
 
 def _scores(module: BayesPFL, datamodule: MVTecAD) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,11 +71,12 @@ def test_normal_only_training_data_gets_announced_synthetic_anomalies(tiny_clip_
     assert list((tmp_path / "default").rglob("model.ckpt"))
 
 
-def test_synthetic_anomalies_train_on_normal_images(tiny_clip_path, mvtec_tree, tmp_path):
+def test_synthetic_anomalies_asked_for_are_announced_too(tiny_clip_path, mvtec_tree, tmp_path, caplog):
     module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0, synthetic_anomalies=1.0)
     engine = Engine(default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False)
     engine.train(module, datamodule=_datamodule(mvtec_tree))
     assert module.synthetic_anomalies.generator.probability == 1.0
+    assert "synthetic_anomalies=1.0: 100% of the normal training images" in caplog.text
     assert module.learning_type == LearningType.ZERO_SHOT
 
 
@@ -116,8 +122,6 @@ def test_prompt_weights_make_a_zero_shot_model(trained, tiny_clip_path, mvtec_tr
 
 
 def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_clip_path, mvtec_tree, tmp_path):
-    import pandas as pd
-
     data = cross_dataset(mvtec_tree)
     data.auxiliary_categories, data.target_categories = ["tile_c"], ["tile_a", "tile_b"]
     data.category = ""
@@ -134,6 +138,8 @@ def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_cl
         "pixel_AUPRO",
         "pixel_AUPR",
         "paper_image_AUROC",
+        "paper_image_AUPR",
+        "paper_image_F1Max",
     ):
         assert table[column].between(0, 1).all(), column
         assert table.loc["mean", column] == pytest.approx(table.loc[["tile_a", "tile_b"], column].mean())
@@ -144,11 +150,14 @@ def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_cl
             "category": [Path(path).parts[-4] for batch in predictions for path in batch.image_path],
             "score": [float(score) for batch in predictions for score in batch.pred_score],
             "label": [int(label) for batch in predictions for label in batch.gt_label],
+            "map_score": [float(score) for batch in predictions for score in batch.paper_map_score],
         }
     )
     for category, rows in scored.groupby("category"):  # each category's own images, by an independent library
         assert table.loc[category, "image_AUROC"] == pytest.approx(roc_auc_score(rows.label, rows.score), abs=1e-6)
         assert table.loc[category, "images"] == len(rows)
+        fused = 0.5 * _min_max(rows.score) + 0.5 * _min_max(rows.map_score)  # the authors' fusion, by hand
+        assert table.loc[category, "paper_image_AUROC"] == pytest.approx(roc_auc_score(rows.label, fused), abs=1e-6)
     images = sorted(p.relative_to(next(tmp_path.rglob("images"))).as_posix() for p in tmp_path.rglob("images/**/*.png"))
     assert len(images) == 12  # 6 test images in each target category, none overwritten
     assert images[0].startswith("tile_a/test/")
