@@ -199,5 +199,6 @@ class PerCategoryMetrics(Callback):
         path = Path(trainer.default_root_dir) / CSV_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path)
-        print(f"\nPer-category test metrics (mean over {len(rows)} categories), written to {path}:")
+        categories = f"{len(rows)} categor{'y' if len(rows) == 1 else 'ies'}"
+        print(f"\nPer-category test metrics (mean over {categories}), written to {path}:")
         print(table.to_string(float_format=lambda value: f"{value:.4f}"))

@@ -17,13 +17,22 @@ from .helpers import TINY_CLIP, tiny_config
 
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never touch the network: any outgoing connection fails at once."""
+    """Tests never touch the network: any outgoing connection fails at once.
+
+    Unix-domain sockets stay open: data-loading workers hand tensors to the main process through them.
+    """
+    connect = socket.socket.connect
 
     def refuse(*args, **kwargs):
         msg = "network access in tests"
         raise OSError(msg)
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+    def local_only(sock: socket.socket, address: object) -> None:
+        if sock.family != socket.AF_UNIX:
+            refuse()
+        connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", local_only)
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 

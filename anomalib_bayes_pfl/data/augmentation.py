@@ -23,7 +23,7 @@ Where the translation is not exact:
 """
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -34,6 +34,7 @@ from anomalib.data.datasets import AnomalibDataset
 from anomalib.data.utils import LabelName
 from anomalib.data.utils.image import read_image, read_mask
 from torch.nn import functional as torch_functional
+from torch.utils.data import Dataset, Sampler
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import (
     ColorJitter,
@@ -376,3 +377,47 @@ class MosaicDataset(AnomalibDataset):
             image_path=samples.image_path.iloc[index],
             mask_path="",
         )
+
+
+class SeededDraws(Sampler[tuple[int, int]]):
+    """A shuffled order of a dataset's items, each drawn with its own seed, all from the main process's generator.
+
+    With :class:`SeededItems`, an item's random augmentations depend on the run's seed only, not on which data-loading
+    worker (and how many) prepares it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.size).tolist()
+        seeds = torch.randint(2**62, (self.size,)).tolist()
+        return zip(order, seeds, strict=True)
+
+
+class SeededItems(Dataset):
+    """Prepare each item of ``dataset`` under the seed it was drawn with (see :class:`SeededDraws`).
+
+    Args:
+        dataset: The training dataset (its ``samples`` stay readable through this wrapper).
+    """
+
+    def __init__(self, dataset: AnomalibDataset) -> None:
+        self.dataset = dataset
+
+    @property
+    def samples(self) -> pd.DataFrame:
+        """The wrapped dataset's samples (callbacks read the training labels from them)."""
+        return self.dataset.samples
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, draw: tuple[int, int]) -> ImageItem:
+        index, seed = draw
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]

@@ -42,10 +42,11 @@ from anomalib.data.datasets.image.mvtecad import MVTecADDataset
 from anomalib.data.datasets.image.visa import VisaDataset
 from anomalib.data.utils import LabelName, Split, TestSplitMode, ValSplitMode
 from lightning.pytorch.trainer.states import TrainerFn
+from torch.utils.data import DataLoader
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import Transform
 
-from .augmentation import MosaicDataset
+from .augmentation import MosaicDataset, SeededDraws, SeededItems
 
 logger = logging.getLogger(__name__)
 
@@ -456,6 +457,24 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         if self._wants_auxiliary(stage) and not hasattr(self, "train_data"):
             self._is_setup = False
         super().setup(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; with random augmentations or mosaics, each item is drawn with its own seed.
+
+        The order and the seeds come from the main process, so that the same seed gives the same batches with any
+        ``num_workers`` (anomalib's loader would seed each worker instead). Several processes (DDP) keep Lightning's
+        distributed sampler, whose draws then depend on the workers.
+        """
+        random_items = self.train_augmentations is not None or self.mosaic_probability > 0
+        if not random_items or (self.trainer is not None and self.trainer.world_size > 1):
+            return super().train_dataloader()
+        return DataLoader(
+            dataset=SeededItems(self.train_data),
+            sampler=SeededDraws(len(self.train_data)),
+            batch_size=self.train_batch_size,
+            num_workers=self.num_workers,
+            collate_fn=self.external_collate_fn or self.train_data.collate_fn,
+        )
 
     def _read_auxiliary(self, stage: str | None, target: list[str]) -> AnomalibDataset | None:
         """The auxiliary dataset if the stage wants it: required for a fit; for validation only if it can be read."""

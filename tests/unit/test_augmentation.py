@@ -451,3 +451,22 @@ def test_a_dataset_without_masks_gets_mosaics_without_masks(tmp_path):
     assert data.train_data.task == TaskType.CLASSIFICATION
     items = [data.train_data[index] for index in range(len(data.train_data))]
     assert all(is_mosaic(item) and item.gt_mask is None and item.gt_label == 1 for item in items)
+
+
+def test_training_batches_do_not_depend_on_the_number_of_workers(mosaic_data):
+    """Each item is drawn with its own seed from the main process: 0 or 2 workers give the same batches."""
+    train = mosaic_data.train_data
+    train.augmentations = Compose([AuthorsAugmentations(), Resize((SIZE, SIZE))])  # as anomalib sets it
+    batches = {}
+    try:
+        for workers in (0, 2):
+            mosaic_data.num_workers = workers
+            torch.manual_seed(16)
+            loader = mosaic_data.train_dataloader()
+            batches[workers] = [(batch.image, batch.gt_mask, batch.gt_label) for batch in loader]
+    finally:
+        train.augmentations, mosaic_data.num_workers = None, 0
+    assert len(batches[0]) == len(batches[2]) > 1
+    for plain, parallel in zip(batches[0], batches[2], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(plain, parallel, strict=True))
+    assert any(label.any() for _, _, label in batches[0])
