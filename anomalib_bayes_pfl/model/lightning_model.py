@@ -26,6 +26,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveInt
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -46,7 +47,7 @@ from .backbone import load_clip
 from .command_line import seed_from_command_line, warn_that_export_ignores_model_options
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 from .loss import BayesPFLLoss, LossTerms
-from .options import AUTO, PAPER_DEFAULTS, resolve_options, stored_options
+from .options import AUTO, PAPER_DEFAULTS, plain_number, resolve_options, stored_options
 from .post_processor import ProbabilityPostProcessor
 from .reference_checkpoint import load_head_weights
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
@@ -133,7 +134,7 @@ class BayesPFL(AnomalibModule):
         clip_pretrained: str | None = AUTO,
         clip_quick_gelu: bool | None = None,
         clip_precision: Literal["fp32", "bf16", "fp16"] | None = None,
-        image_size: int | None = None,
+        image_size: PositiveInt | None = None,
         tap_layers: Sequence[int] | None = None,
         num_prompts: int | None = None,
         prompt_context_len: int | None = None,
@@ -157,15 +158,18 @@ class BayesPFL(AnomalibModule):
         warmup_ratio: float = 0.1,
         prompt_weights: str | None = None,
         class_name: str | None = None,
-        synthetic_anomalies: float | None = None,
+        synthetic_anomalies: ClosedUnitInterval | None = None,
         image_score: Literal["probability", "paper"] | None = None,
-        image_threshold: float | None = None,
-        pixel_threshold: float | None = None,
+        image_threshold: OpenUnitInterval | None = None,
+        pixel_threshold: OpenUnitInterval | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
+        image_size, synthetic_anomalies, image_threshold, pixel_threshold = (
+            plain_number(value) for value in (image_size, synthetic_anomalies, image_threshold, pixel_threshold)
+        )  # before anomalib saves the arguments as hyper-parameters
         given = {name: value for name, value in locals().items() if name in PAPER_DEFAULTS}
         source = f"prompt weights {prompt_weights}"
         options = resolve_options(given, stored_options(prompt_weights) if prompt_weights else None, source)

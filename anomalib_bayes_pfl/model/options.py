@@ -117,3 +117,14 @@ def stored_options(path: str) -> dict[str, Any] | None:
         raise ValueError(msg) from error
     hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     return dict(hyper_parameters) if isinstance(hyper_parameters, Mapping) else None
+
+
+def plain_number(value: Any) -> Any:
+    """A number as a plain ``int`` / ``float``, for checkpoints that load with ``weights_only``.
+
+    jsonargparse hands its checked types (``PositiveInt``, ``OpenUnitInterval``) as subclasses, which such a load
+    could not unpickle.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    return int(value) if isinstance(value, int) else float(value)

@@ -45,6 +45,19 @@ def test_help_lists_the_model_arguments(tmp_path):
         assert argument in result.stdout
 
 
+def test_out_of_range_values_are_refused_by_the_parser_with_their_name(tmp_path):
+    """A short parser error (exit 2) naming the option and its range, not a traceback from inside the model."""
+    result = anomalib_cli(
+        "train", "--model", "BayesPFL", *TINY_MODEL, "--model.image_threshold=1.5", "--model.synthetic_anomalies=2",
+        "--data", "MVTecAD", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    last_lines = "\n".join(result.stderr.splitlines()[-12:])
+    assert 'Parser key "image_threshold"' in last_lines
+    assert "does not conform to restriction v>0 and v<1" in last_lines
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     ("model", "data"),
     [("BayesPFL", "ZeroShotCrossDataset"), ("anomalib_bayes_pfl.BayesPFL", "anomalib_bayes_pfl.ZeroShotCrossDataset")],
