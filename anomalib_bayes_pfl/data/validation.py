@@ -12,13 +12,22 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from anomalib import TaskType
 from anomalib.data import Batch
+from anomalib.data.utils import LabelName
 from lightning.pytorch import Callback, LightningModule, Trainer
 from PIL import Image, UnidentifiedImageError
 
 # PIL modes that convert("RGB") maps without losing range: everything but 16-bit and 32-bit integer/float pixels.
 HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 MAX_LISTED = 10
+# The datamodule subsets each stage reads (anomalib predicts on the test subset).
+SUBSETS_READ = {
+    "fit": ("train_data", "val_data", "test_data"),
+    "validate": ("val_data",),
+    "test": ("test_data",),
+    "predict": ("test_data",),
+}
 
 
 def _open(path: str, what: str) -> tuple[tuple[int, int] | None, str | None]:
@@ -75,29 +84,36 @@ def check_finite_images(batch: Batch) -> None:
 
 
 def _file_pairs(dataset: object) -> list[tuple[str, str | None]]:
-    """``(image, mask or None)`` of every item of an anomalib dataset, or the files of a ``PredictDataset``."""
+    """``(image, mask or None)`` of every item, as anomalib reads them, or the files of a ``PredictDataset``.
+
+    anomalib reads a mask only for an anomalous image of a segmentation dataset (a normal image gets an empty one),
+    so other mask paths are not judged: BTech, for one, lists mask files for normal images that do not exist.
+    """
     samples = getattr(dataset, "samples", None)
-    if samples is not None:
-        masks = samples["mask_path"] if "mask_path" in samples else [None] * len(samples)
-        return [
-            (str(image), mask if isinstance(mask, str) and mask else None)
-            for image, mask in zip(samples["image_path"], masks, strict=True)
-        ]
-    return [(str(image), None) for image in getattr(dataset, "image_filenames", [])]
+    if samples is None:
+        return [(str(image), None) for image in getattr(dataset, "image_filenames", [])]
+    reads_masks = getattr(dataset, "task", None) == TaskType.SEGMENTATION and "mask_path" in samples
+    masks = samples["mask_path"] if reads_masks else [None] * len(samples)
+    return [
+        (str(image), mask if label == LabelName.ABNORMAL and isinstance(mask, str) and mask else None)
+        for image, mask, label in zip(samples["image_path"], masks, samples["label_index"], strict=True)
+    ]
 
 
 class DataCheck(Callback):
     """Check a run's data before and while it is used: files before the first batch, pixel values in every batch.
 
-    Every subset of the datamodule is checked at setup, and loose files given to ``anomalib predict`` when prediction
-    starts, before anything is reported, so that one run names every bad file, before anything is trained or scored.
+    The datamodule's subsets that a stage reads are checked at setup (a fit checks them all, target included, so that
+    a bad test file stops it before training), and loose files given to ``anomalib predict`` when prediction starts;
+    every file is checked before anything is reported, so that one run names every bad file, before anything is
+    trained or scored.
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        """Check the image and mask files of the datamodule's subsets."""
-        del pl_module, stage
+        """Check the image and mask files of the datamodule's subsets that ``stage`` reads."""
+        del pl_module
         datamodule = getattr(trainer, "datamodule", None)
-        subsets = (getattr(datamodule, name, None) for name in ("train_data", "val_data", "test_data"))
+        subsets = (getattr(datamodule, name, None) for name in SUBSETS_READ.get(stage, SUBSETS_READ["fit"]))
         # Each file once, in order (validation may copy training).
         check_image_files(dict.fromkeys(pair for subset in subsets for pair in _file_pairs(subset)))
 
