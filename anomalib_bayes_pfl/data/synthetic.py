@@ -1,15 +1,18 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Seeded writers of small dataset trees in the MVTec AD, VisA and folder layouts (tests, demo, documentation).
+"""Seeded writers of small dataset trees in the on-disk layouts that anomalib's datamodules read (tests, demo, docs).
 
-Each category is a smooth random texture of its own colour; anomalous images carry a Perlin-noise defect from
-anomalib's ``PerlinAnomalyGenerator``, and its mask is written where anomalib's parsers expect it: per defect in
-``ground_truth/<defect>/``, or, in the layout of anomalib's ``Folder`` datamodule, flat in ``masks/``.
+Layouts: MVTec AD, VisA (anomalib's processed split), anomalib's ``Folder``, BTech, MPDD, KolektorSDD, MVTec AD 2
+and BMAD. Each category is a smooth random texture of its own colour; anomalous images carry a Perlin-noise defect
+from anomalib's ``PerlinAnomalyGenerator``, and its mask is written where anomalib's parser looks for it.
 """
 
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,73 +49,136 @@ def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array.astype(np.uint8)).save(path)
 
 
+class _Images(NamedTuple):
+    """A group of images of a category, as many as the sum of the ``write_tree`` counts named in ``counts``.
+
+    ``masks`` is the folder of their masks (``""``: beside the images), ``None`` where the dataset has none for them.
+    """
+
+    folder: str
+    counts: tuple[str, ...]
+    anomalous: bool = False
+    masks: str | None = None
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a dataset keeps the images and masks of a category, and how it names them."""
+
+    groups: tuple[_Images, ...]
+    prefix: str = ""
+    stem: str = "{:03d}"
+    image_suffix: str = ".png"
+    mask_suffix: str = ".png"
+    grey: bool = False  # the real images have one channel (anomalib reads them as RGB)
+
+
+TRAIN, GOOD, DEFECT = ("num_train",), ("num_test_good",), ("num_test_defect",)
+# KolektorSDD names its images Part0.jpg to Part7.jpg; anomalib pairs them with their masks by sorted path, and
+# Part10_label.bmp would sort before Part1_label.bmp.
+KOLEKTOR_MAX_PARTS = 10
+
+
+def _mvtec_like(good: str, defect: str, mask_suffix: str = ".png", **layout: str) -> _Layout:
+    """MVTec AD's layout under a dataset's own folder names; masks in ``ground_truth/<defect>``."""
+    return _Layout(
+        (
+            _Images(f"train/{good}", TRAIN),
+            _Images(f"test/{good}", GOOD),
+            _Images(f"test/{defect}", DEFECT, anomalous=True, masks=f"ground_truth/{defect}"),
+        ),
+        mask_suffix=mask_suffix,
+        **layout,
+    )
+
+
+def _bmad(pixel_level: bool) -> _Layout:
+    """BMAD's layout: ``train/good``, then ``good`` and ``Ungood`` in ``valid`` and in ``test``.
+
+    Pixel-level categories (such as Brain) keep the images in ``img`` folders and the anomalies' masks, named as their
+    images, in ``label``; image-level ones (such as Histopathology, in BMAD's README) are flat, without masks.
+    """
+    images = "/img" if pixel_level else ""
+    groups = [_Images(f"train/good{images}", TRAIN)]
+    for split in ("valid", "test"):
+        masks = f"{split}/Ungood/label" if pixel_level else None
+        groups += [
+            _Images(f"{split}/good{images}", GOOD),
+            _Images(f"{split}/Ungood{images}", DEFECT, anomalous=True, masks=masks),
+        ]
+    return _Layout(tuple(groups), grey=True)
+
+
+def _without_masks(layout: _Layout) -> _Layout:
+    return replace(layout, groups=tuple(group._replace(masks=None) for group in layout.groups))
+
+
+LAYOUTS = {
+    "mvtec": _mvtec_like("good", "defect", "_mask.png"),
+    "visa": _mvtec_like("good", "bad", prefix="visa_pytorch"),
+    "folder": _Layout((_Images("good", GOOD), _Images("defect", DEFECT, anomalous=True, masks="ground_truth/defect"))),
+    "anomalib_folder": _Layout((_Images("good", GOOD), _Images("bad", DEFECT, anomalous=True, masks="masks"))),
+    "btech": _mvtec_like("ok", "ko", image_suffix=".bmp"),
+    "mpdd": _mvtec_like("good", "defect", "_mask.png"),
+    # Categories are the items (kos01, ...); every image has a mask, and anomalib labels an image by its mask.
+    "kolektor": _Layout(
+        (_Images("", TRAIN + GOOD, masks=""), _Images("", DEFECT, anomalous=True, masks="")),
+        stem="Part{}",
+        image_suffix=".jpg",
+        mask_suffix="_label.bmp",
+        grey=True,
+    ),
+    "mvtec_ad2": _Layout(
+        (
+            _Images("train/good", TRAIN),
+            _Images("validation/good", GOOD),
+            _Images("test_public/good", GOOD),
+            _Images("test_public/bad", DEFECT, anomalous=True, masks="test_public/ground_truth/bad"),
+            # The private test sets are unlabelled: normal and anomalous images in one folder, without masks.
+            _Images("test_private", GOOD),
+            _Images("test_private", DEFECT, anomalous=True),
+            _Images("test_private_mixed", GOOD),
+            _Images("test_private_mixed", DEFECT, anomalous=True),
+        ),
+        stem="{:03d}_regular",
+        mask_suffix="_mask.png",
+    ),
+    "bmad": _bmad(pixel_level=True),
+}
+# Layouts of data without masks, written with ``masks=False``.
+_MASKLESS = {
+    "folder": _without_masks(LAYOUTS["folder"]),
+    "anomalib_folder": _without_masks(LAYOUTS["anomalib_folder"]),
+    "bmad": _bmad(pixel_level=False),
+}
+MASKLESS_LAYOUTS = tuple(_MASKLESS)
+
+
 def _write_tree(
-    layout: dict[str, str],
-    root: Path,
-    categories: Sequence[str],
-    *,
-    image_size: int,
-    num_train: int,
-    num_test_good: int,
-    num_test_defect: int,
-    seed: int,
+    layout: _Layout, root: Path, categories: Sequence[str], counts: dict[str, int], *, image_size: int, seed: int
 ) -> Path:
     rng = np.random.default_rng(seed)
     defects = _defects(image_size, seed)
     for category in categories:
         base_colour = rng.uniform(60, 190, 3)
-        folder = root / layout["prefix"] / category
-        counts = ((layout["train"], num_train), (layout["test_good"], num_test_good))
-        for subfolder, count in counts:
-            for index in range(count if subfolder else 0):
-                _save(_texture(rng, image_size, base_colour), folder / subfolder / f"{index:03d}.png")
-        for index in range(num_test_defect):
-            image = _texture(rng, image_size, base_colour)
-            perturbation, mask = next(defects)
-            stain = 255.0 - base_colour  # a contrasting stain, textured by the Perlin perturbation
-            image[mask] = (1 - DEFECT_BLEND) * image[mask] + DEFECT_BLEND * (0.7 * stain + 0.3 * perturbation[mask])
-            _save(image, folder / layout["defect"] / f"{index:03d}.png")
-            if layout["mask"]:
-                _save(mask * 255, folder / layout["mask"] / f"{index:03d}{layout['mask_suffix']}.png")
+        folder = root / layout.prefix / category
+        written = Counter()  # per folder: a Kolektor item or a private test set holds two groups
+        for group in layout.groups:
+            for _ in range(sum(counts[name] for name in group.counts)):
+                stem = layout.stem.format(written[group.folder])
+                written[group.folder] += 1
+                image = _texture(rng, image_size, base_colour)
+                mask = np.zeros((image_size, image_size), dtype=bool)
+                if group.anomalous:
+                    perturbation, mask = next(defects)
+                    stain = 255.0 - base_colour  # a contrasting stain, textured by the Perlin perturbation
+                    blend = 0.7 * stain + 0.3 * perturbation[mask]
+                    image[mask] = (1 - DEFECT_BLEND) * image[mask] + DEFECT_BLEND * blend
+                image_path = folder / group.folder / f"{stem}{layout.image_suffix}"
+                _save(image.mean(axis=2) if layout.grey else image, image_path)
+                if group.masks is not None:
+                    _save(mask * 255, folder / group.masks / f"{stem}{layout.mask_suffix}")
     return root
-
-
-LAYOUTS = {
-    "mvtec": {
-        "prefix": "",
-        "train": "train/good",
-        "test_good": "test/good",
-        "defect": "test/defect",
-        "mask": "ground_truth/defect",
-        "mask_suffix": "_mask",
-    },
-    "visa": {
-        "prefix": "visa_pytorch",
-        "train": "train/good",
-        "test_good": "test/good",
-        "defect": "test/bad",
-        "mask": "ground_truth/bad",
-        "mask_suffix": "",
-    },
-    "folder": {
-        "prefix": "",
-        "train": "",
-        "test_good": "good",
-        "defect": "defect",
-        "mask": "ground_truth/defect",
-        "mask_suffix": "",
-    },
-    "anomalib_folder": {
-        "prefix": "",
-        "train": "",
-        "test_good": "good",
-        "defect": "bad",
-        "mask": "masks",
-        "mask_suffix": "",
-    },
-}
-# Layouts whose masks are optional.
-MASKLESS_LAYOUTS = ("folder", "anomalib_folder")
 
 
 def write_tree(
@@ -129,17 +195,27 @@ def write_tree(
 ) -> Path:
     """Write a synthetic dataset tree and return its root.
 
+    Every layout but ``folder`` is the one that anomalib's datamodule of the dataset reads, as it is, with ``root``
+    the tree and ``category`` one of ``categories``: MVTecAD, Visa (its processed split), BTech, MPDD, Kolektor (no
+    category), MVTecAD2 and BMAD. anomalib 2.7 finds no test images in BMAD's image-level layout (``masks=False``).
+
     Args:
         root: Output folder (created).
-        categories: Category folder names.
+        categories: Category folder names; for ``kolektor``, item folder names (``kos01``, ``kos02``, ...).
         layout: ``mvtec`` (MVTec AD), ``visa`` (anomalib's processed VisA), ``folder`` (``good`` and ``defect``
-            folders per category, masks in ``ground_truth/defect``) or ``anomalib_folder`` (anomalib's ``Folder``
-            layout: ``good``, ``bad`` and a flat ``masks`` folder per category).
-        masks: Write masks (optional in the folder layouts only; the other layouts always have them).
-        image_size: Side of the square RGB images.
-        num_train: Normal training images per category (not in the folder layouts).
-        num_test_good: Normal test images per category.
-        num_test_defect: Anomalous images per category.
+            folders per category, masks in ``ground_truth/defect``), ``anomalib_folder`` (anomalib's ``Folder``
+            layout: ``good``, ``bad`` and a flat ``masks`` folder per category), ``btech`` (``ok`` and ``ko``, BMP
+            images, PNG masks), ``mpdd`` (MVTec AD's layout), ``kolektor`` (KolektorSDD: ``PartN.jpg`` and
+            ``PartN_label.bmp`` per item, split by anomalib), ``mvtec_ad2`` (``validation``, ``test_public`` with
+            masks, unlabelled ``test_private`` and ``test_private_mixed``) or ``bmad`` (a pixel-level BMAD category
+            such as Brain; with ``masks=False``, an image-level one such as Chest).
+        masks: Write masks (optional in the ``folder``, ``anomalib_folder`` and ``bmad`` layouts only; the other
+            layouts always have them).
+        image_size: Side of the square images.
+        num_train: Normal training images per category (not in the folder layouts; for ``kolektor``, added to
+            ``num_test_good``: anomalib draws its own split).
+        num_test_good: Normal test images per category (and per validation or private test set).
+        num_test_defect: Anomalous images per category (and per validation or private test set).
         seed: Seed of the textures and defects.
 
     Example:
@@ -155,19 +231,12 @@ def write_tree(
     if layout not in LAYOUTS:
         msg = f"layout must be one of {sorted(LAYOUTS)}, got '{layout}'."
         raise ValueError(msg)
-    spec = dict(LAYOUTS[layout])
-    if not masks:
-        if layout not in MASKLESS_LAYOUTS:
-            msg = f"the {layout} layout always has masks; use one of {MASKLESS_LAYOUTS} for data without them."
-            raise ValueError(msg)
-        spec["mask"] = ""
-    return _write_tree(
-        spec,
-        Path(root),
-        categories,
-        image_size=image_size,
-        num_train=num_train,
-        num_test_good=num_test_good,
-        num_test_defect=num_test_defect,
-        seed=seed,
-    )
+    if not masks and layout not in MASKLESS_LAYOUTS:
+        msg = f"the {layout} layout always has masks; use one of {MASKLESS_LAYOUTS} for data without them."
+        raise ValueError(msg)
+    counts = {"num_train": num_train, "num_test_good": num_test_good, "num_test_defect": num_test_defect}
+    if layout == "kolektor" and sum(counts.values()) > KOLEKTOR_MAX_PARTS:
+        msg = f"a kolektor item holds at most {KOLEKTOR_MAX_PARTS} images (Part0 to Part9), got {sum(counts.values())}."
+        raise ValueError(msg)
+    spec = LAYOUTS[layout] if masks else _MASKLESS[layout]
+    return _write_tree(spec, Path(root), categories, counts, image_size=image_size, seed=seed)
