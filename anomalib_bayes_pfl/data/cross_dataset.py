@@ -10,6 +10,9 @@ testing, so this datamodule holds both sides; it reuses anomalib's ``MVTecADData
 ``FolderDataset``. Only fitting needs the auxiliary dataset: testing and predicting never read it, and validation
 data, which comes from it, is left empty without it.
 
+Each side is either a root and a format, or a list of anomalib datamodules (``auxiliary_datamodules`` /
+``target_datamodules``: BTech, MPDD, Kolektor, MVTecAD2, BMAD, ..., one per category), whose test subsets it reads.
+
 Formats (``--data.auxiliary_format`` / ``--data.target_format``):
 
 - ``mvtec``: the MVTec AD layout, ``<root>/<category>/{train/good,test/good,test/<defect>,ground_truth/<defect>}``;
@@ -255,6 +258,15 @@ class DataSource:
             raise FileNotFoundError(msg)
         return matched
 
+    @property
+    def dataset_name(self) -> str:
+        """The name of the dataset in tables: its root folder's."""
+        return self.root.resolve().name
+
+    def datasets(self, categories: list[str]) -> list[tuple[str, str, AnomalibDataset]]:
+        """``(category, dataset name, its images)`` for each category."""
+        return [(category, self.dataset_name, self.dataset(category)) for category in categories]
+
     def dataset(self, category: str) -> AnomalibDataset:
         """The category's images (the test split of MVTec AD and VisA), masks checked first.
 
@@ -285,6 +297,57 @@ class DataSource:
         return dataset
 
 
+@dataclass(frozen=True)
+class DataModuleSource:
+    """One side read through anomalib datamodules (BTech, MPDD, Kolektor, MVTecAD2, BMAD, ... or MVTecAD itself).
+
+    Each datamodule stands for one category (its ``category``) of one dataset (its ``name``); the side uses their
+    test subsets, as anomalib reads them from the tree, without download or splitting.
+    """
+
+    side: str
+    datamodules: list[AnomalibDataModule]
+
+    @property
+    def option(self) -> str:
+        """This side's CLI option, for messages."""
+        return f"--data.{self.side}_datamodules"
+
+    @property
+    def dataset_name(self) -> str:
+        """The names of the datasets, for output folders."""
+        return "+".join(dict.fromkeys(datamodule.name for datamodule in self.datamodules))
+
+    def resolve(self) -> list[str]:
+        """The category of each datamodule.
+
+        Raises:
+            FileNotFoundError: If a datamodule's root does not exist.
+        """
+        for index, datamodule in enumerate(self.datamodules):
+            root = getattr(datamodule, "root", None)
+            if root is not None and not Path(root).exists():
+                msg = (
+                    f"{self.option}[{index}] ({type(datamodule).__name__}): {root} does not exist; set its "
+                    f"init_args.root to the dataset, or pass --data.download true to let anomalib download it."
+                )
+                raise FileNotFoundError(msg)
+        return [str(getattr(datamodule, "category", "") or datamodule.name) for datamodule in self.datamodules]
+
+    def datasets(self, categories: list[str]) -> list[tuple[str, str, AnomalibDataset]]:
+        """``(category, dataset name, test subset)`` of each datamodule (``categories`` as :meth:`resolve` gives)."""
+        parts = []
+        for category, datamodule in zip(categories, self.datamodules, strict=True):
+            datamodule._setup()  # the tree as it is: setup() would also split it, prepare_data() download it
+            parts.append((category, datamodule.name, datamodule.test_data))
+        return parts
+
+    def download(self) -> None:
+        """Let anomalib download each dataset that it can."""
+        for datamodule in self.datamodules:
+            datamodule.prepare_data()
+
+
 class ZeroShotCrossDataset(AnomalibDataModule):
     """Auxiliary dataset for training, target dataset for testing (e.g. VisA -> MVTec AD).
 
@@ -309,6 +372,11 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         mosaic_probability: Chance that a training item is replaced by a 2x2 mosaic of four anomalous images of its
             category, masks pasted alike (:class:`~anomalib_bayes_pfl.data.augmentation.MosaicDataset`); the
             authors use 0.4 when MVTec AD is the auxiliary set, and none otherwise.
+        auxiliary_datamodules: anomalib datamodules to train on instead of ``auxiliary_root`` and ``auxiliary_format``
+            (any anomalib image datamodule, one per category: ``class_path`` and ``init_args`` in a config), all
+            categories together; their test subsets are used, read as they are (never downloaded, never split).
+        target_datamodules: The same for the target side; several datasets give the per-category table a ``dataset``
+            column and a mean per dataset.
         val_augmentations: Augmentations of the validation images.
         test_augmentations: Augmentations of the target images.
         augmentations: Augmentations of every subset, where the specific ones are not given.
@@ -355,6 +423,8 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         target_normal_dir: str | None = None,
         target_mask_dir: str | None = None,
         mosaic_probability: float = 0.0,
+        auxiliary_datamodules: Sequence[AnomalibDataModule] | None = None,
+        target_datamodules: Sequence[AnomalibDataModule] | None = None,
     ) -> None:
         if not 0.0 <= mosaic_probability <= 1.0:
             msg = f"mosaic_probability must be in [0, 1], got {mosaic_probability}."
@@ -383,7 +453,10 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         self.target_mask_dir = target_mask_dir
         self.download = download
         self.mosaic_probability = mosaic_probability
+        self.auxiliary_datamodules = list(auxiliary_datamodules) if auxiliary_datamodules else None
+        self.target_datamodules = list(target_datamodules) if target_datamodules else None
         self._image_categories: dict[str, str] = {}
+        self._image_datasets: dict[str, str] = {}
         for side in ("auxiliary", "target"):
             self._source(side)  # reject inconsistent options at once, not at the first stage
         if self.target_categories is not None and len(self.target_categories) == 1:
@@ -391,14 +464,21 @@ class ZeroShotCrossDataset(AnomalibDataModule):
 
     @property
     def name(self) -> str:
-        """The target root's folder name: output paths and image file names keep the categories apart."""
-        return self.target_root.resolve().name
+        """The target dataset's name (its root folder's): output paths and image file names keep categories apart."""
+        return self._source("target").dataset_name
 
     def class_name_of(self, image_path: str) -> str | None:
         """Category of an image of this datamodule (``None`` for an unknown path)."""
         return self._image_categories.get(str(image_path))
 
-    def _source(self, side: Literal["auxiliary", "target"]) -> DataSource:
+    def dataset_of(self, image_path: str) -> str | None:
+        """Name of the dataset an image of this datamodule belongs to (``None`` for an unknown path)."""
+        return self._image_datasets.get(str(image_path))
+
+    def _source(self, side: Literal["auxiliary", "target"]) -> DataSource | DataModuleSource:
+        datamodules = getattr(self, f"{side}_datamodules")
+        if datamodules:
+            return DataModuleSource(side=side, datamodules=datamodules)
         return DataSource(
             side=side,
             root=getattr(self, f"{side}_root"),
@@ -408,11 +488,12 @@ class ZeroShotCrossDataset(AnomalibDataModule):
             mask_dir=getattr(self, f"{side}_mask_dir"),
         )
 
-    def _datasets(self, source: DataSource, categories: list[str]) -> AnomalibDataset:
+    def _datasets(self, source: DataSource | DataModuleSource, categories: list[str]) -> AnomalibDataset:
         datasets = []
-        for category in categories:
-            dataset = source.dataset(category)
-            self._image_categories.update(dict.fromkeys(dataset.samples.image_path.astype(str), category))
+        for category, dataset_name, dataset in source.datasets(categories):
+            paths = dataset.samples.image_path.astype(str)
+            self._image_categories.update(dict.fromkeys(paths, category))
+            self._image_datasets.update(dict.fromkeys(paths, dataset_name))
             datasets.append(dataset)
         return reduce(add, datasets)
 
@@ -490,8 +571,8 @@ class ZeroShotCrossDataset(AnomalibDataModule):
                 raise
             logger.warning("The validation data is empty: the auxiliary dataset cannot be read (%s)", error)
             return None
-        same_root = self.auxiliary_root.resolve() == self.target_root.resolve()
-        overlap = sorted(set(categories) & set(target)) if same_root else []
+        same_dataset = source.dataset_name == self._source("target").dataset_name
+        overlap = sorted(set(categories) & set(target)) if same_dataset else []
         if overlap:
             logger.warning("Categories %s are in both the auxiliary and the target set: they are not unseen.", overlap)
         logger.info("Auxiliary (training) categories: %s; target (test) categories: %s", categories, target)

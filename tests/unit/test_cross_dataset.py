@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from anomalib.data import MVTecAD
 from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_bayes_pfl import ZeroShotCrossDataset
@@ -253,3 +254,38 @@ def test_a_category_given_as_root_is_pointed_to_its_parent(trees):
     visa = _module(trees, target_root=str(trees["visa"] / "visa_pytorch" / "candle"), target_format="mvtec")
     with pytest.raises(FileNotFoundError, match=r"single visa category: .*\[candle\] --data\.target_format visa\.$"):
         visa.setup()
+
+
+def test_either_side_takes_anomalib_datamodules(mvtec_tree):
+    """Any anomalib datamodule, one per category: its test subset, its category as class name, its name as dataset."""
+    data = ZeroShotCrossDataset(
+        auxiliary_root=str(mvtec_tree),
+        auxiliary_format="mvtec",
+        auxiliary_categories=["tile_a"],
+        target_datamodules=[
+            MVTecAD(root=mvtec_tree, category="tile_b", num_workers=0),
+            MVTecAD(root=mvtec_tree, category="tile_c", num_workers=0),
+        ],
+        num_workers=0,
+    )
+    data.setup()
+    own = MVTecAD(root=mvtec_tree, category="tile_c", num_workers=0)
+    own.setup()
+    target = data.test_data.samples
+    assert set(target.image_path) >= set(own.test_data.samples.image_path)
+    assert len(target) == 2 * len(own.test_data)  # tile_b and tile_c, unsplit
+    assert {data.class_name_of(path) for path in target.image_path} == {"tile_b", "tile_c"}
+    assert {data.dataset_of(path) for path in target.image_path} == {"MVTecAD"}
+    assert data.dataset_of(data.train_data.samples.image_path.iloc[0]) == mvtec_tree.name
+    assert data.name == "MVTecAD"
+
+
+def test_a_datamodule_side_with_a_missing_root_names_it(tmp_path, mvtec_tree):
+    data = ZeroShotCrossDataset(
+        auxiliary_datamodules=[MVTecAD(root=tmp_path / "absent", category="bottle")],
+        target_root=str(mvtec_tree),
+        target_format="mvtec",
+        num_workers=0,
+    )
+    with pytest.raises(FileNotFoundError, match=r"auxiliary_datamodules\[0\] \(MVTecAD\): .*absent does not exist"):
+        data.setup()
