@@ -8,8 +8,10 @@ categories. :class:`PerCategoryMetrics` keeps one set of metrics per category (r
 the table, writes it as CSV next to the run's other outputs, and logs the means as ``category_mean_<metric>`` so
 that they also reach ``engine.test`` results and ``anomalib benchmark`` CSVs.
 
-It reads the model's own scores, the probabilities of the head trained on the auxiliary data, before the
-post-processor labels them; a metric a category cannot define is NaN, with a warning that says why.
+It reads the model's own scores, the probabilities of the head trained on the auxiliary data. A metric a category
+cannot define is NaN, with a warning that says why; pixel metrics of categories without masks (image-only datasets)
+do not apply and are left out. With several target datasets the table has a mean per dataset besides the overall
+mean; its ``dataset`` column names each row's dataset.
 
 ``image_score="paper"`` adds the authors' fused image score (``paper_score.py``) as more columns.
 """
@@ -77,10 +79,11 @@ class PerCategoryMetrics(Callback):
     """
 
     def __init__(self) -> None:
-        self.metrics: dict[str, list[AnomalibMetric]] = {}
-        self.image_values: dict[str, dict[str, list[torch.Tensor]]] = {}
-        # Per category: normal images, anomalous images, anomalous pixels; they decide which metrics are defined.
-        self.counts: dict[str, torch.Tensor] = {}
+        # Keyed by (dataset, category): several target datasets may share a category name.
+        self.metrics: dict[tuple[str, str], list[AnomalibMetric]] = {}
+        self.image_values: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {}
+        # Normal images, anomalous images, anomalous pixels, images with a mask: which metrics are defined, or apply.
+        self.counts: dict[tuple[str, str], torch.Tensor] = {}
         self.table: pd.DataFrame | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -97,39 +100,54 @@ class PerCategoryMetrics(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Route each image's scores and maps to the metrics of its category."""
+        """Route each image's scores and maps to the metrics of its dataset and category."""
         del batch, batch_idx, dataloader_idx
-        lookup = getattr(getattr(trainer, "datamodule", None), "class_name_of", None)
+        datamodule = getattr(trainer, "datamodule", None)
+        lookup = getattr(datamodule, "class_name_of", None)
+        dataset_of = getattr(datamodule, "dataset_of", None)
+        default_dataset = str(getattr(datamodule, "name", "") or "")
         paths = outputs.image_path or [None] * len(outputs)
-        categories = [category_of(path, lookup) or UNKNOWN_CATEGORY for path in paths]
+        keys = [
+            (
+                (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset,
+                category_of(path, lookup) or UNKNOWN_CATEGORY,
+            )
+            for path in paths
+        ]
         paper = getattr(pl_module, "image_score", "probability") == "paper" and outputs.gt_label is not None
-        for category in dict.fromkeys(categories):
-            index = torch.tensor([i for i, c in enumerate(categories) if c == category])
+        for category in dict.fromkeys(keys):
+            index = torch.tensor([i for i, key in enumerate(keys) if key == category])
             subset = _select(outputs, index)
             for metric in self.metrics.setdefault(category, _metrics()):
                 metric.update(subset)
             labels = subset.gt_label if subset.gt_label is not None else torch.zeros(len(index), dtype=torch.long)
             anomalous_pixels = int(subset.gt_mask.sum()) if subset.gt_mask is not None else 0
-            counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels])
-            self.counts[category] = self.counts.get(category, torch.zeros(3, dtype=torch.long)) + counts
+            masked = len(index) if subset.gt_mask is not None else 0
+            counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels, masked])
+            self.counts[category] = self.counts.get(category, torch.zeros(4, dtype=torch.long)) + counts
             if paper:
                 values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
                 values["map"].append(outputs.paper_map_score[index].cpu())
                 values["label"].append(subset.gt_label)
 
-    def _row(self, category: str) -> dict[str, float]:
-        """One category's metrics; those it cannot define are NaN, and a warning says which and why."""
-        normal, anomalous, anomalous_pixels = self.counts[category].tolist()
+    def _row(self, key: tuple[str, str], name: str) -> dict[str, float | str]:
+        """One category's metrics; those it cannot define are NaN, and a warning says which and why.
+
+        Pixel metrics of a category without masks (an image-only dataset) do not apply: they are left out, not NaN.
+        """
+        normal, anomalous, anomalous_pixels, masked = self.counts[key].tolist()
         reasons = {
             "image_": None
             if normal and anomalous
             else "its test images are all " + ("anomalous" if anomalous else "normal"),
-            "pixel_": None if anomalous_pixels else "no anomalous pixel in its ground-truth masks (or no masks)",
+            "pixel_": None if anomalous_pixels else "no anomalous pixel in its ground-truth masks",
         }
-        row: dict[str, float] = {"images": normal + anomalous}
+        row: dict[str, float | str] = {"dataset": key[0], "images": normal + anomalous}
         undefined: dict[str, list[str]] = {}
-        for metric in self.metrics[category]:
+        for metric in self.metrics[key]:
+            if metric.name.startswith("pixel_") and not masked:
+                continue
             reason = reasons["image_" if metric.name.startswith("image_") else "pixel_"]
             value = metric.compute() if reason is None else None  # the reasons are the same on every process
             row[metric.name] = float("nan") if value is None else float(value)
@@ -137,10 +155,10 @@ class PerCategoryMetrics(Callback):
                 undefined.setdefault(reason or "no values", []).append(metric.name)
         for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
-                "Category %s: %s cannot be computed (%s); the table shows NaN.", category, ", ".join(names), reason
+                "Category %s: %s cannot be computed (%s); the table shows NaN.", name, ", ".join(names), reason
             )
-        if category in self.image_values and reasons["image_"] is None:
-            values = {name: torch.cat(parts) for name, parts in self.image_values[category].items()}
+        if key in self.image_values and reasons["image_"] is None:
+            values = {field: torch.cat(parts) for field, parts in self.image_values[key].items()}
             fused = fuse_paper_scores(values["probability"], values["map"])
             no_pixels = torch.empty(len(fused), 3, 0, 0)  # a batch needs images; these scores have none
             fused_batch = ImageBatch(image=no_pixels, pred_score=fused, gt_label=values["label"])
@@ -163,7 +181,7 @@ class PerCategoryMetrics(Callback):
         counts: list[dict[str, torch.Tensor]] = [{} for _ in categories]
         torch.distributed.all_gather_object(counts, self.counts)
         self.counts = {
-            name: sum(c.get(name, torch.zeros(3, dtype=torch.long)) for c in counts) for name in self.metrics
+            name: sum(c.get(name, torch.zeros(4, dtype=torch.long)) for c in counts) for name in self.metrics
         }
         values: list[dict] = [{} for _ in categories]
         torch.distributed.all_gather_object(values, self.image_values)
@@ -179,19 +197,15 @@ class PerCategoryMetrics(Callback):
         if trainer.world_size > 1:
             self._gather_across_processes()
         rows = {}
-        for category in sorted(self.metrics):
+        names = _row_names(sorted(self.metrics))
+        for key, name in names.items():
             try:
-                rows[category] = self._row(category)
+                rows[name] = self._row(key, name)
             except (RuntimeError, ValueError) as error:  # e.g. a category with a single label
-                logger.warning("Metrics of category %s could not be computed: %s", category, error)
-        table = pd.DataFrame.from_dict(rows, orient="index")
-        table.loc[MEAN_ROW] = table.mean(skipna=True)
-        # How many images each row scored (every image exactly once, also across processes); the mean row: all.
-        table.loc[MEAN_ROW, "images"] = table.images.drop(MEAN_ROW).sum()
-        table = table.astype({"images": int})
-        table.index.name = "category"
+                logger.warning("Metrics of category %s could not be computed: %s", name, error)
+        table = _with_means(pd.DataFrame.from_dict(rows, orient="index"))
         self.table = table
-        for name, value in table.loc[MEAN_ROW].drop("images").items():
+        for name, value in table.loc[MEAN_ROW].drop(["dataset", "images"]).items():
             if pd.notna(value):
                 pl_module.log(f"category_mean_{name}", float(value), sync_dist=trainer.world_size > 1)
         if trainer.global_rank:
@@ -199,6 +213,40 @@ class PerCategoryMetrics(Callback):
         path = Path(trainer.default_root_dir) / CSV_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(path)
-        categories = f"{len(rows)} categor{'y' if len(rows) == 1 else 'ies'}"
+        datasets = table.dataset.drop(MEAN_ROW).nunique()
+        categories = f"{len(rows)} categor{'y' if len(rows) == 1 else 'ies'}" + (
+            f" of {datasets} datasets" if datasets > 1 else ""
+        )
         print(f"\nPer-category test metrics (mean over {categories}), written to {path}:")
         print(table.to_string(float_format=lambda value: f"{value:.4f}"))
+        image_only = [name for key, name in names.items() if not self.counts[key][3]]
+        if image_only:
+            print(f"Pixel metrics do not apply to categories without masks (image labels only): {image_only}")
+
+
+def _row_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Each row's name: its category, or ``<dataset>/<category>`` where two datasets share the category."""
+    categories = [category for _, category in keys]
+    return {
+        (dataset, category): category if categories.count(category) == 1 else f"{dataset}/{category}"
+        for dataset, category in keys
+    }
+
+
+def _with_means(table: pd.DataFrame) -> pd.DataFrame:
+    """Add the mean over each dataset's categories (with several datasets) and over all categories, last.
+
+    A mean row's ``images`` counts every image it covers (each scored exactly once, also across processes).
+    """
+    categories, metrics = table.copy(), table.columns.drop(["dataset", "images"])
+    datasets = list(dict.fromkeys(categories.dataset))
+    per_dataset = datasets if len(datasets) > 1 else []
+    groups = {f"{MEAN_ROW} {name}": categories[categories.dataset == name] for name in per_dataset}
+    groups[MEAN_ROW] = categories
+    for name, rows in groups.items():
+        table.loc[name, metrics] = rows[metrics].mean(skipna=True)
+        table.loc[name, "images"] = rows.images.sum()
+        table.loc[name, "dataset"] = rows.dataset.iloc[0] if name != MEAN_ROW or len(datasets) == 1 else "all"
+    table = table.astype({"images": int})
+    table.index.name = "category"
+    return table

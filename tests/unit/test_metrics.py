@@ -1,0 +1,84 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The per-category table: a dataset column, a mean per dataset, and no pixel metrics where there are no masks."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from anomalib.data import ImageBatch
+from sklearn.metrics import roc_auc_score
+
+from anomalib_bayes_pfl.metrics import MEAN_ROW, PerCategoryMetrics
+
+# image path -> (dataset, category)
+IMAGES = {
+    f"{dataset}/{category}/{i}.png": (dataset, category)
+    for dataset in ("BTech", "BMAD")
+    for category in ("01", "brain")
+    for i in range(6)
+}
+
+
+def _trainer(tmp_path):
+    datamodule = SimpleNamespace(
+        name="target",
+        class_name_of=lambda path: IMAGES[path][1],
+        dataset_of=lambda path: IMAGES[path][0],
+    )
+    return SimpleNamespace(datamodule=datamodule, world_size=1, global_rank=0, default_root_dir=tmp_path)
+
+
+def _batch(paths: list[str], *, masks: bool) -> ImageBatch:
+    generator = torch.Generator().manual_seed(len(paths[0]))
+    labels = torch.tensor([i % 2 for i in range(len(paths))])
+    gt_mask = torch.zeros(len(paths), 8, 8, dtype=torch.bool)
+    gt_mask[labels == 1, 2:5, 2:5] = True
+    return ImageBatch(
+        image=torch.zeros(len(paths), 3, 8, 8),
+        image_path=paths,
+        gt_label=labels,
+        gt_mask=gt_mask if masks else None,
+        pred_score=torch.rand(len(paths), generator=generator),
+        anomaly_map=torch.rand(len(paths), 8, 8, generator=generator),
+    )
+
+
+def _table(tmp_path, batches: list[ImageBatch]):
+    callback, trainer = PerCategoryMetrics(), _trainer(tmp_path)
+    module = SimpleNamespace(image_score="probability", log=lambda *args, **kwargs: None)
+    callback.on_test_start(trainer, module)
+    for batch in batches:
+        callback.on_test_batch_end(trainer, module, batch, batch, 0)
+    callback.on_test_epoch_end(trainer, module)
+    return callback.table, batches
+
+
+def test_several_datasets_get_a_dataset_column_and_a_mean_each(tmp_path):
+    paths = list(IMAGES)
+    table, batches = _table(tmp_path, [_batch(paths[:12], masks=True), _batch(paths[12:], masks=True)])
+    categories = ["BMAD/01", "BMAD/brain", "BTech/01", "BTech/brain"]
+    assert list(table.index) == [*categories, "mean BMAD", "mean BTech", MEAN_ROW]
+    assert table.loc["BTech/01", "dataset"] == "BTech"
+    scores = torch.cat([batch.pred_score for batch in batches])
+    labels = torch.cat([batch.gt_label for batch in batches])
+    first = [i for i, path in enumerate(paths) if path.startswith("BTech/01/")]
+    assert table.loc["BTech/01", "image_AUROC"] == pytest.approx(roc_auc_score(labels[first], scores[first]))
+    for dataset in ("BTech", "BMAD"):
+        rows = table.loc[[f"{dataset}/01", f"{dataset}/brain"], "image_AUROC"]
+        assert table.loc[f"mean {dataset}", "image_AUROC"] == pytest.approx(rows.mean())
+        assert table.loc[f"mean {dataset}", "images"] == 12
+    assert table.loc[MEAN_ROW, "images"] == 24
+    assert table.loc[MEAN_ROW, "image_AUROC"] == pytest.approx(table.image_AUROC.iloc[:4].mean())
+
+
+def test_image_only_data_reports_image_metrics_and_no_pixel_columns(tmp_path, capsys):
+    paths = [path for path in IMAGES if path.startswith("BMAD/")]
+    table, _ = _table(tmp_path, [_batch(paths, masks=False)])
+    assert not [column for column in table.columns if column.startswith("pixel_")]
+    assert not table.drop(columns="dataset").isna().any().any()  # never NaN
+    assert "Pixel metrics do not apply to categories without masks (image labels only): ['01', 'brain']" in (
+        capsys.readouterr().out
+    )
+    assert list(table.index) == ["01", "brain", MEAN_ROW]
