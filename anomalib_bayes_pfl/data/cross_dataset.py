@@ -339,6 +339,9 @@ class DataModuleSource:
         parts = []
         for category, datamodule in zip(categories, self.datamodules, strict=True):
             datamodule._setup()  # the tree as it is: setup() would also split it, prepare_data() download it
+            samples = datamodule.test_data.samples
+            if "mask_path" in samples:  # pandas 3 stores missing paths as NaN, which anomalib's reader refuses
+                samples["mask_path"] = samples.mask_path.fillna("")
             parts.append((category, datamodule.name, datamodule.test_data))
         return parts
 
