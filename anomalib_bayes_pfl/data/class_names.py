@@ -12,6 +12,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SPLIT_FOLDERS = frozenset({"train", "test"})
+# The authors' names of categories that an anomalib datamodule names otherwise (authors: dataset/datasets/BTAD.py
+# L28); they write them into the prompts, so a head they trained knows these words.
+AUTHORS_CATEGORY_NAMES = {"BTech": {"01": "metal1", "02": "wood", "03": "metal2"}}
+
+
+def authors_category_name(dataset: str, category: str) -> str:
+    """The authors' name of ``category`` of anomalib's ``dataset`` datamodule, or ``category`` where they have none.
+
+    Example:
+        >>> authors_category_name("BTech", "02"), authors_category_name("MPDD", "tubes")
+        ('wood', 'tubes')
+    """
+    return AUTHORS_CATEGORY_NAMES.get(dataset, {}).get(category, category)
 
 
 def class_name_from_path(image_path: str) -> str | None:

@@ -37,6 +37,7 @@ from operator import add
 from pathlib import Path
 from typing import Literal, get_args
 
+import pandas as pd
 from anomalib import TaskType
 from anomalib.data import AnomalibDataModule, MVTecAD, Visa
 from anomalib.data.datasets import AnomalibDataset
@@ -50,6 +51,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms.v2 import Transform
 
 from .augmentation import MosaicDataset, SeededDraws, SeededItems
+from .class_names import authors_category_name
 
 logger = logging.getLogger(__name__)
 
@@ -297,6 +299,39 @@ class DataSource:
         return dataset
 
 
+class CombinedDataset(AnomalibDataset):
+    """Images of datasets of several types (e.g. MVTec AD and MPDD on one side), read as anomalib reads any dataset.
+
+    anomalib concatenates datasets of one type only; every image dataset but MVTec LOCO reads its items with the base
+    class's ``__getitem__`` from its samples, so their samples can be read together.
+    """
+
+    def __init__(self, datasets: list[AnomalibDataset]) -> None:
+        super().__init__()
+        samples = pd.concat([dataset.samples for dataset in datasets], ignore_index=True)
+        samples.attrs["task"] = datasets[0].task.value
+        self.samples = samples
+
+
+def combine(datasets: list[AnomalibDataset]) -> AnomalibDataset:
+    """One dataset of the images of ``datasets``.
+
+    Raises:
+        ValueError: If some have masks and others do not, or one reads its items its own way (MVTec LOCO).
+    """
+    if len({type(dataset) for dataset in datasets}) == 1:
+        return reduce(add, datasets)
+    tasks = {dataset.name: dataset.task.value for dataset in datasets}
+    if len(set(tasks.values())) > 1:
+        msg = f"one side mixes datasets with and without masks ({tasks}); put them in separate runs."
+        raise ValueError(msg)
+    own_readers = [dataset.name for dataset in datasets if type(dataset).__getitem__ is not AnomalibDataset.__getitem__]
+    if own_readers:
+        msg = f"{own_readers} read their images their own way and cannot share a side with other datasets."
+        raise ValueError(msg)
+    return CombinedDataset(datasets)
+
+
 @dataclass(frozen=True)
 class DataModuleSource:
     """One side read through anomalib datamodules (BTech, MPDD, Kolektor, MVTecAD2, BMAD, ... or MVTecAD itself).
@@ -319,7 +354,7 @@ class DataModuleSource:
         return "+".join(dict.fromkeys(datamodule.name for datamodule in self.datamodules))
 
     def resolve(self) -> list[str]:
-        """The category of each datamodule.
+        """The category of each datamodule, by the authors' name where they have one (BTech's ``01`` is ``metal1``).
 
         Raises:
             FileNotFoundError: If a datamodule's root does not exist.
@@ -332,7 +367,10 @@ class DataModuleSource:
                     f"init_args.root to the dataset, or pass --data.download true to let anomalib download it."
                 )
                 raise FileNotFoundError(msg)
-        return [str(getattr(datamodule, "category", "") or datamodule.name) for datamodule in self.datamodules]
+        return [
+            authors_category_name(datamodule.name, str(getattr(datamodule, "category", "") or datamodule.name))
+            for datamodule in self.datamodules
+        ]
 
     def datasets(self, categories: list[str]) -> list[tuple[str, str, AnomalibDataset]]:
         """``(category, dataset name, test subset)`` of each datamodule (``categories`` as :meth:`resolve` gives)."""
@@ -498,7 +536,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
             self._image_categories.update(dict.fromkeys(paths, category))
             self._image_datasets.update(dict.fromkeys(paths, dataset_name))
             datasets.append(dataset)
-        return reduce(add, datasets)
+        return combine(datasets)
 
     @staticmethod
     def _needs_auxiliary(stage: str | None) -> bool:

@@ -52,8 +52,27 @@ def test_the_config_runs_on_the_datasets_layout(tmp_path, target):
     result = anomalib_cli("train", "--config", str(config_path), *TINY_MODEL, *TINY_RUN, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(next(tmp_path.rglob("per_category_metrics.csv")), index_col="category")
-    expected = ["Kolektor"] if layout == "kolektor" else categories
-    assert list(table.index) == [*expected, "mean"]
+    expected = {"kolektor": ["Kolektor"], "btech": ["metal1", "wood", "metal2"]}.get(layout, categories)  # authors
+    assert list(table.index) == [*sorted(expected), "mean"]
     assert set(table.dataset) == {name}
     assert table[["image_AUROC", "pixel_AUROC"]].notna().all().all()  # every target here has masks
     assert (tmp_path / "results" / "BayesPFL" / name).is_dir()
+
+
+def test_several_target_datasets_give_a_mean_each(tmp_path):
+    """BTech and MPDD in one run: the table names each row's dataset and averages each dataset, then all."""
+    config = yaml.safe_load((CONFIGS / "bayes_pfl_mvtec_to_btech.yaml").read_text())
+    targets = config["data"]["init_args"]["target_datamodules"]
+    targets[1:] = [{"class_path": "anomalib.data.MPDD", "init_args": {"root": "./datasets/MPDD", "category": "tubes"}}]
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(config))
+    write_tree(tmp_path / "datasets" / "MVTecAD", ["bottle", "metal_nut"], num_train=0)
+    write_tree(tmp_path / "datasets" / "BTech", ["01"], layout="btech", seed=1)
+    write_tree(tmp_path / "datasets" / "MPDD", ["tubes"], layout="mpdd", seed=2)
+    result = anomalib_cli("train", "--config", "two.yaml", *TINY_MODEL, *TINY_RUN, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(next(tmp_path.rglob("per_category_metrics.csv")), index_col="category")
+    assert list(table.index) == ["metal1", "tubes", "mean BTech", "mean MPDD", "mean"]
+    assert table.loc[["metal1", "tubes", "mean"], "dataset"].tolist() == ["BTech", "MPDD", "all"]
+    assert table.loc["mean", "image_AUROC"] == pytest.approx(table.loc[["metal1", "tubes"], "image_AUROC"].mean())
+    assert table.loc["mean", "images"] == table.loc[["mean BTech", "mean MPDD"], "images"].sum()
+    assert (tmp_path / "results" / "BayesPFL" / "BTech+MPDD").is_dir()

@@ -228,3 +228,23 @@ def test_single_class_target_reports_image_metrics_as_not_computable(tiny_clip_p
     assert row[["image_AUROC", "image_AUPR", "image_F1Max"]].isna().all()
     assert row[["pixel_AUROC", "pixel_AUPRO", "pixel_AUPR"]].notna().all()  # anomalous images hold normal pixels
     assert "image_AUROC, image_AUPR, image_F1Max cannot be computed (its test images are all anomalous)" in caplog.text
+
+
+def test_an_image_only_target_reports_image_metrics_and_no_pixel_metrics(tiny_clip_path, mvtec_tree, tmp_path):
+    """Targets without masks (several medical sets): image metrics, and pixel metrics left out, never NaN."""
+    target = write_tree(tmp_path / "scans", ["head_ct", "skin"], layout="folder", masks=False, seed=4)
+    data = ZeroShotCrossDataset(
+        auxiliary_root=str(mvtec_tree),
+        auxiliary_format="mvtec",
+        auxiliary_categories=["tile_a"],
+        target_root=str(target),
+        target_format="folder",
+        num_workers=0,
+    )
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    results = engine.train(tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0), datamodule=data)
+    table = pd.read_csv(next((tmp_path / "results").rglob("per_category_metrics.csv")), index_col="category")
+    assert list(table.index) == ["head_ct", "skin", "mean"]
+    assert not [column for column in table.columns if column.startswith("pixel_")]
+    assert not table.isna().any().any()
+    assert not [name for name, value in results[0].items() if "pixel" in name or value != value]  # no NaN logged

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from anomalib.data import MVTecAD
+from anomalib.data import MPDD, MVTecAD
 from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_bayes_pfl import ZeroShotCrossDataset
@@ -289,3 +289,22 @@ def test_a_datamodule_side_with_a_missing_root_names_it(tmp_path, mvtec_tree):
     )
     with pytest.raises(FileNotFoundError, match=r"auxiliary_datamodules\[0\] \(MVTecAD\): .*absent does not exist"):
         data.setup()
+
+
+def test_the_auxiliary_side_combines_several_datasets(tmp_path, mvtec_tree):
+    mpdd = write_tree(tmp_path / "MPDD", ["tubes"], layout="mpdd", seed=3)
+    data = ZeroShotCrossDataset(
+        auxiliary_datamodules=[
+            MVTecAD(root=mvtec_tree, category="tile_a", num_workers=0),
+            MPDD(root=mpdd, category="tubes", num_workers=0),
+        ],
+        target_root=str(mvtec_tree),
+        target_format="mvtec",
+        target_categories=["tile_c"],
+        num_workers=0,
+    )
+    data.setup()
+    train = data.train_data.samples
+    assert {data.class_name_of(path) for path in train.image_path} == {"tile_a", "tubes"}
+    assert {data.dataset_of(path) for path in train.image_path} == {"MVTecAD", "MPDD"}
+    assert set(train.label_index) == {0, 1}  # their test subsets: normal and anomalous images
