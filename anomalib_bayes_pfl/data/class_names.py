@@ -56,15 +56,17 @@ def resolve_class_names(
     override: str | None,
     fallback: str,
     lookup: Callable[[str], str | None] | None = None,
+    dataset: str | None = None,
 ) -> list[str]:
     """Return one class name per image.
 
     Precedence: ``override`` (the model's ``class_name``) for every image; else the image's category from the
     datamodule (``lookup``, e.g. :meth:`ZeroShotCrossDataset.class_name_of`) or from its MVTec AD / VisA path;
-    else ``fallback`` (the datamodule's category when it has one, otherwise ``"object"``).
+    else ``fallback`` (the datamodule's category when it has one, otherwise ``"object"``). Categories of anomalib's
+    ``dataset`` datamodule take the authors' names where they have one (BTech's ``01`` is ``metal1``).
     """
     if override is not None:
         return [override] * num_images
-    if image_paths is None:
-        return [fallback] * num_images
-    return [category_of(path, lookup) or fallback for path in image_paths]
+    paths = image_paths if image_paths is not None else [None] * num_images
+    names = [category_of(path, lookup) or fallback for path in paths]
+    return [authors_category_name(dataset, name) if dataset else name for name in names]

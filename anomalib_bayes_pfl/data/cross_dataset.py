@@ -313,8 +313,8 @@ class CombinedDataset(AnomalibDataset):
         self.samples = samples
 
 
-def combine(datasets: list[AnomalibDataset]) -> AnomalibDataset:
-    """One dataset of the images of ``datasets``.
+def combine(datasets: list[AnomalibDataset], option: str) -> AnomalibDataset:
+    """One dataset of the images of ``datasets`` (the side given by ``option``).
 
     Raises:
         ValueError: If some have masks and others do not, or one reads its items its own way (MVTec LOCO).
@@ -323,11 +323,11 @@ def combine(datasets: list[AnomalibDataset]) -> AnomalibDataset:
         return reduce(add, datasets)
     tasks = {dataset.name: dataset.task.value for dataset in datasets}
     if len(set(tasks.values())) > 1:
-        msg = f"one side mixes datasets with and without masks ({tasks}); put them in separate runs."
+        msg = f"{option} mixes datasets with and without masks ({tasks}); give them to separate runs."
         raise ValueError(msg)
     own_readers = [dataset.name for dataset in datasets if type(dataset).__getitem__ is not AnomalibDataset.__getitem__]
     if own_readers:
-        msg = f"{own_readers} read their images their own way and cannot share a side with other datasets."
+        msg = f"{option}: {own_readers} read their images their own way and cannot be combined with other datasets."
         raise ValueError(msg)
     return CombinedDataset(datasets)
 
@@ -375,8 +375,16 @@ class DataModuleSource:
     def datasets(self, categories: list[str]) -> list[tuple[str, str, AnomalibDataset]]:
         """``(category, dataset name, test subset)`` of each datamodule (``categories`` as :meth:`resolve` gives)."""
         parts = []
-        for category, datamodule in zip(categories, self.datamodules, strict=True):
-            datamodule._setup()  # the tree as it is: setup() would also split it, prepare_data() download it
+        for index, (category, datamodule) in enumerate(zip(categories, self.datamodules, strict=True)):
+            try:
+                datamodule._setup()  # the tree as it is: setup() would also split it, prepare_data() download it
+            except (FileNotFoundError, RuntimeError, ValueError) as error:
+                what = f"category {datamodule.category!r}" if getattr(datamodule, "category", None) else "its data"
+                msg = (
+                    f"{self.option}[{index}] ({type(datamodule).__name__}): {what} cannot be read under "
+                    f"{getattr(datamodule, 'root', '?')}: {error}. Check its init_args (root, category)."
+                )
+                raise FileNotFoundError(msg) from error
             samples = datamodule.test_data.samples
             if "mask_path" in samples:  # pandas 3 stores missing paths as NaN, which anomalib's reader refuses
                 samples["mask_path"] = samples.mask_path.fillna("")
@@ -415,7 +423,8 @@ class ZeroShotCrossDataset(AnomalibDataModule):
             authors use 0.4 when MVTec AD is the auxiliary set, and none otherwise.
         auxiliary_datamodules: anomalib datamodules to train on instead of ``auxiliary_root`` and ``auxiliary_format``
             (any anomalib image datamodule, one per category: ``class_path`` and ``init_args`` in a config), all
-            categories together; their test subsets are used, read as they are (never downloaded, never split).
+            categories together; their test subsets are used, read as they are (never split, and downloaded only
+            with ``download``).
         target_datamodules: The same for the target side; several datasets give the per-category table a ``dataset``
             column and a mean per dataset.
         val_augmentations: Augmentations of the validation images.
@@ -536,7 +545,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
             self._image_categories.update(dict.fromkeys(paths, category))
             self._image_datasets.update(dict.fromkeys(paths, dataset_name))
             datasets.append(dataset)
-        return combine(datasets)
+        return combine(datasets, source.option)
 
     @staticmethod
     def _needs_auxiliary(stage: str | None) -> bool:
@@ -610,7 +619,7 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         except (FileNotFoundError, ValueError) as error:
             if self._needs_auxiliary(stage):
                 raise
-            logger.warning("The validation data is empty: the auxiliary dataset cannot be read (%s)", error)
+            logger.info("No validation data: the auxiliary dataset is not there (%s)", error)
             return None
         same_dataset = source.dataset_name == self._source("target").dataset_name
         overlap = sorted(set(categories) & set(target)) if same_dataset else []

@@ -359,6 +359,7 @@ class BayesPFL(AnomalibModule):
             override=self.class_name,
             fallback=getattr(datamodule, "category", "") or DEFAULT_CLASS_NAME,
             lookup=getattr(datamodule, "class_name_of", None),
+            dataset=getattr(datamodule, "name", None),
         )
 
     def configure_model(self) -> None:

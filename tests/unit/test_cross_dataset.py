@@ -308,3 +308,16 @@ def test_the_auxiliary_side_combines_several_datasets(tmp_path, mvtec_tree):
     assert {data.class_name_of(path) for path in train.image_path} == {"tile_a", "tubes"}
     assert {data.dataset_of(path) for path in train.image_path} == {"MVTecAD", "MPDD"}
     assert set(train.label_index) == {0, 1}  # their test subsets: normal and anomalous images
+
+
+def test_a_datamodule_side_with_a_missing_category_names_the_entry(mvtec_tree):
+    data = ZeroShotCrossDataset(
+        target_datamodules=[
+            MVTecAD(root=mvtec_tree, category="tile_a", num_workers=0),
+            MVTecAD(root=mvtec_tree, category="bottle", num_workers=0),
+        ],
+        num_workers=0,
+    )
+    named = r"target_datamodules\[1\] \(MVTecAD\): category 'bottle' cannot be read"
+    with pytest.raises(FileNotFoundError, match=named):
+        data.setup("test")

@@ -78,6 +78,9 @@ def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatc
         BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="", class_name_of=lookup))
     )
     assert module._class_names(batch) == ["metal_nut", "pcb1", "gear"]
+    btech = ImageBatch(image=torch.zeros(2, 3, 64, 64), image_path=["BTech/01/test/ko/0.bmp", "BTech/02/test/ok/1.bmp"])
+    monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(name="BTech", category="01")))
+    assert module._class_names(btech) == ["metal1", "wood"]  # anomalib's BTech, by the authors' names
     module.class_name = "gear box"
     assert module._class_names(batch) == ["gear box"] * 3
 
