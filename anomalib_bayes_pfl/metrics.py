@@ -115,18 +115,18 @@ class PerCategoryMetrics(Callback):
             for path in paths
         ]
         paper = getattr(pl_module, "image_score", "probability") == "paper" and outputs.gt_label is not None
-        for category in dict.fromkeys(keys):
-            index = torch.tensor([i for i, key in enumerate(keys) if key == category])
+        for key in dict.fromkeys(keys):
+            index = torch.tensor([i for i, image_key in enumerate(keys) if image_key == key])
             subset = _select(outputs, index)
-            for metric in self.metrics.setdefault(category, _metrics()):
+            for metric in self.metrics.setdefault(key, _metrics()):
                 metric.update(subset)
             labels = subset.gt_label if subset.gt_label is not None else torch.zeros(len(index), dtype=torch.long)
             anomalous_pixels = int(subset.gt_mask.sum()) if subset.gt_mask is not None else 0
             masked = len(index) if subset.gt_mask is not None else 0
             counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels, masked])
-            self.counts[category] = self.counts.get(category, torch.zeros(4, dtype=torch.long)) + counts
+            self.counts[key] = self.counts.get(key, torch.zeros(4, dtype=torch.long)) + counts
             if paper:
-                values = self.image_values.setdefault(category, {"probability": [], "map": [], "label": []})
+                values = self.image_values.setdefault(key, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
                 values["map"].append(outputs.paper_map_score[index].cpu())
                 values["label"].append(subset.gt_label)
