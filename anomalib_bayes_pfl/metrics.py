@@ -174,22 +174,20 @@ class PerCategoryMetrics(Callback):
         Each process scores a share of the images (the model drops a distributed sampler's padded duplicates), and a
         share may miss a category; torchmetrics gathers the states when a metric is computed on every process.
         """
-        categories: list[list[str]] = [[] for _ in range(torch.distributed.get_world_size())]
-        torch.distributed.all_gather_object(categories, sorted(self.metrics))
-        for category in sorted(set().union(*categories)):
-            self.metrics.setdefault(category, _metrics())
-        counts: list[dict[str, torch.Tensor]] = [{} for _ in categories]
+        keys: list[list[tuple[str, str]]] = [[] for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather_object(keys, sorted(self.metrics))
+        for key in sorted(set().union(*keys)):
+            self.metrics.setdefault(key, _metrics())
+        counts: list[dict[tuple[str, str], torch.Tensor]] = [{} for _ in keys]
         torch.distributed.all_gather_object(counts, self.counts)
-        self.counts = {
-            name: sum(c.get(name, torch.zeros(4, dtype=torch.long)) for c in counts) for name in self.metrics
-        }
-        values: list[dict] = [{} for _ in categories]
+        self.counts = {key: sum(c.get(key, torch.zeros(4, dtype=torch.long)) for c in counts) for key in self.metrics}
+        values: list[dict] = [{} for _ in keys]
         torch.distributed.all_gather_object(values, self.image_values)
-        merged: dict[str, dict[str, list[torch.Tensor]]] = {}
+        merged: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {}
         for process_values in values:
-            for category, parts in process_values.items():
+            for key, parts in process_values.items():
                 for name, tensors in parts.items():
-                    merged.setdefault(category, {}).setdefault(name, []).extend(tensors)
+                    merged.setdefault(key, {}).setdefault(name, []).extend(tensors)
         self.image_values = merged
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
