@@ -53,17 +53,23 @@ def _metrics() -> list[AnomalibMetric]:
     return [*zero_shot_metrics(), AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
 
 
+def _metric_batch(**fields: torch.Tensor | None) -> ImageBatch:
+    """A batch of the fields the metrics read; anomalib's batch needs images, which no metric reads: an empty one."""
+    count = len(next(value for value in fields.values() if value is not None))
+    return ImageBatch(image=torch.empty(count, 3, 0, 0), **fields)
+
+
 def _select(batch: ImageBatch, index: torch.Tensor) -> ImageBatch:
     """The images ``index`` of ``batch`` with the fields the metrics read.
 
-    Scores and maps go to the CPU, where the pixel metrics keep them until the end of the test.
+    Scores and maps go to the CPU, where the pixel metrics keep them until the end of the test; the images are not
+    copied.
     """
 
     def pick(value: torch.Tensor | None) -> torch.Tensor | None:
         return value[index].detach().cpu() if value is not None else None
 
-    return ImageBatch(
-        image=batch.image[index],
+    return _metric_batch(
         pred_score=pick(batch.pred_score),
         gt_label=pick(batch.gt_label),
         anomaly_map=pick(batch.anomaly_map),
@@ -160,8 +166,7 @@ class PerCategoryMetrics(Callback):
         if key in self.image_values and reasons["image_"] is None:
             values = {field: torch.cat(parts) for field, parts in self.image_values[key].items()}
             fused = fuse_paper_scores(values["probability"], values["map"])
-            no_pixels = torch.empty(len(fused), 3, 0, 0)  # a batch needs images; these scores have none
-            fused_batch = ImageBatch(image=no_pixels, pred_score=fused, gt_label=values["label"])
+            fused_batch = _metric_batch(pred_score=fused, gt_label=values["label"])
             fields = ["pred_score", "gt_label"]
             for metric in (AUROC(fields=fields), AUPR(fields=fields), F1Max(fields=fields)):
                 metric.update(fused_batch)
