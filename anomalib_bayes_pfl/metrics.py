@@ -14,6 +14,11 @@ do not apply and are left out. With several target datasets the table has a mean
 mean; its ``dataset`` column names each row's dataset.
 
 ``image_score="paper"`` adds the authors' fused image score (``paper_score.py``) as more columns.
+
+The labels are judged too: each category's ``image_threshold`` and ``pixel_threshold`` (calibrated ones with a
+``false_alarm_rate``), the share of its normal test images labelled anomalous (``image_false_alarm_rate``), the
+share of its anomalous ones found (``image_recall``) and the share of the pixels of its normal test images flagged
+(``pixel_false_alarm_rate``). Mean rows leave the thresholds empty.
 """
 
 import logging
@@ -35,6 +40,7 @@ logger = logging.getLogger(__name__)
 CSV_NAME = "per_category_metrics.csv"
 MEAN_ROW = "mean"
 UNKNOWN_CATEGORY = "all"
+THRESHOLD_COLUMNS = ("image_threshold", "pixel_threshold")
 
 
 def zero_shot_metrics() -> list[AnomalibMetric]:
@@ -59,6 +65,21 @@ def _metric_batch(**fields: torch.Tensor | None) -> ImageBatch:
     return ImageBatch(image=torch.empty(count, 3, 0, 0), **fields)
 
 
+def _label_counts(batch: ImageBatch, labels: torch.Tensor) -> torch.Tensor:
+    """Normal and anomalous images labelled anomalous; flagged and all pixels of the normal images."""
+    flagged = batch.pred_label.cpu().bool() if batch.pred_label is not None else torch.zeros_like(labels, dtype=bool)
+    normal = labels == 0
+    normal_masks = batch.pred_mask[normal.to(batch.pred_mask.device)] if batch.pred_mask is not None else None
+    return torch.tensor(
+        [
+            int((flagged & normal).sum()),
+            int((flagged & ~normal).sum()),
+            int(normal_masks.sum()) if normal_masks is not None else 0,
+            normal_masks.numel() if normal_masks is not None else 0,
+        ]
+    )
+
+
 def _select(batch: ImageBatch, index: torch.Tensor) -> ImageBatch:
     """The images ``index`` of ``batch`` with the fields the metrics read.
 
@@ -74,6 +95,8 @@ def _select(batch: ImageBatch, index: torch.Tensor) -> ImageBatch:
         gt_label=pick(batch.gt_label),
         anomaly_map=pick(batch.anomaly_map),
         gt_mask=pick(batch.gt_mask),
+        pred_label=pick(batch.pred_label),
+        pred_mask=pick(batch.pred_mask),
     )
 
 
@@ -88,14 +111,17 @@ class PerCategoryMetrics(Callback):
         # Keyed by (dataset, category): several target datasets may share a category name.
         self.metrics: dict[tuple[str, str], list[AnomalibMetric]] = {}
         self.image_values: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {}
-        # Normal images, anomalous images, anomalous pixels, images with a mask: which metrics are defined, or apply.
+        # Normal images, anomalous images, anomalous pixels, images with a mask: which metrics are defined, or apply;
+        # then the label counts of :func:`_label_counts`.
         self.counts: dict[tuple[str, str], torch.Tensor] = {}
+        # Each category's thresholds, as the model labels it.
+        self.thresholds: dict[tuple[str, str], tuple[float, float]] = {}
         self.table: pd.DataFrame | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty metrics for every test run."""
         del trainer, pl_module
-        self.metrics, self.image_values, self.counts, self.table = {}, {}, {}, None
+        self.metrics, self.image_values, self.counts, self.thresholds, self.table = {}, {}, {}, {}, None
 
     def on_test_batch_end(
         self,
@@ -130,7 +156,13 @@ class PerCategoryMetrics(Callback):
             anomalous_pixels = int(subset.gt_mask.sum()) if subset.gt_mask is not None else 0
             masked = len(index) if subset.gt_mask is not None else 0
             counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels, masked])
-            self.counts[key] = self.counts.get(key, torch.zeros(4, dtype=torch.long)) + counts
+            counts = torch.cat([counts, _label_counts(subset, labels)])
+            self.counts[key] = self.counts.get(key, torch.zeros(len(counts), dtype=torch.long)) + counts
+            thresholds_of = getattr(pl_module, "thresholds_of", None)
+            if thresholds_of is not None and key not in self.thresholds:
+                first = int(index[0])
+                names = pl_module.class_names_of([paths[first]] if paths[first] is not None else None, 1)
+                self.thresholds[key] = tuple(float(value) for value in thresholds_of(names))
             if paper:
                 values = self.image_values.setdefault(key, {"probability": [], "map": [], "label": []})
                 values["probability"].append(subset.pred_score)
@@ -142,7 +174,9 @@ class PerCategoryMetrics(Callback):
 
         Pixel metrics of a category without masks (an image-only dataset) do not apply: they are left out, not NaN.
         """
-        normal, anomalous, anomalous_pixels, masked = self.counts[key].tolist()
+        normal, anomalous, anomalous_pixels, masked, false_alarms, found, flagged_pixels, normal_pixels = self.counts[
+            key
+        ].tolist()
         reasons = {
             "image_": None
             if normal and anomalous
@@ -159,6 +193,12 @@ class PerCategoryMetrics(Callback):
             row[metric.name] = float("nan") if value is None else float(value)
             if value is None:
                 undefined.setdefault(reason or "no values", []).append(metric.name)
+        if key in self.thresholds:
+            row.update(dict(zip(THRESHOLD_COLUMNS, self.thresholds[key], strict=True)))
+        row["image_false_alarm_rate"] = false_alarms / normal if normal else float("nan")
+        row["image_recall"] = found / anomalous if anomalous else float("nan")
+        if masked or normal_pixels:
+            row["pixel_false_alarm_rate"] = flagged_pixels / normal_pixels if normal_pixels else float("nan")
         for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
                 "Category %s: %s cannot be computed (%s); the table shows NaN.", name, ", ".join(names), reason
@@ -185,7 +225,13 @@ class PerCategoryMetrics(Callback):
             self.metrics.setdefault(key, _metrics())
         counts: list[dict[tuple[str, str], torch.Tensor]] = [{} for _ in keys]
         torch.distributed.all_gather_object(counts, self.counts)
-        self.counts = {key: sum(c.get(key, torch.zeros(4, dtype=torch.long)) for c in counts) for key in self.metrics}
+        width = len(next(iter(self.counts.values()))) if self.counts else 8
+        self.counts = {
+            key: sum(c.get(key, torch.zeros(width, dtype=torch.long)) for c in counts) for key in self.metrics
+        }
+        thresholds: list[dict[tuple[str, str], tuple[float, float]]] = [{} for _ in keys]
+        torch.distributed.all_gather_object(thresholds, self.thresholds)
+        self.thresholds = {key: value for process in thresholds for key, value in process.items()}
         values: list[dict] = [{} for _ in keys]
         torch.distributed.all_gather_object(values, self.image_values)
         merged: dict[tuple[str, str], dict[str, list[torch.Tensor]]] = {}
@@ -241,7 +287,8 @@ def _with_means(table: pd.DataFrame) -> pd.DataFrame:
 
     A mean row's ``images`` counts every image it covers (each scored exactly once, also across processes).
     """
-    categories, metrics = table.copy(), table.columns.drop(["dataset", "images"])
+    categories = table.copy()
+    metrics = table.columns.drop(["dataset", "images", *(name for name in THRESHOLD_COLUMNS if name in table)])
     datasets = list(dict.fromkeys(categories.dataset))
     per_dataset = datasets if len(datasets) > 1 else []
     groups = {f"{MEAN_ROW} {name}": categories[categories.dataset == name] for name in per_dataset}

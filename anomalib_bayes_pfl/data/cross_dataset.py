@@ -269,6 +269,12 @@ class DataSource:
         """``(category, dataset name, its images)`` for each category."""
         return [(category, self.dataset_name, self.dataset(category)) for category in categories]
 
+    def normal_training_images(self, category: str) -> list[Path]:
+        """The category's normal training images (``train/good``); the folder layout has none."""
+        if self.dataset_format == "folder":
+            return []
+        return _image_files(self.base / category / "train" / NORMAL_FOLDER, "*")
+
     def dataset(self, category: str) -> AnomalibDataset:
         """The category's images (the test split of MVTec AD and VisA), masks checked first.
 
@@ -390,6 +396,15 @@ class DataModuleSource:
                 samples["mask_path"] = samples.mask_path.fillna("")
             parts.append((category, datamodule.name, datamodule.test_data))
         return parts
+
+    def normal_training_images(self, category: str) -> list[Path]:
+        """The normal images of the training subset of the datamodule of ``category`` (as :meth:`resolve` names it)."""
+        for name, datamodule in zip(self.resolve(), self.datamodules, strict=True):
+            train = getattr(datamodule, "train_data", None) if name == category else None
+            if train is not None:
+                samples = train.samples
+                return [Path(path) for path in samples.image_path[samples.label_index == LabelName.NORMAL]]
+        return []
 
     def download(self) -> None:
         """Let anomalib download each dataset that it can."""
@@ -524,6 +539,19 @@ class ZeroShotCrossDataset(AnomalibDataModule):
     def dataset_of(self, image_path: str) -> str | None:
         """Name of the dataset an image of this datamodule belongs to (``None`` for an unknown path)."""
         return self._image_datasets.get(str(image_path))
+
+    def few_shot_candidates(self) -> list[str]:
+        """Normal training images of the target categories, for few-shot references: never target test images.
+
+        MVTec AD and VisA layouts give ``train/good``, datamodules their training subset; the folder layout has none.
+        """
+        source = self._source("target")
+        candidates = []
+        for category in source.resolve():
+            paths = [str(path) for path in source.normal_training_images(category)]
+            self._image_categories.update(dict.fromkeys(paths, category))
+            candidates += paths
+        return candidates
 
     def _source(self, side: Literal["auxiliary", "target"]) -> DataSource | DataModuleSource:
         datamodules = getattr(self, f"{side}_datamodules")

@@ -83,7 +83,7 @@ def check_finite_images(batch: Batch) -> None:
         raise ValueError(msg)
 
 
-def _file_pairs(dataset: object) -> list[tuple[str, str | None]]:
+def file_pairs(dataset: object) -> list[tuple[str, str | None]]:
     """``(image, mask or None)`` of every item, as anomalib reads them, or the files of a ``PredictDataset``.
 
     anomalib reads a mask only for an anomalous image of a segmentation dataset (a normal image gets an empty one),
@@ -115,7 +115,7 @@ class DataCheck(Callback):
         datamodule = getattr(trainer, "datamodule", None)
         subsets = (getattr(datamodule, name, None) for name in SUBSETS_READ.get(stage, SUBSETS_READ["fit"]))
         # Each file once, in order (validation may copy training).
-        check_image_files(dict.fromkeys(pair for subset in subsets for pair in _file_pairs(subset)))
+        check_image_files(dict.fromkeys(pair for subset in subsets for pair in file_pairs(subset)))
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Check the files of prediction dataloaders that no datamodule supplied (checked at setup otherwise)."""
@@ -124,7 +124,7 @@ class DataCheck(Callback):
             return
         loaders = trainer.predict_dataloaders
         loaders = loaders if isinstance(loaders, list) else [loaders]
-        check_image_files(dict.fromkeys(pair for loader in loaders for pair in _file_pairs(loader.dataset)))
+        check_image_files(dict.fromkeys(pair for loader in loaders for pair in file_pairs(loader.dataset)))
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Batch, *indices: int) -> None:
         """Check the pixel values of a batch (of any stage: the same hook serves all four)."""

@@ -8,8 +8,8 @@ Paper: Qin et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detectio
 Training follows the authors' code (train.py); the README's "Faithfulness" section lists every deliberate difference,
 such as a stage switch after a fixed epoch count instead of patience on the *target* dataset, so that nothing here
 ever looks at the categories it will be evaluated on. ``learning_type`` is ``ONE_CLASS`` while the head is untrained
-(so the Engine trains it) and ``ZERO_SHOT`` once it is trained or loaded (so the Engine only evaluates). Scoring
-options left unset come from the checkpoint that is loaded (``options.py``).
+(so the Engine trains it) and ``ZERO_SHOT`` (``FEW_SHOT`` with ``k_shot > 0``) once it is trained or loaded (so the
+Engine only evaluates). Scoring options left unset come from the checkpoint that is loaded (``options.py``).
 """
 
 import dataclasses
@@ -26,7 +26,7 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from jsonargparse.typing import ClosedUnitInterval, OpenUnitInterval, PositiveInt
+from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, OpenUnitInterval, PositiveInt
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -39,6 +39,7 @@ from anomalib_bayes_pfl.data.class_names import resolve_class_names
 from anomalib_bayes_pfl.data.distributed import DropSamplerPadding
 from anomalib_bayes_pfl.data.synthetic_anomalies import SyntheticAnomalies, known_masks
 from anomalib_bayes_pfl.data.validation import DataCheck
+from anomalib_bayes_pfl.few_shot import FewShotPreparation
 from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
 from anomalib_bayes_pfl.paper_score import PaperScoredBatch, paper_map_scores
 from anomalib_bayes_pfl.prediction_writer import PredictionTable
@@ -113,6 +114,15 @@ class BayesPFL(AnomalibModule):
             probabilities of the head trained on the auxiliary data, so the default 0.5 is that classifier's own
             decision and uses no labels of the data being scored.
         pixel_threshold: The same for anomaly-map pixels (the predicted masks).
+        k_shot: Normal reference images per scored category; their patch tokens are a memory that each test patch is
+            compared with, fused with the prompt scores as WinCLIP+ does (``few_shot.py``, ``references.py``).
+            0 is the paper's zero-shot model.
+        few_shot_source: Folder of normal images for the references and calibration (one sub-folder per category
+            for several); ``None`` takes them from the datamodule's training split, never from its test split.
+        false_alarm_rate: Calibrate each category's thresholds on ``calibration_images`` further normal images, so
+            that at most this share of its normal images is labelled anomalous (in expectation), and at most this
+            share of their pixels; replaces ``image_threshold`` / ``pixel_threshold``.
+        calibration_images: Normal images per category that calibrate the thresholds (at least ``1/rate - 1``).
         pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
         post_processor: Post-processor, ``True`` for the default, which labels with the two thresholds
             (:class:`~anomalib_bayes_pfl.model.post_processor.ProbabilityPostProcessor`).
@@ -162,6 +172,10 @@ class BayesPFL(AnomalibModule):
         image_score: Literal["probability", "paper"] | None = None,
         image_threshold: OpenUnitInterval | None = None,
         pixel_threshold: OpenUnitInterval | None = None,
+        k_shot: NonNegativeInt | None = None,
+        few_shot_source: str | None = None,
+        false_alarm_rate: OpenUnitInterval | None = None,
+        calibration_images: PositiveInt | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -170,6 +184,9 @@ class BayesPFL(AnomalibModule):
         image_size, synthetic_anomalies, image_threshold, pixel_threshold = (
             plain_number(value) for value in (image_size, synthetic_anomalies, image_threshold, pixel_threshold)
         )  # before anomalib saves the arguments as hyper-parameters
+        k_shot, false_alarm_rate, calibration_images = (
+            plain_number(value) for value in (k_shot, false_alarm_rate, calibration_images)
+        )
         given = {name: value for name, value in locals().items() if name in PAPER_DEFAULTS}
         source = f"prompt weights {prompt_weights}"
         options = resolve_options(given, stored_options(prompt_weights) if prompt_weights else None, source)
@@ -193,6 +210,8 @@ class BayesPFL(AnomalibModule):
             raise ValueError(msg)
         self.synthetic_anomalies = SyntheticAnomalies(synthetic_anomalies)
         self._given_options = given
+        # Loading a checkpoint's state (the references' thresholds among it) sets the labels of exported models.
+        self.register_load_state_dict_post_hook(lambda module, _: module.apply_export_thresholds())
         self._apply_options(options)
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
         self.iad_log_det_per_batch = iad_log_det_per_batch
@@ -213,6 +232,13 @@ class BayesPFL(AnomalibModule):
     def _apply_options(self, options: dict[str, Any]) -> None:
         """Take resolved scoring options; checkpoints store them, so that they carry everything needed to score."""
         _check_options(options)
+        fixed = [name for name in ("image_threshold", "pixel_threshold") if self._given_options.get(name) is not None]
+        if options["false_alarm_rate"] is not None and fixed:
+            msg = (
+                f"--model.{fixed[0]} and a calibrated false-alarm rate ({options['false_alarm_rate']}) cannot both set "
+                f"the labels; leave out --model.{fixed[0]}, or --model.false_alarm_rate."
+            )
+            raise ValueError(msg)
         self.options = options
         self.hparams.update(options)
         self.class_name = options["class_name"]
@@ -222,8 +248,35 @@ class BayesPFL(AnomalibModule):
             for resize in (t for t in self.pre_processor.transform.transforms if isinstance(t, Resize)):
                 resize.size = [options["image_size"]] * 2
             self.pre_processor.export_transform = self.pre_processor.transform  # keep antialiasing when exported
+        if self.is_built:
+            self.model.few_shot = options["k_shot"] > 0
+        self.apply_export_thresholds()
+
+    def reference_settings(self) -> dict[str, Any]:
+        """The options that a category's stored references and thresholds must have been made under to be reused."""
+        names = ["k_shot", "eval_seed", "image_size", "few_shot_source"]
+        if self.options["false_alarm_rate"] is not None:
+            names += ["false_alarm_rate", "calibration_images"]
+        return {name: self.options[name] for name in names}
+
+    def thresholds_of(self, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image and pixel threshold ``(N,)`` of each class name: its calibrated ones, else the options'."""
+        fixed = (self.options["image_threshold"], self.options["pixel_threshold"])
+        calibrated = self.options["false_alarm_rate"] is not None and self.is_built
+        pairs = []
+        for name in class_names:
+            stored = self.model.references.get(name) if calibrated else None
+            has_thresholds = stored is not None and stored.image_threshold is not None
+            pairs.append((stored.image_threshold, stored.pixel_threshold) if has_thresholds else fixed)
+        image, pixel = torch.tensor(pairs, dtype=torch.float64).reshape(-1, 2).unbind(dim=1)
+        return image, pixel
+
+    def apply_export_thresholds(self) -> None:
+        """Give the post-processor, which labels exported models, the thresholds of their class name."""
         if isinstance(self.post_processor, ProbabilityPostProcessor):
-            self.post_processor.set_thresholds(options["image_threshold"], options["pixel_threshold"])
+            name = self.options["class_name"] or DEFAULT_CLASS_NAME
+            image, pixel = self.thresholds_of([name])
+            self.post_processor.set_thresholds(float(image), float(pixel))
 
     @property
     def is_built(self) -> bool:
@@ -266,7 +319,9 @@ class BayesPFL(AnomalibModule):
                 logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", self.prompt_weights)
         # What an exported model, which sees tensors only, writes into its prompts.
         model.default_class_name = options["class_name"] or DEFAULT_CLASS_NAME
+        model.few_shot = options["k_shot"] > 0
         self.model = model.to(self.device).train(self.training)  # built late: take the module's mode
+        self.apply_export_thresholds()
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -296,12 +351,15 @@ class BayesPFL(AnomalibModule):
 
     @property
     def learning_type(self) -> LearningType:
-        """``ZERO_SHOT`` once the head is trained or loaded, so that the Engine only evaluates it; else ``ONE_CLASS``.
+        """``ZERO_SHOT`` (``FEW_SHOT`` with ``k_shot > 0``) once the head is trained or loaded, else ``ONE_CLASS``.
 
-        While fitting (a resumed run included) it stays ``ONE_CLASS``, so that the Engine trains it.
+        The Engine only evaluates the first two. While fitting (a resumed run included) it stays ``ONE_CLASS``, so
+        that the Engine trains it.
         """
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
-        return LearningType.ZERO_SHOT if self.is_trained and not fitting else LearningType.ONE_CLASS
+        if not self.is_trained or fitting:
+            return LearningType.ONE_CLASS
+        return LearningType.FEW_SHOT if self.options["k_shot"] > 0 else LearningType.ZERO_SHOT
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
@@ -313,14 +371,15 @@ class BayesPFL(AnomalibModule):
         zero-shot model is not trained: anomalib's Engine "fits" it by validating, and writes its checkpoint at the
         end of validation, so one batch is scored for that (as WinClip's whole validation set is).
         """
-        if self.learning_type == LearningType.ZERO_SHOT:
+        if self.learning_type in {LearningType.ZERO_SHOT, LearningType.FEW_SHOT}:
             return {"limit_val_batches": 1, "num_sanity_val_steps": 0}
         epochs = self.stage_one_epochs + self.stage_two_epochs
         return {"max_epochs": epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
-        """Data checks first; synthetic anomalies after the pre-processor; the tables after the post-processor."""
-        checks, tables = [DataCheck(), DropSamplerPadding()], [PerCategoryMetrics(), PredictionTable()]
+        """Data checks and references first; synthetic anomalies after the pre-processor; tables after labelling."""
+        checks = [DataCheck(), DropSamplerPadding(), FewShotPreparation()]
+        tables = [PerCategoryMetrics(), PredictionTable()]
         return [*checks, *super().configure_callbacks(), self.synthetic_anomalies, *tables]
 
     def configure_optimizers(self) -> tuple[list[Adam], list[dict[str, Any]]]:
@@ -353,9 +412,14 @@ class BayesPFL(AnomalibModule):
     def _class_names(self, batch: Batch) -> list[str]:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         # Folder names are trusted only for a datamodule's images: a loose file under .../test/... is not a category.
+        return self.class_names_of(batch.image_path if datamodule is not None else None, batch.image.shape[0])
+
+    def class_names_of(self, image_paths: Sequence[str] | None, count: int) -> list[str]:
+        """The class name of each of ``count`` images (``image_paths``: a datamodule's, or ``None``)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         return resolve_class_names(
-            batch.image_path if datamodule is not None else None,
-            batch.image.shape[0],
+            image_paths,
+            count,
             override=self.class_name,
             fallback=getattr(datamodule, "category", "") or DEFAULT_CLASS_NAME,
             lookup=getattr(datamodule, "class_name_of", None),
@@ -415,22 +479,27 @@ class BayesPFL(AnomalibModule):
         )
         return output, terms
 
-    def _evaluate(self, batch: Batch) -> Batch:
+    def _evaluate(self, batch: Batch, *, few_shot: bool = True) -> Batch:
         if not len(batch):  # a process's share of a distributed test set can end in an empty batch
             image = batch.image
             return batch.update(pred_score=image.new_zeros(0), anomaly_map=image.new_zeros(0, *image.shape[-2:]))
         names = self._class_names(batch)
-        scores = self.model.score(batch.image, names)
+        scores = self.model.score(batch.image, names, few_shot=few_shot and self.model.few_shot)
         batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
+        if isinstance(self.post_processor, ProbabilityPostProcessor):
+            self.post_processor.label(batch, *self.thresholds_of(names))
         if self.image_score != "paper":
             return batch
         fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
         return PaperScoredBatch(**fields, paper_map_score=paper_map_scores(scores.raw_anomaly_map, names))
 
     def validation_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Score the validation batch; the post-processor collects its thresholds from it."""
+        """Score the validation batch, zero-shot: nothing reads it, and its categories may have no references.
+
+        A zero- or few-shot model is validated only so that anomalib's Engine writes its checkpoint.
+        """
         del batch_idx, dataloader_idx
-        return self._evaluate(batch)
+        return self._evaluate(batch, few_shot=False)
 
     def test_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the test batch with each image's class name; ``image_score="paper"`` adds the map score."""
@@ -478,7 +547,12 @@ class BayesPFL(AnomalibModule):
 
 
 def _check_options(options: dict[str, Any]) -> None:
-    """Reject an image size that the pre-processor would take without complaint (the thresholds: its post-processor)."""
-    if options["image_size"] < 1:
-        msg = f"image_size must be positive, got {options['image_size']}."
+    """Reject sizes and counts that Python callers could pass unchecked (the thresholds: the post-processor's job)."""
+    for name, minimum in (("image_size", 1), ("k_shot", 0), ("calibration_images", 1)):
+        if options[name] < minimum:
+            msg = f"{name} must be at least {minimum}, got {options[name]}."
+            raise ValueError(msg)
+    rate = options["false_alarm_rate"]
+    if rate is not None and not 0 < rate < 1:
+        msg = f"false_alarm_rate must be in (0, 1), got {rate}."
         raise ValueError(msg)

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 
 _PROMPT, _FLOW, _SCORING, _CONFIG = PromptConfig(), FlowConfig(), ScoringConfig(), BayesPFLConfig()
-# The paper's value of every scoring option (the authors' code, commit 8f155a0), used when nothing else sets it.
+# The paper's value of every scoring option (the authors' code, commit 8f155a0), used when nothing else sets it;
+# the few-shot options, which the paper does not have, default to its zero-shot model.
 PAPER_DEFAULTS: dict[str, Any] = {
     "clip_model": "ViT-L-14-336",
     "clip_pretrained": "openai",
@@ -49,6 +50,10 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "image_score": "probability",
     "image_threshold": 0.5,
     "pixel_threshold": 0.5,
+    "k_shot": 0,
+    "few_shot_source": None,
+    "false_alarm_rate": None,
+    "calibration_images": 32,
 }
 # Options that shape the head's tensors: a trained head cannot be scored under other values.
 HEAD_SHAPE_OPTIONS = frozenset(

@@ -30,6 +30,7 @@ from .flows import PromptDistributions
 from .image_head import ImageClassificationHead
 from .prompts import ClassNameTokenizer, ClassTokens, PromptBank, encode_prompts
 from .rca import ResidualCrossModalAttention
+from .references import ReferenceMemory, fuse_few_shot
 from .scoring import anomaly_map, image_probability, pixel_logits, smooth
 
 DEFAULT_CLASS_NAME = "object"
@@ -122,15 +123,22 @@ class BayesPFLModel(nn.Module):
         self.default_class_name = DEFAULT_CLASS_NAME
         self.image_head_stage = 1
         self.is_trained = False
+        self.references = ReferenceMemory()
+        self.few_shot = False  # whether scores fuse the references' memory (``k_shot > 0``)
 
     def get_extra_state(self) -> dict[str, Any]:
-        """Store which image head scores images and whether the head was trained, with the weights."""
-        return {"image_head_stage": self.image_head_stage, "is_trained": self.is_trained}
+        """Store which image head scores images, whether the head was trained and the references, with the weights."""
+        return {
+            "image_head_stage": self.image_head_stage,
+            "is_trained": self.is_trained,
+            "references": self.references.state(),
+        }
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`get_extra_state` stored."""
+        """Restore what :meth:`get_extra_state` stored (checkpoints written before few-shot have no references)."""
         self.image_head_stage = int(state["image_head_stage"])
         self.is_trained = bool(state["is_trained"])
+        self.references.load(state.get("references"))
 
     @contextlib.contextmanager
     def clip_autocast(self, device: torch.device) -> Iterator[None]:
@@ -266,10 +274,14 @@ class BayesPFLModel(nn.Module):
         return InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
 
     @torch.no_grad()
-    def score(self, images: torch.Tensor, class_names: Sequence[str] | None = None) -> BayesPFLScores:
+    def score(
+        self, images: torch.Tensor, class_names: Sequence[str] | None = None, *, few_shot: bool | None = None
+    ) -> BayesPFLScores:
         """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more).
 
-        Without gradients: nothing is trained from it, and exported models return plain tensors.
+        Without gradients: nothing is trained from it, and exported models return plain tensors. With
+        :attr:`few_shot` (or ``few_shot=True``), each image's scores are fused with its category's reference memory
+        (``references.py``).
         """
         tokens = self.class_tokens(class_names, images)
         features = self.encode_images(images)
@@ -280,11 +292,12 @@ class BayesPFLModel(nn.Module):
         image_logits = self.image_head(
             text, features.global_features, features.patch_tokens, stage=self.image_head_stage
         )
-        return BayesPFLScores(
-            image_probability(image_logits),
-            smooth(raw_map, self.config.scoring.smoothing_sigma),
-            raw_map,
-        )
+        pred_score = image_probability(image_logits)
+        if self.few_shot if few_shot is None else few_shot:
+            names = list(class_names) if class_names is not None else [self.default_class_name] * images.shape[0]
+            patch_scores = self.references.patch_scores(features.patch_tokens, names)
+            pred_score, raw_map = fuse_few_shot(pred_score, raw_map, patch_scores)
+        return BayesPFLScores(pred_score, smooth(raw_map, self.config.scoring.smoothing_sigma), raw_map)
 
     def _training_forward(
         self,

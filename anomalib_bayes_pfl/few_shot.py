@@ -1,0 +1,216 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Few-shot references and calibrated thresholds, prepared before anything is scored.
+
+With ``k_shot > 0`` or a ``false_alarm_rate``, :class:`FewShotPreparation` finds, before a test or a prediction
+scores its first image, every category it will score. For each one without references made under the same options
+(a loaded checkpoint's are reused), it draws normal images of that category, never test images:
+
+- from ``few_shot_source``: a folder of normal images (one category), or one sub-folder per category named as its
+  class name; otherwise
+- from the datamodule's training split: ``ZeroShotCrossDataset``'s target categories (MVTec AD / VisA
+  ``train/good``; the datamodules' training subsets), or any anomalib datamodule's ``train_data`` (MVTec AD's
+  ``train/good``, ``Folder``'s ``normal_dir`` images that anomalib kept for training).
+
+A generator seeded with ``eval_seed`` permutes the category's candidates (sorted paths): the first ``k_shot`` are the
+references (so 1 reference is among 2, and 2 among 4), the last ``calibration_images`` calibrate the thresholds, and
+there must be enough candidates for both. The references' patch tokens (the same frozen CLIP pass) become the
+category's memory; the calibration images are scored with it, and the post-processor's conformal rules turn their
+scores into the category's thresholds. Both are saved with the head in the checkpoints written afterwards.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from anomalib.data.utils import LabelName, read_image
+from lightning.pytorch import Callback, LightningModule, Trainer
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from anomalib_bayes_pfl.data.validation import check_image_files, file_pairs
+from anomalib_bayes_pfl.model.post_processor import conformal_image_threshold, conformal_pixel_threshold
+from anomalib_bayes_pfl.model.references import CategoryReferences, memory_tokens
+
+if TYPE_CHECKING:
+    from anomalib_bayes_pfl.model.lightning_model import BayesPFL
+
+logger = logging.getLogger(__name__)
+
+ENCODE_BATCH_SIZE = 8
+
+
+def _images_in(folder: Path) -> list[str]:
+    return sorted(str(path) for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS)
+
+
+def source_images(source: str, category: str, categories: Sequence[str]) -> list[str]:
+    """The normal images that ``few_shot_source`` holds for ``category`` (``categories``: all that are scored).
+
+    Raises:
+        FileNotFoundError: If the folder does not exist, or holds no images for ``category``.
+    """
+    folder = Path(source).expanduser()
+    if not folder.is_dir():
+        msg = f"--model.few_shot_source {source} is not a folder; give a folder of normal images of the category."
+        raise FileNotFoundError(msg)
+    if (folder / category).is_dir():
+        return _images_in(folder / category)
+    flat = _images_in(folder)
+    if flat and len(set(categories)) == 1:
+        return flat
+    msg = (
+        f"--model.few_shot_source {source} holds no normal images of '{category}': give a folder of normal images when "
+        f"one category is scored, or one sub-folder per category named as its class name ({sorted(set(categories))})."
+    )
+    raise FileNotFoundError(msg)
+
+
+def datamodule_images(datamodule: Any, category: str, class_names_of: Any) -> list[str]:
+    """The normal training images of ``category`` that the datamodule holds (none without a training split).
+
+    ``ZeroShotCrossDataset`` lists its target categories' (its own training split is the auxiliary dataset); other
+    datamodules' ``train_data`` is read. ``class_names_of`` gives each image's class name, as the model would.
+    """
+    listed = getattr(datamodule, "few_shot_candidates", None)
+    if listed is not None:
+        normal = listed()
+    else:
+        samples = getattr(getattr(datamodule, "train_data", None), "samples", None)
+        normal = [] if samples is None else list(samples.image_path[samples.label_index == LabelName.NORMAL])
+    normal = [str(path) for path in normal]
+    return sorted(path for path, name in zip(normal, class_names_of(normal), strict=True) if name == category)
+
+
+def draw(candidates: Sequence[str], k_shot: int, calibration_images: int, seed: int) -> tuple[list[str], list[str]]:
+    """The references (first ``k_shot``) and calibration images (last ``calibration_images``) of a seeded permutation.
+
+    Raises:
+        ValueError: If there are fewer candidates than both need.
+    """
+    needed = k_shot + calibration_images
+    if len(candidates) < needed:
+        raise ValueError(str(needed))
+    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [sorted(candidates)[index] for index in order]
+    return shuffled[:k_shot], shuffled[len(shuffled) - calibration_images :]
+
+
+class FewShotPreparation(Callback):
+    """Give every category a run scores its references and calibrated thresholds before its first image is scored.
+
+    Validation, which a zero- or few-shot model runs only so that anomalib's Engine writes its checkpoint, prepares
+    the categories of the datamodule's test split, so that the checkpoint carries them.
+    """
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prepare the test categories, so that the checkpoint written at the end of validation holds them."""
+        test_data = getattr(getattr(trainer, "datamodule", None), "test_data", None)
+        if test_data is not None and not trainer.sanity_checking:
+            self.prepare(trainer, pl_module, [image for image, _ in file_pairs(test_data)])
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prepare the categories of the test images."""
+        self.prepare(trainer, pl_module, _loader_images(trainer.test_dataloaders))
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Prepare the categories of the images to predict (loose files: the class name's)."""
+        self.prepare(trainer, pl_module, _loader_images(trainer.predict_dataloaders))
+
+    @staticmethod
+    def prepare(trainer: Trainer, pl_module: "BayesPFL", scored_images: list[str]) -> None:
+        """Draw, memorise and calibrate each category of ``scored_images`` that needs it."""
+        options = pl_module.options
+        k_shot, false_alarm_rate = options["k_shot"], options["false_alarm_rate"]
+        if not k_shot and false_alarm_rate is None:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        names = pl_module.class_names_of(scored_images if datamodule is not None else None, len(scored_images))
+        categories = sorted(set(names))
+        excluded = {str(Path(path).resolve()) for path in scored_images}
+        settings = pl_module.reference_settings()
+        for category in categories:
+            if pl_module.model.references.matches(category, settings):
+                logger.info("Category '%s': using the references and thresholds stored with the head.", category)
+                continue
+            source = options["few_shot_source"]
+            candidates = (
+                source_images(source, category, categories)
+                if source is not None
+                else datamodule_images(datamodule, category, lambda paths: pl_module.class_names_of(paths, len(paths)))
+            )
+            overlap = [path for path in candidates if str(Path(path).resolve()) in excluded]
+            if overlap and source is not None:
+                msg = (
+                    f"--model.few_shot_source {source} holds images that are also scored ({overlap[:3]}); few-shot "
+                    f"references and calibration images must not be test images."
+                )
+                raise ValueError(msg)
+            candidates = [path for path in candidates if path not in overlap]
+            _prepare_category(pl_module, category, candidates, settings, source)
+
+
+def _loader_images(loaders: Any) -> list[str]:
+    loaders = loaders if isinstance(loaders, list) else [loaders]
+    return [image for loader in loaders for image, _ in file_pairs(loader.dataset)]
+
+
+def _prepare_category(
+    pl_module: "BayesPFL", category: str, candidates: list[str], settings: dict[str, Any], source: str | None
+) -> None:
+    options = pl_module.options
+    k_shot, false_alarm_rate = options["k_shot"], options["false_alarm_rate"]
+    calibration_count = options["calibration_images"] if false_alarm_rate is not None else 0
+    try:
+        references, calibration = draw(candidates, k_shot, calibration_count, options["eval_seed"])
+    except ValueError as error:
+        where = f"--model.few_shot_source {source}" if source else "the datamodule's training split"
+        msg = (
+            f"category '{category}' needs {error} normal images ({k_shot} references + {calibration_count} "
+            f"calibration images), and {where} holds {len(candidates)}. Give a folder of its normal images with "
+            f"--model.few_shot_source (one sub-folder per category for several), or lower --model.k_shot / "
+            f"--model.calibration_images."
+        )
+        raise ValueError(msg) from None
+    check_image_files((path, None) for path in [*references, *calibration])
+    model = pl_module.model
+    tokens = []
+    if references:
+        patch_tokens = [model.encode_images(images).patch_tokens for images in _batches(pl_module, references)]
+        tokens = memory_tokens([torch.cat(layer) for layer in zip(*patch_tokens, strict=True)])
+    stored = CategoryReferences(tokens, dict(settings), references, calibration)
+    model.references.set(category, stored)
+    if calibration:
+        scores = [model.score(images, [category] * len(images)) for images in _batches(pl_module, calibration)]
+        image_scores = torch.cat([score.pred_score for score in scores]).cpu()
+        maps = torch.cat([score.anomaly_map for score in scores]).cpu()
+        stored.image_threshold = conformal_image_threshold(image_scores, false_alarm_rate)
+        stored.pixel_threshold = conformal_pixel_threshold(maps, false_alarm_rate)
+    logger.info(
+        "Category '%s': %d reference image(s) %s, %d calibration image(s)%s, drawn with eval_seed %d from %s.",
+        category,
+        len(references),
+        references,
+        len(calibration),
+        f" -> image threshold {stored.image_threshold:.6f}, pixel threshold {stored.pixel_threshold:.6f} for a "
+        f"false-alarm rate of {false_alarm_rate}"
+        if calibration
+        else "",
+        options["eval_seed"],
+        source or "the datamodule's training split",
+    )
+
+
+def _batches(pl_module: "BayesPFL", paths: list[str]) -> list[torch.Tensor]:
+    """The images at ``paths``, pre-processed like test images, in batches on the model's device."""
+    transform = pl_module.pre_processor.transform if pl_module.pre_processor else None
+    batches = []
+    for start in range(0, len(paths), ENCODE_BATCH_SIZE):
+        images = []
+        for path in paths[start : start + ENCODE_BATCH_SIZE]:
+            image = read_image(path, as_tensor=True).unsqueeze(0)
+            images.append(transform(image) if transform is not None else image)
+        batches.append(torch.cat(images).to(pl_module.device))
+    return batches
