@@ -150,6 +150,7 @@ class FewShotPreparation(Callback):
                 raise ValueError(msg)
             candidates = [path for path in candidates if path not in overlap]
             _prepare_category(pl_module, category, candidates, settings, source)
+        pl_module.apply_export_thresholds()
 
 
 def _loader_images(loaders: Any) -> list[str]:

@@ -18,7 +18,7 @@ mean; its ``dataset`` column names each row's dataset.
 The labels are judged too: each category's ``image_threshold`` and ``pixel_threshold`` (calibrated ones with a
 ``false_alarm_rate``), the share of its normal test images labelled anomalous (``image_false_alarm_rate``), the
 share of its anomalous ones found (``image_recall``) and the share of the pixels of its normal test images flagged
-(``pixel_false_alarm_rate``). Mean rows leave the thresholds empty.
+(``pixel_false_alarm_rate``, for categories with masks). Mean rows average every column, thresholds included.
 """
 
 import logging
@@ -41,6 +41,7 @@ CSV_NAME = "per_category_metrics.csv"
 MEAN_ROW = "mean"
 UNKNOWN_CATEGORY = "all"
 THRESHOLD_COLUMNS = ("image_threshold", "pixel_threshold")
+LABEL_COUNTS = 4
 
 
 def zero_shot_metrics() -> list[AnomalibMetric]:
@@ -66,8 +67,10 @@ def _metric_batch(**fields: torch.Tensor | None) -> ImageBatch:
 
 
 def _label_counts(batch: ImageBatch, labels: torch.Tensor) -> torch.Tensor:
-    """Normal and anomalous images labelled anomalous; flagged and all pixels of the normal images."""
-    flagged = batch.pred_label.cpu().bool() if batch.pred_label is not None else torch.zeros_like(labels, dtype=bool)
+    """Normal and anomalous images labelled anomalous; flagged and all pixels of the normal images (-1: no labels)."""
+    if batch.pred_label is None:
+        return torch.full((LABEL_COUNTS,), -1)
+    flagged = batch.pred_label.cpu().bool()
     normal = labels == 0
     normal_masks = batch.pred_mask[normal.to(batch.pred_mask.device)] if batch.pred_mask is not None else None
     return torch.tensor(
@@ -157,7 +160,7 @@ class PerCategoryMetrics(Callback):
             masked = len(index) if subset.gt_mask is not None else 0
             counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels, masked])
             counts = torch.cat([counts, _label_counts(subset, labels)])
-            self.counts[key] = self.counts.get(key, torch.zeros(len(counts), dtype=torch.long)) + counts
+            self.counts[key] = counts if key not in self.counts else self.counts[key] + counts
             thresholds_of = getattr(pl_module, "thresholds_of", None)
             if thresholds_of is not None and key not in self.thresholds:
                 first = int(index[0])
@@ -193,12 +196,14 @@ class PerCategoryMetrics(Callback):
             row[metric.name] = float("nan") if value is None else float(value)
             if value is None:
                 undefined.setdefault(reason or "no values", []).append(metric.name)
-        if key in self.thresholds:
-            row.update(dict(zip(THRESHOLD_COLUMNS, self.thresholds[key], strict=True)))
-        row["image_false_alarm_rate"] = false_alarms / normal if normal else float("nan")
-        row["image_recall"] = found / anomalous if anomalous else float("nan")
-        if masked or normal_pixels:
-            row["pixel_false_alarm_rate"] = flagged_pixels / normal_pixels if normal_pixels else float("nan")
+        if key in self.thresholds:  # pixel labels, like pixel metrics, are judged only against masks
+            thresholds = dict(zip(THRESHOLD_COLUMNS, self.thresholds[key], strict=True))
+            row.update({name: value for name, value in thresholds.items() if masked or not name.startswith("pixel_")})
+        if false_alarms >= 0:  # the model labelled the images
+            row["image_false_alarm_rate"] = false_alarms / normal if normal else float("nan")
+            row["image_recall"] = found / anomalous if anomalous else float("nan")
+            if masked:
+                row["pixel_false_alarm_rate"] = flagged_pixels / normal_pixels if normal_pixels else float("nan")
         for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
                 "Category %s: %s cannot be computed (%s); the table shows NaN.", name, ", ".join(names), reason
@@ -287,8 +292,7 @@ def _with_means(table: pd.DataFrame) -> pd.DataFrame:
 
     A mean row's ``images`` counts every image it covers (each scored exactly once, also across processes).
     """
-    categories = table.copy()
-    metrics = table.columns.drop(["dataset", "images", *(name for name in THRESHOLD_COLUMNS if name in table)])
+    categories, metrics = table.copy(), table.columns.drop(["dataset", "images"])
     datasets = list(dict.fromkeys(categories.dataset))
     per_dataset = datasets if len(datasets) > 1 else []
     groups = {f"{MEAN_ROW} {name}": categories[categories.dataset == name] for name in per_dataset}

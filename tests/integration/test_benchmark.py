@@ -144,7 +144,8 @@ def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
     config["accelerator"] = ["cpu"]
     bayes_pfl = config["benchmark"]["model"]["grid"][0]
     assert bayes_pfl["class_path"] == "BayesPFL"
-    bayes_pfl["init_args"] = {**TINY_ARGUMENTS, "prompt_weights": str(checkpoint)}
+    assert bayes_pfl["init_args"]["k_shot"] == {"grid": [0, 4]}
+    bayes_pfl["init_args"] = {**TINY_ARGUMENTS, "prompt_weights": str(checkpoint), "k_shot": {"grid": [0, 4]}}
     padim = {"class_path": "Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}}
     config["benchmark"]["model"]["grid"] = [bayes_pfl, padim]
     config["benchmark"]["data"]["init_args"].update(root=str(mvtec), num_workers=0, train_batch_size=4)
@@ -155,12 +156,18 @@ def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
     assert result.returncode == 0, result.stderr[-3000:]
     results = pd.read_csv(table)
     assert results["error"].isna().all(), results["error"]
-    rows = results.set_index(["model.class_path", "data.init_args.category"])
+    shots = results["model.init_args.k_shot"].fillna(-1).astype(int)
+    rows = results.set_index(["model.class_path", "data.init_args.category", shots.rename("k_shot")])
     assert sorted(rows.index) == [
-        ("BayesPFL", "bottle"),
-        ("BayesPFL", "metal_nut"),
-        ("Padim", "bottle"),
-        ("Padim", "metal_nut"),
+        ("BayesPFL", "bottle", 0),
+        ("BayesPFL", "bottle", 4),
+        ("BayesPFL", "metal_nut", 0),
+        ("BayesPFL", "metal_nut", 4),
+        ("Padim", "bottle", -1),
+        ("Padim", "metal_nut", -1),
     ]
     assert rows["image_AUROC"].between(0, 1).all()
     assert rows.loc["BayesPFL", "category_mean_image_AUROC"].between(0, 1).all()
+    bayes_pfl_rows = rows.loc["BayesPFL"]
+    for category in ("bottle", "metal_nut"):  # the memory changes the scores
+        assert bayes_pfl_rows.loc[(category, 0), "pixel_AUROC"] != bayes_pfl_rows.loc[(category, 4), "pixel_AUROC"]

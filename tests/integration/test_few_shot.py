@@ -1,0 +1,194 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Few-shot references and calibrated thresholds through anomalib's Engine, on categories the head never saw."""
+
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from anomalib import LearningType
+from anomalib.data import MVTecAD, PredictDataset
+from anomalib.engine import Engine
+from lightning.pytorch import seed_everything
+
+from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
+from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.metrics import CSV_NAME, MEAN_ROW
+
+from ..unit.test_lightning_model import tiny_module
+
+pytestmark = pytest.mark.slow
+
+UNSEEN = ["tile_c", "tile_d"]
+SCORE_COLUMNS = ["image_AUROC", "image_AUPR", "pixel_AUROC", "pixel_AUPRO"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return write_tree(
+        tmp_path_factory.mktemp("few_shot"), ["tile_a", "tile_b", *UNSEEN], num_train=12, seed=3, num_test_good=6
+    )
+
+
+def _data(tree: Path, **kwargs) -> ZeroShotCrossDataset:
+    return ZeroShotCrossDataset(
+        auxiliary_root=str(tree),
+        auxiliary_format="mvtec",
+        auxiliary_categories=["tile_a", "tile_b"],
+        target_root=str(tree),
+        target_format="mvtec",
+        target_categories=UNSEEN,
+        train_batch_size=2,
+        eval_batch_size=4,
+        num_workers=0,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory, tiny_clip_path, tree) -> Path:
+    """A head trained on tile_a and tile_b: tile_c and tile_d are unseen."""
+    seed_everything(0)
+    root = tmp_path_factory.mktemp("head")
+    module = tiny_module(tiny_clip_path, stage_one_epochs=2, stage_two_epochs=1)
+    Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False).train(module, datamodule=_data(tree))
+    return next(root.rglob("model.ckpt"))
+
+
+def _test(root: Path, module: BayesPFL, datamodule, **kwargs) -> pd.DataFrame:
+    Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False).test(
+        module, datamodule=datamodule, **kwargs
+    )
+    return pd.read_csv(next(root.rglob(CSV_NAME)), index_col="category")
+
+
+def test_four_shot_beats_zero_shot_on_unseen_categories(head, tiny_clip_path, tree, tmp_path):
+    """Mean pixel AUROC over the unseen categories gains at least 0.2 with 4 references (seeds fixed).
+
+    Measured: 0.348 zero-shot, 0.827 with 4 shots, for this tiny head trained for 3 epochs on two other categories.
+    """
+    zero = _test(tmp_path / "zero", tiny_module(tiny_clip_path, prompt_weights=str(head)), _data(tree))
+    few = _test(tmp_path / "four", tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=4), _data(tree))
+    zero_shot, four_shot = zero.loc[MEAN_ROW, "pixel_AUROC"], few.loc[MEAN_ROW, "pixel_AUROC"]
+    print(f"mean pixel AUROC: 0-shot {zero_shot:.3f}, 4-shot {four_shot:.3f}")
+    assert four_shot >= zero_shot + 0.2
+
+
+def test_calibration_sets_thresholds_and_never_changes_scores(head, tiny_clip_path, tree, tmp_path):
+    options = {"prompt_weights": str(head), "k_shot": 2}
+    plain = _test(tmp_path / "plain", tiny_module(tiny_clip_path, **options), _data(tree))
+    module = tiny_module(tiny_clip_path, **options, false_alarm_rate=0.25, calibration_images=6)
+    calibrated = _test(tmp_path / "calibrated", module, _data(tree))
+    pd.testing.assert_frame_equal(plain[SCORE_COLUMNS], calibrated[SCORE_COLUMNS])
+    assert (plain.loc[UNSEEN, "image_threshold"] == 0.5).all()
+    thresholds = calibrated.loc[UNSEEN, "image_threshold"]
+    assert thresholds.between(0, 1).all()
+    assert (thresholds != 0.5).all()
+    assert calibrated.loc[MEAN_ROW, "image_threshold"] == pytest.approx(thresholds.mean())
+    for category in UNSEEN:
+        stored = module.model.references.get(category)
+        assert stored.image_threshold == pytest.approx(calibrated.loc[category, "image_threshold"])
+        assert stored.pixel_threshold == pytest.approx(calibrated.loc[category, "pixel_threshold"])
+        # References and calibration images: normal training images, disjoint, never test images.
+        chosen = [*stored.reference_images, *stored.calibration_images]
+        assert len(stored.reference_images) == 2
+        assert len(stored.calibration_images) == 6
+        assert len(set(chosen)) == 8
+        assert all(Path(path).parent == tree / category / "train" / "good" for path in chosen)
+
+
+def test_references_are_nested_in_k_and_independent_of_calibration(head, tiny_clip_path, tree, tmp_path):
+    chosen = {}
+    for k_shot, rate in ((1, None), (2, None), (4, None), (4, 0.25)):
+        module = tiny_module(
+            tiny_clip_path, prompt_weights=str(head), k_shot=k_shot, false_alarm_rate=rate, calibration_images=6
+        )
+        _test(tmp_path / f"{k_shot}_{rate}", module, _data(tree))
+        chosen[k_shot, rate] = module.model.references.get("tile_c").reference_images
+    assert chosen[1, None] == chosen[2, None][:1]
+    assert chosen[2, None] == chosen[4, None][:2]
+    assert chosen[4, None] == chosen[4, 0.25]
+
+
+def test_checkpoint_carries_references_and_thresholds_into_test(head, tiny_clip_path, tree, tmp_path, caplog):
+    """``anomalib train`` of a loaded head with k_shot is FEW_SHOT; its checkpoint tests identically, reusing them."""
+    module = tiny_module(
+        tiny_clip_path, prompt_weights=str(head), k_shot=2, false_alarm_rate=0.25, calibration_images=6
+    )
+    assert module.learning_type == LearningType.FEW_SHOT
+    root = tmp_path / "train"
+    Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False).train(module, datamodule=_data(tree))
+    first = pd.read_csv(next(root.rglob(CSV_NAME)), index_col="category")
+    checkpoint = next(root.rglob("model.ckpt"))
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]["model._extra_state"]
+    assert sorted(stored["references"]) == UNSEEN
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        again = _test(tmp_path / "again", BayesPFL(), _data(tree), ckpt_path=str(checkpoint))
+    pd.testing.assert_frame_equal(first, again)
+    assert "using the references and thresholds stored with the head" in caplog.text
+    assert "reference image(s)" not in caplog.text  # nothing was drawn again
+
+
+def test_k_shot_zero_on_a_few_shot_checkpoint_scores_zero_shot(head, tiny_clip_path, tree, tmp_path):
+    zero = _test(tmp_path / "zero", tiny_module(tiny_clip_path, prompt_weights=str(head)), _data(tree))
+    module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=2)
+    root = tmp_path / "few"
+    Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False).train(module, datamodule=_data(tree))
+    checkpoint = next(root.rglob("model.ckpt"))
+    again = _test(tmp_path / "again", BayesPFL(k_shot=0), _data(tree), ckpt_path=str(checkpoint))
+    pd.testing.assert_frame_equal(zero[SCORE_COLUMNS], again[SCORE_COLUMNS])
+
+
+def test_anomalib_datamodule_gives_references_from_its_training_split(head, tiny_clip_path, tree, tmp_path):
+    module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=3)
+    datamodule = MVTecAD(root=tree, category="tile_d", eval_batch_size=4, num_workers=0)
+    table = _test(tmp_path, module, datamodule)
+    assert list(table.index) == ["tile_d", MEAN_ROW]
+    assert all("/train/good/" in path for path in module.model.references.get("tile_d").reference_images)
+
+
+def test_predict_on_loose_files_uses_a_few_shot_source_and_calibrated_labels(head, tiny_clip_path, tree, tmp_path):
+    source = tmp_path / "good_parts"
+    shutil.copytree(tree / "tile_c" / "train" / "good", source)
+    module = BayesPFL(
+        class_name="tile", k_shot=2, false_alarm_rate=0.25, calibration_images=6, few_shot_source=str(source)
+    )
+    engine = Engine(default_root_dir=tmp_path / "predict", accelerator="cpu", devices=1, logger=False)
+    loose_files = PredictDataset(tree / "tile_c" / "test" / "defect")
+    predictions = engine.predict(module, dataset=loose_files, ckpt_path=str(head))
+    stored = module.model.references.get("tile")
+    assert all(Path(path).parent == source for path in stored.reference_images)
+    for batch in predictions:
+        assert torch.equal(batch.pred_label, batch.pred_score > stored.image_threshold)
+        assert torch.equal(batch.pred_mask, batch.anomaly_map > stored.pixel_threshold)
+    assert module.post_processor.thresholds == pytest.approx((stored.image_threshold, stored.pixel_threshold))
+
+
+def test_a_few_shot_source_holding_test_images_is_refused(head, tiny_clip_path, tree, tmp_path):
+    source = tree / "tile_c" / "test" / "good"
+    module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=2, few_shot_source=str(source))
+    datamodule = MVTecAD(root=tree, category="tile_c", eval_batch_size=4, num_workers=0)
+    with pytest.raises(ValueError, match=r"references and calibration images must not be test images"):
+        _test(tmp_path, module, datamodule)
+
+
+def test_a_flat_few_shot_source_cannot_serve_several_categories(head, tiny_clip_path, tree, tmp_path):
+    source = tree / "tile_c" / "train" / "good"
+    module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=2, few_shot_source=str(source))
+    with pytest.raises(FileNotFoundError, match=r"holds no normal images of 'tile_c'.*one sub-folder per category"):
+        _test(tmp_path, module, _data(tree))
+
+
+def test_too_few_normal_images_name_the_counts_and_the_fix(head, tiny_clip_path, tree, tmp_path):
+    module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=4, false_alarm_rate=0.1, calibration_images=9)
+    with pytest.raises(ValueError, match=r"'tile_c' needs 13 normal images \(4 references \+ 9 calibration.*holds 12"):
+        _test(tmp_path, module, _data(tree))
+
+
+def test_a_fixed_threshold_and_a_false_alarm_rate_are_refused_together(tiny_clip_path):
+    with pytest.raises(ValueError, match=r"--model.image_threshold and a calibrated false-alarm rate"):
+        tiny_module(tiny_clip_path, image_threshold=0.3, false_alarm_rate=0.1)
