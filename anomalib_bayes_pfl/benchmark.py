@@ -23,7 +23,7 @@ table and the CSV path, then names the failed jobs and exits 1 if there are any;
 import logging
 import sys
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -177,8 +177,30 @@ class ZeroShotCapableJobGenerator(BenchmarkJobGenerator):
     ) -> Generator[ZeroShotCapableBenchmarkJob, None, None]:
         """The grid's jobs; they build their own models, so that nothing raised here can drop another job's row."""
         del previous_stage_result  # a single-stage pipeline
-        for config in get_iterator_from_grid_dict(args):
+        for config in grid_points(args):
             yield ZeroShotCapableBenchmarkJob(self.accelerator, config["seed"], config)
+
+
+def _plain(value: Any) -> Any:
+    """Mappings and sequences of a parsed config (OmegaConf's included) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return [_plain(item) for item in value]
+    return value
+
+
+def grid_points(container: dict) -> Iterator[dict]:
+    """Every point of the grid, grids inside a chosen grid item included (one model's ``k_shot: {grid: [0, 4]}``).
+
+    anomalib expands the outer grids only, and would hand such a model its ``{grid: ...}`` as a value.
+    """
+    for config in get_iterator_from_grid_dict(container):
+        config = _plain(config)
+        if any(key == "grid" or key.endswith(".grid") for key in flatten_dict(config)):
+            yield from grid_points(config)
+        else:
+            yield config
 
 
 class ZeroShotCapableBenchmark(Benchmark):

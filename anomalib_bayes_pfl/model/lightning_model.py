@@ -15,7 +15,7 @@ Engine only evaluates). Scoring options left unset come from the checkpoint that
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -210,8 +210,6 @@ class BayesPFL(AnomalibModule):
             raise ValueError(msg)
         self.synthetic_anomalies = SyntheticAnomalies(synthetic_anomalies)
         self._given_options = given
-        # Loading a checkpoint's state (the references' thresholds among it) sets the labels of exported models.
-        self.register_load_state_dict_post_hook(lambda module, _: module.apply_export_thresholds())
         self._apply_options(options)
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
         self.iad_log_det_per_batch = iad_log_det_per_batch
@@ -251,6 +249,12 @@ class BayesPFL(AnomalibModule):
         if self.is_built:
             self.model.few_shot = options["k_shot"] > 0
         self.apply_export_thresholds()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load the state, then label exported models with the thresholds it holds (a checkpoint's references)."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.apply_export_thresholds()
+        return result
 
     def reference_settings(self) -> dict[str, Any]:
         """The options that a category's stored references and thresholds must have been made under to be reused."""
