@@ -294,8 +294,7 @@ class BayesPFLModel(nn.Module):
         )
         pred_score = image_probability(image_logits)
         if self.few_shot if few_shot is None else few_shot:
-            names = list(class_names) if class_names is not None else [self.default_class_name] * images.shape[0]
-            patch_scores = self.references.patch_scores(features.patch_tokens, names)
+            patch_scores = self.references.patch_scores(features.patch_tokens, class_names, self.default_class_name)
             pred_score, raw_map = fuse_few_shot(pred_score, raw_map, patch_scores)
         return BayesPFLScores(pred_score, smooth(raw_map, self.config.scoring.smoothing_sigma), raw_map)
 

@@ -192,3 +192,54 @@ def test_too_few_normal_images_name_the_counts_and_the_fix(head, tiny_clip_path,
 def test_a_fixed_threshold_and_a_false_alarm_rate_are_refused_together(tiny_clip_path):
     with pytest.raises(ValueError, match=r"--model.image_threshold and a calibrated false-alarm rate"):
         tiny_module(tiny_clip_path, image_threshold=0.3, false_alarm_rate=0.1)
+
+
+@pytest.fixture(scope="module")
+def few_shot_checkpoint(head, tiny_clip_path, tree, tmp_path_factory) -> Path:
+    """A checkpoint with 2-shot references and thresholds calibrated for 0.25 on 6 images, for tile_c and tile_d."""
+    module = tiny_module(
+        tiny_clip_path, prompt_weights=str(head), k_shot=2, false_alarm_rate=0.25, calibration_images=6
+    )
+    root = tmp_path_factory.mktemp("few_shot_checkpoint")
+    Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False).train(module, datamodule=_data(tree))
+    return next(root.rglob("model.ckpt"))
+
+
+@pytest.mark.parametrize("export_type", ["torch", "onnx"])
+def test_exported_model_scores_and_labels_with_its_class_references(few_shot_checkpoint, tree, tmp_path, export_type):
+    """Exported for one class name, the model fuses that class's references and labels with its thresholds."""
+    from anomalib.data.utils import read_image
+
+    module = BayesPFL(class_name="tile_d", prompt_weights=str(few_shot_checkpoint)).eval()
+    stored = module.model.references.get("tile_d")
+    assert module.post_processor.thresholds == pytest.approx((stored.image_threshold, stored.pixel_threshold))
+    paths = sorted((tree / "tile_d" / "test").rglob("*.png"))[:3]
+    images = torch.stack([read_image(path, as_tensor=True) for path in paths])
+    if export_type == "torch":
+        exported = torch.load(module.to_torch(tmp_path), weights_only=False)["model"].eval()
+    else:
+        import onnxruntime as ort  # in the test extra
+
+        session = ort.InferenceSession(str(module.to_onnx(tmp_path, input_size=(64, 64), opset_version=18)))
+        names = [output.name for output in session.get_outputs()]
+    for batch in (images[:1], images):  # the batch size stays dynamic
+        if export_type == "torch":
+            with torch.no_grad():
+                output = exported(batch)
+            fields = ("pred_score", "anomaly_map", "pred_label", "pred_mask")
+            outputs = {name: getattr(output, name) for name in fields}
+        else:
+            values = session.run(None, {"input": batch.numpy()})
+            outputs = {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
+        with torch.no_grad():
+            expected = module.model.score(module.pre_processor.transform(batch), ["tile_d"] * len(batch), few_shot=True)
+        torch.testing.assert_close(outputs["pred_score"], expected.pred_score, rtol=0, atol=1e-5)
+        torch.testing.assert_close(outputs["anomaly_map"].squeeze(1), expected.anomaly_map, rtol=0, atol=1e-5)
+        assert torch.equal(outputs["pred_label"].flatten(), expected.pred_score > stored.image_threshold)
+        assert torch.equal(outputs["pred_mask"].squeeze(1), expected.anomaly_map > stored.pixel_threshold)
+
+
+def test_an_exported_class_without_references_is_refused_by_name(few_shot_checkpoint, tmp_path):
+    module = BayesPFL(class_name="gear", prompt_weights=str(few_shot_checkpoint)).eval()
+    with pytest.raises(KeyError, match=r"no few-shot references for category 'gear'.*\['tile_c', 'tile_d'\]"):
+        module.to_torch(tmp_path) and module(torch.rand(1, 3, 64, 64))

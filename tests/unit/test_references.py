@@ -41,15 +41,26 @@ def test_patch_scores_are_the_distance_to_the_nearest_reference_patch_of_the_cat
     references = [torch.randn(3, 16, 8) for _ in range(2)]  # k=3 references, 4x4 patches, 2 layers
     tokens = [torch.randn(2, 16, 8) for _ in range(2)]
     memory = _memory(tile=references)
-    scores = memory.patch_scores(tokens, ["tile", "tile"])
+    scores = memory.patch_scores(tokens, ["tile", "tile"], "object")
     assert scores.shape == (2, 4, 4)
     torch.testing.assert_close(scores.flatten(1), _brute_force(tokens, references), atol=1e-6, rtol=0)
+
+
+def test_patch_blocks_and_a_default_class_name_give_the_same_scores():
+    """More patches than one block (18 x 18 > 256): the blocks join up; ``None`` is the default name for all."""
+    torch.manual_seed(2)
+    references = [torch.randn(2, 324, 8), torch.randn(2, 324, 8)]
+    tokens = [torch.randn(3, 324, 8), torch.randn(3, 324, 8)]
+    memory = _memory(tile=references)
+    by_name = memory.patch_scores(tokens, ["tile"] * 3, "object")
+    torch.testing.assert_close(by_name.flatten(1), _brute_force(tokens, references), atol=1e-6, rtol=0)
+    assert torch.equal(memory.patch_scores(tokens, None, "tile"), by_name)
 
 
 def test_a_reference_patch_scores_zero_and_an_opposite_one_scores_one():
     references = [torch.randn(1, 1, 8)]  # one reference image of one patch
     memory = _memory(tile=references)
-    scores = memory.patch_scores([torch.cat([3 * references[0], -references[0]])], ["tile", "tile"]).flatten()
+    scores = memory.patch_scores([torch.cat([3 * references[0], -references[0]])], None, "tile").flatten()
     torch.testing.assert_close(scores, torch.tensor([0.0, 1.0]), atol=1e-3, rtol=0)
 
 
@@ -58,7 +69,7 @@ def test_each_image_of_a_mixed_batch_uses_its_own_category():
     first, second = [torch.randn(2, 9, 8)], [torch.randn(2, 9, 8)]
     memory = _memory(first=first, second=second)
     tokens = [torch.randn(3, 9, 8)]
-    mixed = memory.patch_scores(tokens, ["first", "second", "first"])
+    mixed = memory.patch_scores(tokens, ["first", "second", "first"], "object")
     torch.testing.assert_close(mixed[[0, 2]].flatten(1), _brute_force([tokens[0][[0, 2]]], first))
     torch.testing.assert_close(mixed[[1]].flatten(1), _brute_force([tokens[0][[1]]], second))
 
@@ -66,7 +77,7 @@ def test_each_image_of_a_mixed_batch_uses_its_own_category():
 def test_a_category_without_references_is_refused_with_the_known_ones():
     memory = _memory(tile=[torch.randn(1, 4, 8)])
     with pytest.raises(KeyError, match=r"no few-shot references for category 'bottle'.*\['tile'\].*few_shot_source"):
-        memory.patch_scores([torch.randn(1, 4, 8)], ["bottle"])
+        memory.patch_scores([torch.randn(1, 4, 8)], ["bottle"], "object")
 
 
 def test_fusion_is_the_mean_of_prompt_and_few_shot_scores():
