@@ -5,12 +5,12 @@
 
 Builds the default configuration (ViT-L-14-336 with random weights, 518 px, R = 10; compute does not depend on weight
 values), gives the batch's category a memory of k reference images (k = 1 and 4 by default), and prints JSON lines:
-inference per image at batch 1 and ``batch_size`` with k = 0 (zero-shot) and each k, interleaved round by round so
-that all see the same machine state, with each k's ratio to zero-shot; the bytes that each category's references add
+inference per image at batch 1 and ``batch_size`` with k = 0 (zero-shot) and each k, interleaved round by round (the
+order rotating) so that all see the same machine state, with each k's ratio to zero-shot; the bytes that each category's references add
 to a checkpoint; and the peak memory of zero-shot and few-shot inference (process RSS on CPU, allocated memory on
 CUDA). Times are medians of ``repeats`` rounds after ``warmup`` rounds.
 
-    python benchmarks/bench_few_shot.py --threads 2
+    python benchmarks/bench_few_shot.py --threads 2 --repeats 5
 """
 
 import io
@@ -93,7 +93,8 @@ def main(
         times: dict[int, list[float]] = {k_shot: [] for k_shot in (0, *shots)}
         with torch.no_grad():
             for round_index in range(warmup + repeats):
-                for k_shot in times:
+                order = list(times)[round_index % len(times) :] + list(times)[: round_index % len(times)]
+                for k_shot in order:  # each k in each position of the round, in turn
                     seconds = run(size, k_shot)
                     if round_index >= warmup:
                         times[k_shot].append(seconds)

@@ -49,7 +49,7 @@ from .command_line import seed_from_command_line, warn_that_export_ignores_model
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 from .loss import BayesPFLLoss, LossTerms
 from .options import AUTO, PAPER_DEFAULTS, plain_number, resolve_options, stored_options
-from .post_processor import ProbabilityPostProcessor
+from .post_processor import ProbabilityPostProcessor, minimum_calibration_images
 from .reference_checkpoint import load_head_weights
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
 
@@ -559,4 +559,10 @@ def _check_options(options: dict[str, Any]) -> None:
     rate = options["false_alarm_rate"]
     if rate is not None and not 0 < rate < 1:
         msg = f"false_alarm_rate must be in (0, 1), got {rate}."
+        raise ValueError(msg)
+    if rate is not None and options["calibration_images"] < minimum_calibration_images(rate):
+        msg = (
+            f"a false-alarm rate of {rate} needs at least {minimum_calibration_images(rate)} calibration images per "
+            f"category, got calibration_images={options['calibration_images']}; raise it or the false-alarm rate."
+        )
         raise ValueError(msg)

@@ -189,9 +189,11 @@ def test_too_few_normal_images_name_the_counts_and_the_fix(head, tiny_clip_path,
         _test(tmp_path, module, _data(tree))
 
 
-def test_a_fixed_threshold_and_a_false_alarm_rate_are_refused_together(tiny_clip_path):
+def test_contradicting_or_too_small_calibration_options_are_refused_at_once(tiny_clip_path):
     with pytest.raises(ValueError, match=r"--model.image_threshold and a calibrated false-alarm rate"):
         tiny_module(tiny_clip_path, image_threshold=0.3, false_alarm_rate=0.1)
+    with pytest.raises(ValueError, match=r"false-alarm rate of 0.05 needs at least 19 calibration images.*got.* 10"):
+        tiny_module(tiny_clip_path, false_alarm_rate=0.05, calibration_images=10)
 
 
 @pytest.fixture(scope="module")
