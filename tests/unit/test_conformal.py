@@ -6,6 +6,7 @@
 The scores are those of the tiny model (with a 2-shot memory) on 120 normal images of one synthetic category. Over
 many random calibration / held-out splits of them, the mean false-alarm rate is at most alpha plus the Monte-Carlo
 tolerance, and not far below what the rule allows either (the thresholds are not vacuous), for alpha = 0.05 and 0.1.
+``pytest tests/unit/test_conformal.py -s`` prints the measured rates.
 """
 
 import math
@@ -56,6 +57,7 @@ def test_image_threshold_bounds_the_false_alarm_rate_of_held_out_normal_images(n
         threshold = conformal_image_threshold(scores[order[:count]], alpha)
         rates.append(float((scores[order[count:]] > threshold).float().mean()))
     mean_rate = sum(rates) / SPLITS
+    print(f"image: alpha {alpha}, {count} calibration images: mean held-out false-alarm rate {mean_rate:.4f}")
     # Conformal prediction: the held-out rate is at most alpha, and at least alpha - 1/(count + 1), in expectation.
     assert mean_rate <= alpha + TOLERANCE
     assert mean_rate >= alpha - 1 / (count + 1) - TOLERANCE
@@ -71,6 +73,7 @@ def test_pixel_threshold_bounds_the_share_of_flagged_pixels_of_held_out_normal_i
         threshold = conformal_pixel_threshold(maps[order[:count]], alpha)
         rates.append(float((maps[order[count:]] > threshold).float().mean()))
     mean_rate = sum(rates) / len(rates)
+    print(f"pixel: alpha {alpha}, {count} calibration images: mean held-out share of flagged pixels {mean_rate:.4f}")
     assert mean_rate <= alpha + TOLERANCE
     # Risk control allows a share ((count + 1) * alpha - 1) / count of the calibration pixels above the threshold
     # (0 at the fewest images: then it is their maximum); held-out images come close to it.
