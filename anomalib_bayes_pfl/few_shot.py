@@ -17,7 +17,8 @@ A generator seeded with ``eval_seed`` permutes the category's candidates (sorted
 references (so 1 reference is among 2, and 2 among 4), the last ``calibration_images`` calibrate the thresholds, and
 there must be enough candidates for both. The references' patch tokens (the same frozen CLIP pass) become the
 category's memory; the calibration images are scored with it, and the post-processor's conformal rules turn their
-scores into the category's thresholds. Both are saved with the head in the checkpoints written afterwards.
+scores into the category's thresholds. Both are saved with the head in the checkpoints written afterwards. Stored
+references or calibration images that a later run scores are drawn again: no image is compared with itself.
 """
 
 import logging
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from anomalib.data.utils import LabelName, read_image
+from anomalib.data.utils import LabelName, TestSplitMode, read_image
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -123,34 +124,72 @@ class FewShotPreparation(Callback):
     def prepare(trainer: Trainer, pl_module: "BayesPFL", scored_images: list[str]) -> None:
         """Draw, memorise and calibrate each category of ``scored_images`` that needs it."""
         options = pl_module.options
-        k_shot, false_alarm_rate = options["k_shot"], options["false_alarm_rate"]
-        if not k_shot and false_alarm_rate is None:
+        if not options["k_shot"] and options["false_alarm_rate"] is None:
             return
         datamodule = getattr(trainer, "datamodule", None)
         names = pl_module.class_names_of(scored_images if datamodule is not None else None, len(scored_images))
         categories = sorted(set(names))
-        excluded = {str(Path(path).resolve()) for path in scored_images}
+        scored = {_resolved(path) for path in scored_images}
         settings = pl_module.reference_settings()
+        references = pl_module.model.references
         for category in categories:
-            if pl_module.model.references.matches(category, settings):
-                logger.info("Category '%s': using the references and thresholds stored with the head.", category)
-                continue
+            if references.matches(category, settings):
+                stored = references.get(category)
+                scored_again = [p for p in [*stored.reference_images, *stored.calibration_images] if p in scored]
+                if not scored_again:
+                    logger.info("Category '%s': using the references and thresholds stored with the head.", category)
+                    continue
+                logger.warning(
+                    "Category '%s': %d of the references and calibration images stored with the head are scored in "
+                    "this run (%s); drawing them again from images that are not.",
+                    category,
+                    len(scored_again),
+                    scored_again[:3],
+                )
             source = options["few_shot_source"]
-            candidates = (
-                source_images(source, category, categories)
-                if source is not None
-                else datamodule_images(datamodule, category, lambda paths: pl_module.class_names_of(paths, len(paths)))
-            )
-            overlap = [path for path in candidates if str(Path(path).resolve()) in excluded]
+            if source is not None:
+                candidates = source_images(source, category, categories)
+            else:
+                _warn_about_random_splits(datamodule)
+                candidates = datamodule_images(
+                    datamodule, category, lambda paths: pl_module.class_names_of(paths, len(paths))
+                )
+            overlap = [path for path in candidates if _resolved(path) in scored]
             if overlap and source is not None:
                 msg = (
                     f"--model.few_shot_source {source} holds images that are also scored ({overlap[:3]}); few-shot "
                     f"references and calibration images must not be test images."
                 )
                 raise ValueError(msg)
-            candidates = [path for path in candidates if path not in overlap]
-            _prepare_category(pl_module, category, candidates, settings, source)
+            where = (
+                f"--model.few_shot_source {source}"
+                if source
+                else ("the datamodule's training split" if datamodule is not None else "no datamodule (loose files)")
+            )
+            candidates = [_resolved(path) for path in candidates if path not in overlap]
+            _prepare_category(pl_module, category, candidates, settings, where)
         pl_module.apply_export_thresholds()
+
+
+def _resolved(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _warn_about_random_splits(datamodule: Any) -> None:
+    """Warn when anomalib splits the datamodule's normal images at random: the references then change every run."""
+    if getattr(datamodule, "seed", 0) is not None:
+        return
+    mode = getattr(datamodule, "test_split_mode", None)
+    splits_normals = mode == TestSplitMode.SYNTHETIC or (
+        mode == TestSplitMode.FROM_DIR and getattr(datamodule, "normal_test_dir", "") is None
+    )
+    if splits_normals:
+        logger.warning(
+            "%s moves a random share of its normal images into the test set, differently in every run without "
+            "--data.seed: the test set, the few-shot references and the calibrated thresholds change with it. Pass "
+            "--data.seed 0 (any fixed value) to repeat a run.",
+            type(datamodule).__name__,
+        )
 
 
 def _loader_images(loaders: Any) -> list[str]:
@@ -159,24 +198,25 @@ def _loader_images(loaders: Any) -> list[str]:
 
 
 def _prepare_category(
-    pl_module: "BayesPFL", category: str, candidates: list[str], settings: dict[str, Any], source: str | None
+    pl_module: "BayesPFL", category: str, candidates: list[str], settings: dict[str, Any], where: str
 ) -> None:
     options = pl_module.options
     k_shot, false_alarm_rate = options["k_shot"], options["false_alarm_rate"]
     calibration_count = options["calibration_images"] if false_alarm_rate is not None else 0
+    model = pl_module.model
     try:
         references, calibration = draw(candidates, k_shot, calibration_count, options["eval_seed"])
     except ValueError as error:
-        where = f"--model.few_shot_source {source}" if source else "the datamodule's training split"
+        known = sorted(name for name in model.references.categories if name != category)
+        hint = f" The model holds references for {known}: name one with --model.class_name." if known else ""
         msg = (
             f"category '{category}' needs {error} normal images ({k_shot} references + {calibration_count} "
             f"calibration images), and {where} holds {len(candidates)}. Give a folder of its normal images with "
             f"--model.few_shot_source (one sub-folder per category for several), or lower --model.k_shot / "
-            f"--model.calibration_images."
+            f"--model.calibration_images.{hint}"
         )
         raise ValueError(msg) from None
     check_image_files((path, None) for path in [*references, *calibration])
-    model = pl_module.model
     tokens = []
     if references:
         patch_tokens = [model.encode_images(images).patch_tokens for images in _batches(pl_module, references)]
@@ -190,18 +230,24 @@ def _prepare_category(
         stored.image_threshold = conformal_image_threshold(image_scores, false_alarm_rate)
         stored.pixel_threshold = conformal_pixel_threshold(maps, false_alarm_rate)
     logger.info(
-        "Category '%s': %d reference image(s) %s, %d calibration image(s)%s, drawn with eval_seed %d from %s.",
+        "Category '%s': %d reference image(s) %s drawn with eval_seed %d from %s.",
         category,
         len(references),
         references,
-        len(calibration),
-        f" -> image threshold {stored.image_threshold:.6f}, pixel threshold {stored.pixel_threshold:.6f} for a "
-        f"false-alarm rate of {false_alarm_rate}"
-        if calibration
-        else "",
         options["eval_seed"],
-        source or "the datamodule's training split",
+        where,
     )
+    if calibration:
+        logger.info(
+            "Category '%s': image threshold %.6f, pixel threshold %.6f for a false-alarm rate of %s, calibrated on "
+            "%d normal image(s) %s.",
+            category,
+            stored.image_threshold,
+            stored.pixel_threshold,
+            false_alarm_rate,
+            len(calibration),
+            calibration,
+        )
 
 
 def _batches(pl_module: "BayesPFL", paths: list[str]) -> list[torch.Tensor]:

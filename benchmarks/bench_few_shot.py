@@ -7,8 +7,8 @@ Builds the default configuration (ViT-L-14-336 with random weights, 518 px, R = 
 values), gives the batch's category a memory of k reference images (k = 1 and 4 by default), and prints JSON lines:
 inference per image at batch 1 and ``batch_size`` with k = 0 (zero-shot) and each k, interleaved round by round (the
 order rotating) so that all see the same machine state, with each k's ratio to zero-shot; the bytes that each
-category's references add to a checkpoint; and the peak memory of zero-shot and few-shot inference (process RSS on CPU, allocated memory on
-CUDA). Times are medians of ``repeats`` rounds after ``warmup`` rounds.
+category's references add to a checkpoint; and the peak memory of zero-shot and few-shot inference (process RSS on
+CPU, allocated memory on CUDA). Times are medians of ``repeats`` rounds after ``warmup`` rounds.
 
     python benchmarks/bench_few_shot.py --threads 2 --repeats 5
 """

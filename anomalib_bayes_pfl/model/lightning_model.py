@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -231,12 +232,14 @@ class BayesPFL(AnomalibModule):
         """Take resolved scoring options; checkpoints store them, so that they carry everything needed to score."""
         _check_options(options)
         fixed = [name for name in ("image_threshold", "pixel_threshold") if self._given_options.get(name) is not None]
-        if options["false_alarm_rate"] is not None and fixed:
-            msg = (
-                f"--model.{fixed[0]} and a calibrated false-alarm rate ({options['false_alarm_rate']}) cannot both set "
-                f"the labels; leave out --model.{fixed[0]}, or --model.false_alarm_rate."
+        if fixed and options["false_alarm_rate"] is not None and self._given_options.get("false_alarm_rate") is None:
+            logger.warning(
+                "--model.%s given: labelling with fixed thresholds, not with the thresholds calibrated for a "
+                "false-alarm rate of %s that the loaded head stores.",
+                fixed[0],
+                options["false_alarm_rate"],
             )
-            raise ValueError(msg)
+            options = {**options, "false_alarm_rate": None}
         self.options = options
         self.hparams.update(options)
         self.class_name = options["class_name"]
@@ -257,11 +260,18 @@ class BayesPFL(AnomalibModule):
         return result
 
     def reference_settings(self) -> dict[str, Any]:
-        """The options that a category's stored references and thresholds must have been made under to be reused."""
-        names = ["k_shot", "eval_seed", "image_size", "few_shot_source"]
+        """The options that a category's stored references and thresholds must have been made under to be reused.
+
+        The source folder counts only when it is given now: a checkpoint's references serve without it.
+        """
+        names = ["k_shot", "eval_seed", "image_size"]
         if self.options["false_alarm_rate"] is not None:
             names += ["false_alarm_rate", "calibration_images"]
-        return {name: self.options[name] for name in names}
+        settings = {name: self.options[name] for name in names}
+        source = self._given_options.get("few_shot_source")
+        if source is not None:
+            settings["few_shot_source"] = str(Path(source).expanduser().resolve())
+        return settings
 
     def thresholds_of(self, class_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Image and pixel threshold ``(N,)`` of each class name: its calibrated ones, else the options'."""
@@ -320,7 +330,7 @@ class BayesPFL(AnomalibModule):
             model = BayesPFLModel(config, clip, clip_name=options["clip_model"])
             if self.prompt_weights is not None:
                 load_head_weights(model, self.prompt_weights)
-                logger.info("Loaded trained Bayes-PFL head from %s; the model runs zero-shot.", self.prompt_weights)
+                logger.info("Loaded trained Bayes-PFL head from %s; it is not trained again.", self.prompt_weights)
         # What an exported model, which sees tensors only, writes into its prompts.
         model.default_class_name = options["class_name"] or DEFAULT_CLASS_NAME
         model.few_shot = options["k_shot"] > 0
@@ -429,6 +439,34 @@ class BayesPFL(AnomalibModule):
             lookup=getattr(datamodule, "class_name_of", None),
             dataset=getattr(datamodule, "name", None),
         )
+
+    def setup(self, stage: str) -> None:
+        """Refuse contradicting label options before anything runs.
+
+        Not in ``__init__``: anomalib's command line would bury the message in a type-validation report.
+        """
+        del stage
+        _check_label_options(self.options, self._given_options)
+
+    def _check_exportable(self) -> None:
+        """An exported model scores one class name: with ``k_shot``, that class needs its references."""
+        if self.model.few_shot:
+            self.model.references.require(self.model.default_class_name)
+
+    def to_torch(self, *args: Any, **kwargs: Any) -> Path:
+        """Export as anomalib does, refused at once for a class name without references."""
+        self._check_exportable()
+        return super().to_torch(*args, **kwargs)
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """Export as anomalib does, refused at once for a class name without references."""
+        self._check_exportable()
+        return super().to_onnx(*args, **kwargs)
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Export as anomalib does, refused at once for a class name without references."""
+        self._check_exportable()
+        return super().to_openvino(*args, **kwargs)
 
     def configure_model(self) -> None:
         """Before training: seed as the command line asks, then build the model (before DDP wraps it)."""
@@ -543,6 +581,7 @@ class BayesPFL(AnomalibModule):
         options = resolve_options(self._given_options, checkpoint.get("hyper_parameters"), source)
         rebuild = options != self.options
         self._apply_options(options)
+        _check_label_options(self.options, self._given_options)
         if rebuild or not self.is_built:
             self._build()
         state = checkpoint["state_dict"]
@@ -559,6 +598,17 @@ def _check_options(options: dict[str, Any]) -> None:
     rate = options["false_alarm_rate"]
     if rate is not None and not 0 < rate < 1:
         msg = f"false_alarm_rate must be in (0, 1), got {rate}."
+        raise ValueError(msg)
+
+
+def _check_label_options(options: dict[str, Any], given: dict[str, Any]) -> None:
+    """Refuse fixed thresholds given with a false-alarm rate, and too few calibration images for the rate."""
+    rate = options["false_alarm_rate"]
+    fixed = [name for name in ("image_threshold", "pixel_threshold") if given.get(name) is not None]
+    if rate is not None and fixed:
+        msg = (
+            f"--model.{fixed[0]} and --model.false_alarm_rate {rate} cannot both set the labels; leave out one of them."
+        )
         raise ValueError(msg)
     if rate is not None and options["calibration_images"] < minimum_calibration_images(rate):
         msg = (

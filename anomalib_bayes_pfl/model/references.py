@@ -86,7 +86,12 @@ class ReferenceMemory:
         """Whether any category holds reference patches (then scoring is few-shot)."""
         return any(references.patch_tokens for references in self.categories.values())
 
-    def _tokens(self, category: str, device: torch.device) -> list[torch.Tensor]:
+    def require(self, category: str) -> CategoryReferences:
+        """The references of ``category``, which must hold a memory.
+
+        Raises:
+            KeyError: Naming the categories that have one, and how to give the missing one.
+        """
         references = self.categories.get(category)
         if references is None or not references.patch_tokens:
             msg = (
@@ -95,6 +100,10 @@ class ReferenceMemory:
                 f"images with --model.few_shot_source, or use the --model.class_name they were stored under."
             )
             raise KeyError(msg)
+        return references
+
+    def _tokens(self, category: str, device: torch.device) -> list[torch.Tensor]:
+        references = self.require(category)
         key = (category, device)
         if key not in self._on_device:
             self._on_device[key] = [tokens.to(device=device, dtype=torch.float32) for tokens in references.patch_tokens]

@@ -189,11 +189,17 @@ def test_too_few_normal_images_name_the_counts_and_the_fix(head, tiny_clip_path,
         _test(tmp_path, module, _data(tree))
 
 
-def test_contradicting_or_too_small_calibration_options_are_refused_at_once(tiny_clip_path):
-    with pytest.raises(ValueError, match=r"--model.image_threshold and a calibrated false-alarm rate"):
-        tiny_module(tiny_clip_path, image_threshold=0.3, false_alarm_rate=0.1)
-    with pytest.raises(ValueError, match=r"false-alarm rate of 0.05 needs at least 19 calibration images.*got.* 10"):
-        tiny_module(tiny_clip_path, false_alarm_rate=0.05, calibration_images=10)
+def test_contradicting_or_too_small_calibration_options_stop_the_run_before_scoring(
+    head, tiny_clip_path, tree, tmp_path
+):
+    """Refused when a run starts (in ``__init__``, anomalib's command line would bury the message)."""
+    both = tiny_module(tiny_clip_path, prompt_weights=str(head), image_threshold=0.3, false_alarm_rate=0.1)
+    with pytest.raises(ValueError, match=r"--model.image_threshold and --model.false_alarm_rate 0.1 cannot both"):
+        _test(tmp_path / "both", both, _data(tree))
+    few = tiny_module(tiny_clip_path, prompt_weights=str(head), false_alarm_rate=0.05, calibration_images=10)
+    with pytest.raises(ValueError, match=r"false-alarm rate of 0.05 needs at least 19 calibration images.*=10"):
+        _test(tmp_path / "few", few, _data(tree))
+    assert not list(tmp_path.rglob(CSV_NAME))
 
 
 @pytest.fixture(scope="module")
@@ -244,4 +250,87 @@ def test_exported_model_scores_and_labels_with_its_class_references(few_shot_che
 def test_an_exported_class_without_references_is_refused_by_name(few_shot_checkpoint, tmp_path):
     module = BayesPFL(class_name="gear", prompt_weights=str(few_shot_checkpoint)).eval()
     with pytest.raises(KeyError, match=r"no few-shot references for category 'gear'.*\['tile_c', 'tile_d'\]"):
-        module.to_torch(tmp_path) and module(torch.rand(1, 3, 64, 64))
+        module.to_torch(tmp_path)
+    assert not list(tmp_path.rglob("*.pt"))
+
+
+def test_fixed_thresholds_given_with_a_calibrated_checkpoint_win_with_a_warning(
+    few_shot_checkpoint, tree, tmp_path, caplog
+):
+    with caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"):
+        module = BayesPFL(prompt_weights=str(few_shot_checkpoint), image_threshold=0.4)
+    assert "labelling with fixed thresholds, not with the thresholds calibrated for a false-alarm rate" in caplog.text
+    table = _test(tmp_path, module, _data(tree))
+    assert (table.loc[UNSEEN, "image_threshold"] == 0.4).all()
+
+
+def test_stored_references_that_are_scored_now_are_drawn_again(few_shot_checkpoint, tree, tmp_path, caplog):
+    """Scoring a category's own stored reference or calibration images never compares them with themselves."""
+    stored = BayesPFL(prompt_weights=str(few_shot_checkpoint)).model.references.get("tile_c")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for path in stored.calibration_images:
+        shutil.copy(path, loose)
+    module = BayesPFL(class_name="tile_c")
+    engine = Engine(default_root_dir=tmp_path / "copies", accelerator="cpu", devices=1, logger=False)
+    engine.predict(module, dataset=PredictDataset(loose), ckpt_path=str(few_shot_checkpoint))  # copies: other files
+    assert module.model.references.get("tile_c").reference_images == stored.reference_images
+    module = BayesPFL(class_name="tile_c")
+    engine = Engine(default_root_dir=tmp_path / "same", accelerator="cpu", devices=1, logger=False)
+    with (
+        caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"),
+        pytest.raises(ValueError, match=r"no datamodule"),
+    ):
+        engine.predict(
+            module,
+            dataset=PredictDataset(Path(stored.calibration_images[0]).parent),
+            ckpt_path=str(few_shot_checkpoint),
+        )
+    assert "stored with the head are scored in this run" in caplog.text
+
+
+def test_a_few_shot_source_is_compared_by_its_folder_not_its_text(head, tree, tmp_path, monkeypatch, caplog):
+    """The same relative ``few_shot_source`` in another working directory is another folder: drawn again."""
+    for place, category in (("first", "tile_c"), ("second", "tile_d")):
+        shutil.copytree(tree / category / "train" / "good", tmp_path / place / "good_parts")
+    loose = PredictDataset(tree / "tile_c" / "test" / "defect")
+    options = {"class_name": "tile", "k_shot": 2, "few_shot_source": "good_parts"}
+
+    def predict(place: str, checkpoint: Path) -> BayesPFL:
+        monkeypatch.chdir(tmp_path / place)
+        module = BayesPFL(**options)
+        engine = Engine(default_root_dir="results", accelerator="cpu", devices=1, logger=False)
+        engine.predict(module, dataset=loose, ckpt_path=str(checkpoint))
+        engine.trainer.save_checkpoint(tmp_path / place / "with_references.ckpt")
+        return module
+
+    first = predict("first", head).model.references.get("tile").reference_images
+    assert all(Path(path).parent == tmp_path / "first" / "good_parts" for path in first)
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        again = predict("first", tmp_path / "first" / "with_references.ckpt").model.references.get("tile")
+    assert again.reference_images == first
+    assert "using the references and thresholds stored with the head" in caplog.text
+    second = predict("second", tmp_path / "first" / "with_references.ckpt").model.references.get("tile")
+    assert all(Path(path).parent == tmp_path / "second" / "good_parts" for path in second.reference_images)
+
+
+@pytest.mark.parametrize("seed", [None, 0])
+def test_a_datamodule_that_splits_at_random_is_named_in_a_warning(head, tiny_clip_path, tmp_path, caplog, seed):
+    from anomalib.data import Folder
+
+    root = write_tree(tmp_path / "line", ["widget"], layout="anomalib_folder", num_test_good=20, num_test_defect=4)
+    datamodule = Folder(
+        name="line",
+        root=root / "widget",
+        normal_dir="good",
+        abnormal_dir="bad",
+        mask_dir="masks",
+        seed=seed,
+        eval_batch_size=8,
+        num_workers=0,
+    )
+    module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=2)
+    with caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"):
+        _test(tmp_path / "results", module, datamodule)
+    warned = "Folder moves a random share of its normal images into the test set" in caplog.text
+    assert warned == (seed is None)
