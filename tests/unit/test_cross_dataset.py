@@ -321,3 +321,29 @@ def test_a_datamodule_side_with_a_missing_category_names_the_entry(mvtec_tree):
     named = r"target_datamodules\[1\] \(MVTecAD\): category 'bottle' cannot be read"
     with pytest.raises(FileNotFoundError, match=named):
         data.setup("test")
+
+
+@pytest.mark.parametrize("target", ["mvtec", "visa", "folder"])
+def test_few_shot_candidates_are_the_targets_normal_training_images(trees, target):
+    """MVTec AD and VisA give train/good, registered under their category; the folder layout has no training split."""
+    data = _module(trees, auxiliary="mvtec" if target == "visa" else "visa", target=target)
+    data.setup("test")
+    candidates = data.few_shot_candidates()
+    if target == "folder":
+        assert candidates == []
+        return
+    assert candidates
+    assert all(Path(path).parent.parts[-2:] == ("train", "good") for path in candidates)
+    assert {data.class_name_of(path) for path in candidates} == set(
+        data.test_data.samples.image_path.map(data.class_name_of)
+    )
+    assert not set(candidates) & set(data.test_data.samples.image_path)
+
+
+def test_few_shot_candidates_of_target_datamodules_are_their_training_subsets(mvtec_tree):
+    data = ZeroShotCrossDataset(target_datamodules=[MVTecAD(root=mvtec_tree, category="tile_b", num_workers=0)])
+    data.setup("test")
+    own = MVTecAD(root=mvtec_tree, category="tile_b", num_workers=0)
+    own.setup()
+    assert sorted(data.few_shot_candidates()) == sorted(own.train_data.samples.image_path)
+    assert {data.class_name_of(path) for path in data.few_shot_candidates()} == {"tile_b"}
