@@ -15,21 +15,15 @@ CPU, allocated memory on CUDA). Times are medians of ``repeats`` rounds after ``
 
 import io
 import json
-import resource
 import statistics
 import time
 
 import torch
+from bench_speed import peak_memory_gib  # this folder's scripts run with it on the path
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.model.references import CategoryReferences, ReferenceMemory, memory_tokens
-
-
-def _peak_memory_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
 def main(
@@ -83,10 +77,10 @@ def main(
         torch.cuda.reset_peak_memory_stats(target)
     with torch.no_grad():
         run(batch_size, 0)
-        zero_shot_peak = _peak_memory_gib(target)
+        zero_shot_peak = peak_memory_gib(target)
         run(batch_size, max(shots))
     print(json.dumps({"figure": f"peak_memory_batch{batch_size}_k0", "value": round(zero_shot_peak, 2), "unit": "GiB"}))
-    line = {"figure": f"peak_memory_batch{batch_size}_k{max(shots)}", "value": round(_peak_memory_gib(target), 2)}
+    line = {"figure": f"peak_memory_batch{batch_size}_k{max(shots)}", "value": round(peak_memory_gib(target), 2)}
     print(json.dumps({**line, "unit": "GiB"}))
 
     for size in (1, batch_size):

@@ -40,7 +40,8 @@ def _median_seconds(step: Callable[[], object], repeats: int, warmup: int, devic
     return statistics.median(times)
 
 
-def _peak_memory_gib(device: torch.device) -> float:
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory so far: allocated memory on CUDA, the process's peak RSS on CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
@@ -98,7 +99,7 @@ def main(
         for size in (1, batch_size):
             seconds = _median_seconds(lambda s=size: model.score(images[:s], names[:s]), repeats, warmup, target) / size
             report(f"inference_batch{size}", seconds, floors[size])
-    print(json.dumps({"figure": "peak_memory_eval", "value": round(_peak_memory_gib(target), 2), "unit": "GiB"}))
+    print(json.dumps({"figure": "peak_memory_eval", "value": round(peak_memory_gib(target), 2), "unit": "GiB"}))
 
     if target.type == "cuda":
         torch.cuda.reset_peak_memory_stats(target)
@@ -117,7 +118,7 @@ def main(
 
     seconds = _median_seconds(train_step, repeats, warmup, target) / batch_size
     report(f"train_step_batch{batch_size}", seconds, floors[batch_size])
-    print(json.dumps({"figure": "peak_memory_train", "value": round(_peak_memory_gib(target), 2), "unit": "GiB"}))
+    print(json.dumps({"figure": "peak_memory_train", "value": round(peak_memory_gib(target), 2), "unit": "GiB"}))
 
 
 if __name__ == "__main__":

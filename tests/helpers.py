@@ -3,6 +3,7 @@
 
 """Test helpers: the tiny CLIP config and tiny head configurations."""
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -31,15 +32,15 @@ TINY_ARGUMENTS = {
 TINY_CLI = tuple(f"--model.{name}={'null' if value is None else value}" for name, value in TINY_ARGUMENTS.items())
 
 
-def cross_dataset(tree: Path) -> ZeroShotCrossDataset:
-    """Train on tile_a and tile_b of a synthetic MVTec AD tree, test on tile_c."""
+def cross_dataset(tree: Path, target_categories: Sequence[str] = ("tile_c",)) -> ZeroShotCrossDataset:
+    """Train on tile_a and tile_b of a synthetic MVTec AD tree, test on tile_c (or ``target_categories``)."""
     return ZeroShotCrossDataset(
         auxiliary_root=str(tree),
         auxiliary_format="mvtec",
         auxiliary_categories=["tile_a", "tile_b"],
         target_root=str(tree),
         target_format="mvtec",
-        target_categories=["tile_c"],
+        target_categories=list(target_categories),
         train_batch_size=2,
         eval_batch_size=3,
         num_workers=0,

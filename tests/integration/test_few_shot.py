@@ -19,6 +19,7 @@ from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 from anomalib_bayes_pfl.metrics import CSV_NAME, MEAN_ROW
 
+from ..helpers import cross_dataset
 from ..unit.test_lightning_model import tiny_module
 
 pytestmark = pytest.mark.slow
@@ -34,19 +35,8 @@ def tree(tmp_path_factory) -> Path:
     )
 
 
-def _data(tree: Path, **kwargs) -> ZeroShotCrossDataset:
-    return ZeroShotCrossDataset(
-        auxiliary_root=str(tree),
-        auxiliary_format="mvtec",
-        auxiliary_categories=["tile_a", "tile_b"],
-        target_root=str(tree),
-        target_format="mvtec",
-        target_categories=UNSEEN,
-        train_batch_size=2,
-        eval_batch_size=4,
-        num_workers=0,
-        **kwargs,
-    )
+def _data(tree: Path) -> ZeroShotCrossDataset:
+    return cross_dataset(tree, UNSEEN)
 
 
 @pytest.fixture(scope="module")
