@@ -132,6 +132,12 @@ class FewShotPreparation(Callback):
         scored = {_resolved(path) for path in scored_images}
         settings = pl_module.reference_settings()
         references = pl_module.model.references
+        source = options["few_shot_source"]
+        where = (
+            f"--model.few_shot_source {source}"
+            if source
+            else ("the datamodule's training split" if datamodule is not None else "no datamodule (loose files)")
+        )
         for category in categories:
             if references.matches(category, settings):
                 stored = references.get(category)
@@ -146,11 +152,10 @@ class FewShotPreparation(Callback):
                     len(scored_again),
                     scored_again[:3],
                 )
-            source = options["few_shot_source"]
             if source is not None:
                 candidates = source_images(source, category, categories)
             else:
-                _warn_about_random_splits(datamodule)
+                _warn_about_random_splits(datamodule, category)
                 candidates = datamodule_images(
                     datamodule, category, lambda paths: pl_module.class_names_of(paths, len(paths))
                 )
@@ -161,11 +166,6 @@ class FewShotPreparation(Callback):
                     f"references and calibration images must not be test images."
                 )
                 raise ValueError(msg)
-            where = (
-                f"--model.few_shot_source {source}"
-                if source
-                else ("the datamodule's training split" if datamodule is not None else "no datamodule (loose files)")
-            )
             candidates = [_resolved(path) for path in candidates if path not in overlap]
             _prepare_category(pl_module, category, candidates, settings, where)
         pl_module.apply_export_thresholds()
@@ -175,7 +175,7 @@ def _resolved(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def _warn_about_random_splits(datamodule: Any) -> None:
+def _warn_about_random_splits(datamodule: Any, category: str) -> None:
     """Warn when anomalib splits the datamodule's normal images at random: the references then change every run."""
     if getattr(datamodule, "seed", 0) is not None:
         return
@@ -186,9 +186,10 @@ def _warn_about_random_splits(datamodule: Any) -> None:
     if splits_normals:
         logger.warning(
             "%s moves a random share of its normal images into the test set, differently in every run without "
-            "--data.seed: the test set, the few-shot references and the calibrated thresholds change with it. Pass "
+            "--data.seed: the test set and the few-shot references and thresholds of '%s' change with it. Pass "
             "--data.seed 0 (any fixed value) to repeat a run.",
             type(datamodule).__name__,
+            category,
         )
 
 
