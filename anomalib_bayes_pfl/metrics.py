@@ -200,10 +200,14 @@ class PerCategoryMetrics(Callback):
             thresholds = dict(zip(THRESHOLD_COLUMNS, self.thresholds[key], strict=True))
             row.update({name: value for name, value in thresholds.items() if masked or not name.startswith("pixel_")})
         if false_alarms >= 0:  # the model labelled the images
-            row["image_false_alarm_rate"] = false_alarms / normal if normal else float("nan")
-            row["image_recall"] = found / anomalous if anomalous else float("nan")
+            rates = {"image_false_alarm_rate": (false_alarms, normal), "image_recall": (found, anomalous)}
             if masked:
-                row["pixel_false_alarm_rate"] = flagged_pixels / normal_pixels if normal_pixels else float("nan")
+                rates["pixel_false_alarm_rate"] = (flagged_pixels, normal_pixels)
+            for column, (count, total) in rates.items():
+                row[column] = count / total if total else float("nan")
+                if not total:
+                    missing = "anomalous" if column == "image_recall" else "normal"
+                    undefined.setdefault(f"it has no {missing} test image", []).append(column)
         for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
                 "Category %s: %s cannot be computed (%s); the table shows NaN.", name, ", ".join(names), reason

@@ -228,6 +228,9 @@ def test_single_class_target_reports_image_metrics_as_not_computable(tiny_clip_p
     assert row[["image_AUROC", "image_AUPR", "image_F1Max"]].isna().all()
     assert row[["pixel_AUROC", "pixel_AUPRO", "pixel_AUPR"]].notna().all()  # anomalous images hold normal pixels
     assert "image_AUROC, image_AUPR, image_F1Max cannot be computed (its test images are all anomalous)" in caplog.text
+    assert "image_false_alarm_rate, pixel_false_alarm_rate cannot be computed (it has no normal test image)" in (
+        caplog.text
+    )
 
 
 def test_an_image_only_target_reports_image_metrics_and_no_pixel_metrics(tiny_clip_path, mvtec_tree, tmp_path):
