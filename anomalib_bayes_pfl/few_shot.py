@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from anomalib.data.utils import LabelName, TestSplitMode, read_image
+from anomalib.data.utils import TestSplitMode, read_image
 from lightning.pytorch import Callback, LightningModule, Trainer
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from anomalib_bayes_pfl.data.cross_dataset import image_files, normal_images
 from anomalib_bayes_pfl.data.validation import check_image_files, file_pairs
 from anomalib_bayes_pfl.model.post_processor import conformal_image_threshold, conformal_pixel_threshold
 from anomalib_bayes_pfl.model.references import CategoryReferences, memory_tokens
@@ -41,10 +41,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENCODE_BATCH_SIZE = 8
-
-
-def _images_in(folder: Path) -> list[str]:
-    return sorted(str(path) for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS)
 
 
 def source_images(source: str, category: str, categories: Sequence[str]) -> list[str]:
@@ -58,8 +54,8 @@ def source_images(source: str, category: str, categories: Sequence[str]) -> list
         msg = f"--model.few_shot_source {source} is not a folder; give a folder of normal images of the category."
         raise FileNotFoundError(msg)
     if (folder / category).is_dir():
-        return _images_in(folder / category)
-    flat = _images_in(folder)
+        return [str(path) for path in image_files(folder / category, "*")]
+    flat = [str(path) for path in image_files(folder, "*")]
     if flat and len(set(categories)) == 1:
         return flat
     msg = (
@@ -76,12 +72,7 @@ def datamodule_images(datamodule: Any, category: str, class_names_of: Any) -> li
     datamodules' ``train_data`` is read. ``class_names_of`` gives each image's class name, as the model would.
     """
     listed = getattr(datamodule, "few_shot_candidates", None)
-    if listed is not None:
-        normal = listed()
-    else:
-        samples = getattr(getattr(datamodule, "train_data", None), "samples", None)
-        normal = [] if samples is None else list(samples.image_path[samples.label_index == LabelName.NORMAL])
-    normal = [str(path) for path in normal]
+    normal = listed() if listed is not None else normal_images(getattr(datamodule, "train_data", None))
     return sorted(path for path, name in zip(normal, class_names_of(normal), strict=True) if name == category)
 
 

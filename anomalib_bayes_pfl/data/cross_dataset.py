@@ -79,11 +79,19 @@ def discover_categories(root: str | Path, dataset_format: DatasetFormat, normal_
     return sorted(folder.name for folder in base.iterdir() if (folder / marker).is_dir())
 
 
-def _image_files(folder: Path, pattern: str = "**/*") -> list[Path]:
+def image_files(folder: Path, pattern: str = "**/*") -> list[Path]:
     """The image files of a folder, by default anywhere under it as anomalib lists them (none for a missing folder)."""
     if not folder.is_dir():
         return []
     return sorted(path for path in folder.glob(pattern) if path.suffix.lower() in IMG_EXTENSIONS and path.is_file())
+
+
+def normal_images(dataset: AnomalibDataset | None) -> list[str]:
+    """The image paths of the normal samples of an anomalib dataset (none without one)."""
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        return []
+    return [str(path) for path in samples.image_path[samples.label_index == LabelName.NORMAL]]
 
 
 @dataclass(frozen=True)
@@ -245,8 +253,8 @@ class DataSource:
             if masks is None:
                 return {}
             # Directly in the folder: a flat mask folder's subfolders hold other defects' masks.
-            by_stem = {path.stem.removesuffix("_mask"): path for path in _image_files(masks, "*")}
-            for image in _image_files(images):
+            by_stem = {path.stem.removesuffix("_mask"): path for path in image_files(masks, "*")}
+            for image in image_files(images):
                 if image.stem in by_stem:
                     matched[str(image)] = str(by_stem[image.stem])
                 else:
@@ -273,7 +281,7 @@ class DataSource:
         """The category's normal training images (``train/good``); the folder layout has none."""
         if self.dataset_format == "folder":
             return []
-        return _image_files(self.base / category / "train" / NORMAL_FOLDER, "*")
+        return image_files(self.base / category / "train" / NORMAL_FOLDER, "*")
 
     def dataset(self, category: str) -> AnomalibDataset:
         """The category's images (the test split of MVTec AD and VisA), masks checked first.
@@ -400,10 +408,8 @@ class DataModuleSource:
     def normal_training_images(self, category: str) -> list[Path]:
         """The normal images of the training subset of the datamodule of ``category`` (as :meth:`resolve` names it)."""
         for name, datamodule in zip(self.resolve(), self.datamodules, strict=True):
-            train = getattr(datamodule, "train_data", None) if name == category else None
-            if train is not None:
-                samples = train.samples
-                return [Path(path) for path in samples.image_path[samples.label_index == LabelName.NORMAL]]
+            if name == category:
+                return [Path(path) for path in normal_images(getattr(datamodule, "train_data", None))]
         return []
 
     def download(self) -> None:
