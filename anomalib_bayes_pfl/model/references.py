@@ -175,8 +175,8 @@ def fuse_few_shot(
     """WinCLIP+'s fusion: mean of the prompt and few-shot maps, and of the probability and the few-shot maximum.
 
     Args:
-        pred_score: ``(N,)`` prompt image probabilities.
-        raw_map: ``(N, H, W)`` prompt anomaly map before smoothing.
+        pred_score: ``(N,)`` prompt image probabilities, or ``(M, N)``: one per prompt sample.
+        raw_map: ``(N, H, W)`` prompt anomaly map before smoothing, or ``(M, N, H, W)``: one per prompt sample.
         patch_scores: ``(N, g, g)`` few-shot patch scores (:meth:`ReferenceMemory.patch_scores`).
     """
     few_shot_map = upsample(patch_scores.unsqueeze(1), tuple(raw_map.shape[-2:])).squeeze(1)

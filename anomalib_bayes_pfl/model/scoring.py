@@ -13,6 +13,8 @@ linear, so each pair is upsampled once, as a difference, instead of twice.
 Shape legend: N images, M pairs, L patch tokens (a square grid g x g), D joint width, H x W output size.
 """
 
+from collections.abc import Iterator
+
 import torch
 from torch.nn import functional as F  # noqa: N812
 
@@ -30,6 +32,13 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
 
 
+def _pair_probabilities(layer_logits: list[torch.Tensor], size: tuple[int, int]) -> Iterator[torch.Tensor]:
+    """Per tapped layer, the upsampled abnormal probability of each normal/abnormal pair, ``(N, M, H, W)``."""
+    for logits in layer_logits:
+        normal, abnormal = logits.chunk(2, dim=1)
+        yield torch.sigmoid(upsample(abnormal - normal, size))
+
+
 def anomaly_map(layer_logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
     """Mean abnormal probability ``(N, H, W)`` over all layers and normal/abnormal pairs.
 
@@ -37,18 +46,36 @@ def anomaly_map(layer_logits: list[torch.Tensor], size: tuple[int, int]) -> torc
         layer_logits: One ``(N, 2M, g, g)`` tensor of pixel logits per tapped layer.
         size: Output size ``(H, W)``.
     """
-    total = None
-    for logits in layer_logits:
-        normal, abnormal = logits.chunk(2, dim=1)
-        probabilities = torch.sigmoid(upsample(abnormal - normal, size)).mean(dim=1)
-        total = probabilities if total is None else total + probabilities
-    return total / len(layer_logits)
+    return sampled_anomaly_maps(layer_logits, size, keep_pairs=False)[0]
+
+
+def sampled_anomaly_maps(
+    layer_logits: list[torch.Tensor], size: tuple[int, int], *, keep_pairs: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The anomaly map and, with ``keep_pairs``, each pair's own map ``(M, N, H, W)``: the M samples it averages.
+
+    One pass over the layers; the anomaly map is summed in the same order either way, so keeping the pairs' maps
+    never changes it by a bit.
+    """
+    total = pairs = None
+    for probabilities in _pair_probabilities(layer_logits, size):
+        mean = probabilities.mean(dim=1)
+        total = mean if total is None else total + mean
+        if keep_pairs:
+            pairs = probabilities if pairs is None else pairs + probabilities
+    pair_maps = pairs.transpose(0, 1) / len(layer_logits) if pairs is not None else None
+    return total / len(layer_logits), pair_maps
 
 
 def image_probability(logits: torch.Tensor) -> torch.Tensor:
     """Mean abnormal probability ``(N,)`` over the M normal/abnormal pairs of image logits ``(N, 2M)``."""
+    return pair_image_probabilities(logits).mean(dim=1)
+
+
+def pair_image_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Abnormal probability ``(N, M)`` of each of the M normal/abnormal pairs of image logits ``(N, 2M)``."""
     normal, abnormal = logits.chunk(2, dim=1)
-    return torch.sigmoid(abnormal - normal).mean(dim=1)
+    return torch.sigmoid(abnormal - normal)
 
 
 def _symmetric_indices(size: int, radius: int, device: torch.device) -> torch.Tensor:

@@ -31,7 +31,8 @@ from .image_head import ImageClassificationHead
 from .prompts import ClassNameTokenizer, ClassTokens, PromptBank, encode_prompts
 from .rca import ResidualCrossModalAttention
 from .references import ReferenceMemory, fuse_few_shot
-from .scoring import anomaly_map, image_probability, pixel_logits, smooth
+from .scoring import image_probability, pair_image_probabilities, pixel_logits, sampled_anomaly_maps, smooth
+from .uncertainty import UncertaintyMeasure, sample_uncertainty
 
 DEFAULT_CLASS_NAME = "object"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -60,11 +61,15 @@ class BayesPFLScores(NamedTuple):
         pred_score: ``(N,)`` mean abnormal probability over the B * R image-level pairs.
         anomaly_map: ``(N, H, W)`` smoothed anomaly map.
         raw_anomaly_map: ``(N, H, W)`` the same map before smoothing.
+        uncertainty: ``(N,)`` disagreement of the B * R image probabilities (``uncertainty.py``), if asked for.
+        uncertainty_map: ``(N, H, W)`` disagreement of the B * R smoothed anomaly maps per pixel, if asked for.
     """
 
     pred_score: torch.Tensor
     anomaly_map: torch.Tensor
     raw_anomaly_map: torch.Tensor
+    uncertainty: torch.Tensor | None = None
+    uncertainty_map: torch.Tensor | None = None
 
 
 class BayesPFLModel(nn.Module):
@@ -275,28 +280,45 @@ class BayesPFLModel(nn.Module):
 
     @torch.no_grad()
     def score(
-        self, images: torch.Tensor, class_names: Sequence[str] | None = None, *, few_shot: bool | None = None
+        self,
+        images: torch.Tensor,
+        class_names: Sequence[str] | None = None,
+        *,
+        few_shot: bool | None = None,
+        uncertainty: UncertaintyMeasure | None = None,
     ) -> BayesPFLScores:
         """Evaluation pass with R samples per image (what :meth:`forward` returns in eval mode, and more).
 
         Without gradients: nothing is trained from it, and exported models return plain tensors. With
         :attr:`few_shot` (or ``few_shot=True``), each image's scores are fused with its category's reference memory
-        (``references.py``).
+        (``references.py``). With an ``uncertainty`` measure, it also returns how much the B * R samples that each
+        score averages disagree (``uncertainty.py``), from the same pass; the scores are the same bit for bit.
         """
         tokens = self.class_tokens(class_names, images)
         features = self.encode_images(images)
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
         text, _ = self.encode_text(features.global_features, tokens, noise)
         layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
-        raw_map = anomaly_map(layer_logits, images.shape[-2:])
+        raw_map, pair_maps = sampled_anomaly_maps(layer_logits, images.shape[-2:], keep_pairs=uncertainty is not None)
         image_logits = self.image_head(
             text, features.global_features, features.patch_tokens, stage=self.image_head_stage
         )
+        pair_scores = pair_image_probabilities(image_logits).transpose(0, 1)  # (M, N): samples first
         pred_score = image_probability(image_logits)
         if self.few_shot if few_shot is None else few_shot:
             patch_scores = self.references.patch_scores(features.patch_tokens, class_names, self.default_class_name)
             pred_score, raw_map = fuse_few_shot(pred_score, raw_map, patch_scores)
-        return BayesPFLScores(pred_score, smooth(raw_map, self.config.scoring.smoothing_sigma), raw_map)
+            if pair_maps is not None:  # each sample's scores are fused as the mean is
+                pair_scores, pair_maps = fuse_few_shot(pair_scores, pair_maps, patch_scores)
+        sigma = self.config.scoring.smoothing_sigma
+        scores = BayesPFLScores(pred_score, smooth(raw_map, sigma), raw_map)
+        if pair_maps is None:
+            return scores
+        smoothed_pairs = smooth(pair_maps.flatten(0, 1), sigma).view(pair_maps.shape)
+        return scores._replace(
+            uncertainty=sample_uncertainty(pair_scores, uncertainty),
+            uncertainty_map=sample_uncertainty(smoothed_pairs, uncertainty),
+        )
 
     def _training_forward(
         self,

@@ -1,0 +1,63 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""How much the B x R sampled prompt sets disagree about an anomaly probability: the model's epistemic uncertainty.
+
+Bayes-PFL scores each image with M = B * R prompt sets, B prompts of the bank each shifted by R samples of the
+learned distributions, and reports the mean of their M probabilities. The spread of those M probabilities is what
+the model does not know; it comes with no extra forward pass.
+
+Two measures, both zero exactly when all samples agree and both computed from the samples in one batched reduction:
+
+- ``mutual_information`` (the default): the mutual information between the binary outcome and the sample, in bits,
+  ``H(mean p) - mean H(p_m)`` (BALD: Houlsby et al., "Bayesian Active Learning for Classification and Preference
+  Learning", 2011; Depeweg et al., "Decomposition of Uncertainty in Bayesian Deep Learning", ICML 2018). It is the
+  epistemic part of the predictive entropy: a probability of 0.5 that every sample agrees on has entropy but no
+  mutual information. It lies in [0, 1] bit, so one colour scale serves every image and category. It is computed in
+  its equivalent form ``mean KL(p_m || mean p)``, a mean of non-negative terms, which keeps its precision when the
+  samples nearly agree (the entropy difference would cancel to float32 noise).
+- ``std``: the standard deviation of the M probabilities, in probability units (at most 0.5). For small spreads the
+  mutual information is ``variance / (2 ln 2 * p (1 - p))``, so it weighs a disagreement near 0 or 1 more than the
+  same disagreement near 0.5; the standard deviation weighs them alike.
+"""
+
+import math
+from typing import Literal
+
+import torch
+
+UncertaintyMeasure = Literal["mutual_information", "std"]
+UNCERTAINTY_UNITS: dict[str, str] = {"mutual_information": "bits", "std": "probability"}
+# The largest value each measure can take, the top of every uncertainty colour scale.
+UNCERTAINTY_MAXIMUM: dict[str, float] = {"mutual_information": 1.0, "std": 0.5}
+
+
+def mutual_information(probabilities: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Mutual information in bits between a Bernoulli outcome and the sample index, over ``dim`` of ``probabilities``.
+
+    ``mean_m KL(Bernoulli(p_m) || Bernoulli(mean p))``, which equals ``H(mean p) - mean_m H(p_m)``.
+    """
+    mean = probabilities.mean(dim=dim, keepdim=True)
+    tiny = torch.finfo(probabilities.dtype).tiny
+    difference = probabilities - mean
+    # p log(p / mean) + (1 - p) log((1 - p) / (1 - mean)), each log as log1p of a small relative difference; a term
+    # with p = 0 or p = 1 is zero, and a mean of exactly 0 or 1 means every sample equals it.
+    kl = torch.special.xlog1py(probabilities, difference / mean.clamp_min(tiny)) + torch.special.xlog1py(
+        1 - probabilities, -difference / (1 - mean).clamp_min(tiny)
+    )
+    return kl.mean(dim=dim).clamp_min(0) / math.log(2)
+
+
+def standard_deviation(probabilities: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Population standard deviation of ``probabilities`` over ``dim`` (the M samples are the whole posterior draw)."""
+    return probabilities.std(dim=dim, correction=0)
+
+
+def sample_uncertainty(probabilities: torch.Tensor, measure: UncertaintyMeasure, dim: int = 0) -> torch.Tensor:
+    """The uncertainty ``measure`` of the sampled ``probabilities``, reduced over their sample dimension ``dim``."""
+    if measure == "mutual_information":
+        return mutual_information(probabilities, dim)
+    if measure == "std":
+        return standard_deviation(probabilities, dim)
+    msg = f"unknown uncertainty measure {measure!r}; use one of {sorted(UNCERTAINTY_UNITS)}."
+    raise ValueError(msg)
