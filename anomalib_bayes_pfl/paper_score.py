@@ -6,15 +6,11 @@
 Per category, min-max normalise the image probability and the mean of the top-k values of the unsmoothed anomaly
 map, and average the two (authors: metric_and_visualization.py L161-189). It is transductive (it needs the whole
 test set of a category) and its k is tuned per category by the authors, so it is an offline evaluation option,
-never the model's own score. The model hands the map score to the metrics as a field of its output batch,
-:class:`PaperScoredBatch`.
+never the model's own score. The model hands the map score to the metrics as a field of its output batch
+(:class:`~anomalib_bayes_pfl.batch.BayesPFLBatch`).
 """
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 import torch
-from anomalib.data import ImageBatch, ImageItem
 
 # The authors' top-k for the map score: 20 for these categories, 2000 for all others.
 PAPER_SMALL_TOP_K_CATEGORIES = frozenset(
@@ -47,18 +43,3 @@ def fuse_paper_scores(probabilities: torch.Tensor, map_scores: torch.Tensor) -> 
         return (values - values.min()) / span if span > 0 else torch.zeros_like(values)
 
     return 0.5 * min_max(probabilities) + 0.5 * min_max(map_scores)
-
-
-@dataclass
-class PaperScoredItem(ImageItem):
-    """One image of a :class:`PaperScoredBatch` (anomalib's visualizer iterates over a batch's items)."""
-
-    paper_map_score: torch.Tensor | None = None
-
-
-@dataclass
-class PaperScoredBatch(ImageBatch):
-    """An image batch that also carries each image's top-k map score, the second input of the fused score."""
-
-    item_class: ClassVar[type[ImageItem]] = PaperScoredItem
-    paper_map_score: torch.Tensor | None = None

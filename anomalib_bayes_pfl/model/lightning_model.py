@@ -36,13 +36,14 @@ from torch.optim import Adam
 from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.data.class_names import resolve_class_names
 from anomalib_bayes_pfl.data.distributed import DropSamplerPadding
 from anomalib_bayes_pfl.data.synthetic_anomalies import SyntheticAnomalies, known_masks
 from anomalib_bayes_pfl.data.validation import DataCheck
 from anomalib_bayes_pfl.few_shot import FewShotPreparation
 from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
-from anomalib_bayes_pfl.paper_score import PaperScoredBatch, paper_map_scores
+from anomalib_bayes_pfl.paper_score import paper_map_scores
 from anomalib_bayes_pfl.prediction_writer import PredictionTable
 
 from .backbone import load_clip
@@ -53,6 +54,7 @@ from .options import AUTO, PAPER_DEFAULTS, plain_number, resolve_options, stored
 from .post_processor import ProbabilityPostProcessor, minimum_calibration_images
 from .reference_checkpoint import load_head_weights
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
+from .uncertainty import UncertaintyMeasure
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,12 @@ class BayesPFL(AnomalibModule):
             that at most this share of its normal images is labelled anomalous (in expectation), and at most this
             share of their pixels; replaces ``image_threshold`` / ``pixel_threshold``.
         calibration_images: Normal images per category that calibrate the thresholds (at least ``1/rate - 1``).
+        uncertainty: How test and predict runs measure the disagreement of the B * R prompt samples behind each
+            score and map pixel (``model/uncertainty.py``): ``mutual_information`` in bits (the epistemic part of
+            the predictive entropy), or ``std`` of the probabilities. Scores do not depend on it.
+        review_fraction: Mark at most this share of each category's images, the most uncertain, ``needs_review``
+            (prediction table, visualisations, and the test table's error rate of the images decided alone); decided
+            once the run has scored all of them (``review.py``). ``None``: no review.
         pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
         post_processor: Post-processor, ``True`` for the default, which labels with the two thresholds
             (:class:`~anomalib_bayes_pfl.model.post_processor.ProbabilityPostProcessor`).
@@ -177,6 +185,8 @@ class BayesPFL(AnomalibModule):
         few_shot_source: str | None = None,
         false_alarm_rate: OpenUnitInterval | None = None,
         calibration_images: PositiveInt | None = None,
+        uncertainty: UncertaintyMeasure | None = None,
+        review_fraction: OpenUnitInterval | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -185,8 +195,8 @@ class BayesPFL(AnomalibModule):
         image_size, synthetic_anomalies, image_threshold, pixel_threshold = (
             plain_number(value) for value in (image_size, synthetic_anomalies, image_threshold, pixel_threshold)
         )  # before anomalib saves the arguments as hyper-parameters
-        k_shot, false_alarm_rate, calibration_images = (
-            plain_number(value) for value in (k_shot, false_alarm_rate, calibration_images)
+        k_shot, false_alarm_rate, calibration_images, review_fraction = (
+            plain_number(value) for value in (k_shot, false_alarm_rate, calibration_images, review_fraction)
         )
         given = {name: value for name, value in locals().items() if name in PAPER_DEFAULTS}
         source = f"prompt weights {prompt_weights}"
@@ -521,27 +531,32 @@ class BayesPFL(AnomalibModule):
         )
         return output, terms
 
-    def _evaluate(self, batch: Batch, *, few_shot: bool = True) -> Batch:
+    def _evaluate(self, batch: Batch, *, few_shot: bool = True, uncertainty: bool = True) -> BayesPFLBatch:
+        """Score and label the batch; return it with the uncertainty (and the paper's map score when asked for)."""
         if not len(batch):  # a process's share of a distributed test set can end in an empty batch
             image = batch.image
-            return batch.update(pred_score=image.new_zeros(0), anomaly_map=image.new_zeros(0, *image.shape[-2:]))
+            empty_maps = image.new_zeros(0, *image.shape[-2:])
+            batch.update(pred_score=image.new_zeros(0), anomaly_map=empty_maps)
+            extras = {"uncertainty": image.new_zeros(0), "uncertainty_map": empty_maps} if uncertainty else {}
+            return _with_extras(batch, **extras)
         names = self._class_names(batch)
-        scores = self.model.score(batch.image, names, few_shot=few_shot and self.model.few_shot)
+        measure = self.options["uncertainty"] if uncertainty else None
+        scores = self.model.score(batch.image, names, few_shot=few_shot and self.model.few_shot, uncertainty=measure)
         batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
         if isinstance(self.post_processor, ProbabilityPostProcessor):
             self.post_processor.label(batch, *self.thresholds_of(names))
-        if self.image_score != "paper":
-            return batch
-        fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
-        return PaperScoredBatch(**fields, paper_map_score=paper_map_scores(scores.raw_anomaly_map, names))
+        paper = paper_map_scores(scores.raw_anomaly_map, names) if self.image_score == "paper" else None
+        return _with_extras(
+            batch, uncertainty=scores.uncertainty, uncertainty_map=scores.uncertainty_map, paper_map_score=paper
+        )
 
     def validation_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
-        """Score the validation batch, zero-shot: nothing reads it, and its categories may have no references.
+        """Score the validation batch zero-shot, without uncertainty: nothing reads it, and it may lack references.
 
         A zero- or few-shot model is validated only so that anomalib's Engine writes its checkpoint.
         """
         del batch_idx, dataloader_idx
-        return self._evaluate(batch, few_shot=False)
+        return self._evaluate(batch, few_shot=False, uncertainty=False)
 
     def test_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
         """Score the test batch with each image's class name; ``image_score="paper"`` adds the map score."""
@@ -589,16 +604,23 @@ class BayesPFL(AnomalibModule):
             state.setdefault(CLIP_PREFIX + key, value)
 
 
+def _with_extras(batch: Batch, **extras: torch.Tensor | None) -> BayesPFLBatch:
+    """``batch`` as a :class:`BayesPFLBatch` with the model's extra outputs."""
+    fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+    return BayesPFLBatch(**fields, **extras)
+
+
 def _check_options(options: dict[str, Any]) -> None:
     """Reject sizes and counts that Python callers could pass unchecked (the thresholds: the post-processor's job)."""
     for name, minimum in (("image_size", 1), ("k_shot", 0), ("calibration_images", 1)):
         if options[name] < minimum:
             msg = f"{name} must be at least {minimum}, got {options[name]}."
             raise ValueError(msg)
-    rate = options["false_alarm_rate"]
-    if rate is not None and not 0 < rate < 1:
-        msg = f"false_alarm_rate must be in (0, 1), got {rate}."
-        raise ValueError(msg)
+    for name in ("false_alarm_rate", "review_fraction"):
+        rate = options[name]
+        if rate is not None and not 0 < rate < 1:
+            msg = f"{name} must be in (0, 1), got {rate}."
+            raise ValueError(msg)
 
 
 def _check_label_options(options: dict[str, Any], given: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ AUTO = "auto"
 
 _PROMPT, _FLOW, _SCORING, _CONFIG = PromptConfig(), FlowConfig(), ScoringConfig(), BayesPFLConfig()
 # The paper's value of every scoring option (the authors' code, commit 8f155a0), used when nothing else sets it;
-# the few-shot options, which the paper does not have, default to its zero-shot model.
+# the few-shot and review options, which the paper does not have, default to its zero-shot model and to no review.
 PAPER_DEFAULTS: dict[str, Any] = {
     "clip_model": "ViT-L-14-336",
     "clip_pretrained": "openai",
@@ -54,6 +54,8 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "few_shot_source": None,
     "false_alarm_rate": None,
     "calibration_images": 32,
+    "uncertainty": "mutual_information",
+    "review_fraction": None,
 }
 # Options that shape the head's tensors: a trained head cannot be scored under other values.
 HEAD_SHAPE_OPTIONS = frozenset(

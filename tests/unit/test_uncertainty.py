@@ -13,7 +13,7 @@ from anomalib_bayes_pfl.model import BayesPFLModel
 from anomalib_bayes_pfl.model.config import PromptConfig, ScoringConfig
 from anomalib_bayes_pfl.model.references import CategoryReferences, memory_tokens
 from anomalib_bayes_pfl.model.scoring import smooth
-from anomalib_bayes_pfl.model.uncertainty import mutual_information, sample_uncertainty, standard_deviation
+from anomalib_bayes_pfl.model.uncertainty import mutual_information, sample_uncertainty
 
 from ..helpers import tiny_config
 
@@ -63,7 +63,7 @@ def test_identical_samples_have_no_uncertainty(measure):
 
 
 def test_unknown_measure_is_refused_with_the_known_ones():
-    with pytest.raises(ValueError, match="entropy.*mutual_information"):
+    with pytest.raises(ValueError, match=r"entropy.*mutual_information"):
         sample_uncertainty(torch.rand(3, 2), "entropy")
 
 
@@ -165,7 +165,8 @@ def test_uncertainty_does_not_depend_on_batch_size_or_order(tiny_model):
     images, names = torch.randn(4, 3, 64, 64), ["tile", "screw", "tile", "nut"]
     together = tiny_model.score(images, names, uncertainty="mutual_information")
     alone = [
-        tiny_model.score(image[None], [name], uncertainty="mutual_information") for image, name in zip(images, names)
+        tiny_model.score(image[None], [name], uncertainty="mutual_information")
+        for image, name in zip(images, names, strict=True)
     ]
     reversed_order = tiny_model.score(images.flip(0), names[::-1], uncertainty="mutual_information")
     for field in ("uncertainty", "uncertainty_map"):
