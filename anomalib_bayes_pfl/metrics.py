@@ -31,9 +31,12 @@ from anomalib.data import ImageBatch
 from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
 from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
+from torchmetrics.classification import BinaryAUROC
+from torchmetrics.functional.classification import binary_calibration_error
 
 from anomalib_bayes_pfl.data.class_names import category_of
 from anomalib_bayes_pfl.paper_score import fuse_paper_scores
+from anomalib_bayes_pfl.review import review_flags, sparsification
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ MEAN_ROW = "mean"
 UNKNOWN_CATEGORY = "all"
 THRESHOLD_COLUMNS = ("image_threshold", "pixel_threshold")
 LABEL_COUNTS = 4
+COUNTS = 10  # images and pixels, label counts, wrong and judged pixels
+ECE_BINS = 15
 
 
 def zero_shot_metrics() -> list[AnomalibMetric]:
@@ -103,6 +108,21 @@ def _select(batch: ImageBatch, index: torch.Tensor) -> ImageBatch:
     )
 
 
+def category_keys(trainer: Trainer, paths: list[str | None]) -> list[tuple[str, str]]:
+    """The (dataset, category) of each image path: a row of the table, and a group of the review marks."""
+    datamodule = getattr(trainer, "datamodule", None)
+    lookup = getattr(datamodule, "class_name_of", None)
+    dataset_of = getattr(datamodule, "dataset_of", None)
+    default_dataset = str(getattr(datamodule, "name", "") or "")
+    return [
+        (
+            (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset,
+            category_of(path, lookup) or UNKNOWN_CATEGORY,
+        )
+        for path in paths
+    ]
+
+
 class PerCategoryMetrics(Callback):
     """Compute test metrics per category and their mean over categories.
 
@@ -119,12 +139,15 @@ class PerCategoryMetrics(Callback):
         self.counts: dict[tuple[str, str], torch.Tensor] = {}
         # Each category's thresholds, as the model labels it.
         self.thresholds: dict[tuple[str, str], tuple[float, float]] = {}
+        # How well each pixel's uncertainty finds the pixels whose label is wrong.
+        self.uncertainty_auroc: dict[tuple[str, str], BinaryAUROC] = {}
         self.table: pd.DataFrame | None = None
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start from empty metrics for every test run."""
         del trainer, pl_module
         self.metrics, self.image_values, self.counts, self.thresholds, self.table = {}, {}, {}, {}, None
+        self.uncertainty_auroc = {}
 
     def on_test_batch_end(
         self,
@@ -137,19 +160,12 @@ class PerCategoryMetrics(Callback):
     ) -> None:
         """Route each image's scores and maps to the metrics of its dataset and category."""
         del batch, batch_idx, dataloader_idx
-        datamodule = getattr(trainer, "datamodule", None)
-        lookup = getattr(datamodule, "class_name_of", None)
-        dataset_of = getattr(datamodule, "dataset_of", None)
-        default_dataset = str(getattr(datamodule, "name", "") or "")
         paths = outputs.image_path or [None] * len(outputs)
-        keys = [
-            (
-                (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset,
-                category_of(path, lookup) or UNKNOWN_CATEGORY,
-            )
-            for path in paths
-        ]
-        paper = getattr(pl_module, "image_score", "probability") == "paper" and outputs.gt_label is not None
+        keys = category_keys(trainer, paths)
+        labelled = outputs.gt_label is not None
+        paper = getattr(pl_module, "image_score", "probability") == "paper" and labelled
+        uncertainty = getattr(outputs, "uncertainty", None)
+        uncertainty_map = getattr(outputs, "uncertainty_map", None)
         for key in dict.fromkeys(keys):
             index = torch.tensor([i for i, image_key in enumerate(keys) if image_key == key])
             subset = _select(outputs, index)
@@ -159,27 +175,46 @@ class PerCategoryMetrics(Callback):
             anomalous_pixels = int(subset.gt_mask.sum()) if subset.gt_mask is not None else 0
             masked = len(index) if subset.gt_mask is not None else 0
             counts = torch.tensor([int((labels == 0).sum()), int((labels == 1).sum()), anomalous_pixels, masked])
-            counts = torch.cat([counts, _label_counts(subset, labels)])
+            counts = torch.cat(
+                [counts, _label_counts(subset, labels), self._update_wrong_pixels(key, subset, uncertainty_map, index)]
+            )
             self.counts[key] = counts if key not in self.counts else self.counts[key] + counts
             thresholds_of = getattr(pl_module, "thresholds_of", None)
             if thresholds_of is not None and key not in self.thresholds:
                 first = int(index[0])
                 names = pl_module.class_names_of([paths[first]] if paths[first] is not None else None, 1)
                 self.thresholds[key] = tuple(float(value) for value in thresholds_of(names))
-            if paper:
-                values = self.image_values.setdefault(key, {"probability": [], "map": [], "label": []})
-                values["probability"].append(subset.pred_score)
-                values["map"].append(outputs.paper_map_score[index].cpu())
-                values["label"].append(subset.gt_label)
+            if labelled:
+                values = self.image_values.setdefault(key, {})
+                picked = {"probability": subset.pred_score, "label": subset.gt_label}
+                if subset.pred_label is not None:
+                    picked["pred_label"] = subset.pred_label
+                if uncertainty is not None:
+                    picked["uncertainty"] = uncertainty[index].cpu()
+                if paper:
+                    picked["map"] = outputs.paper_map_score[index].cpu()
+                for name, value in picked.items():
+                    values.setdefault(name, []).append(value)
 
-    def _row(self, key: tuple[str, str], name: str) -> dict[str, float | str]:
+    def _update_wrong_pixels(
+        self, key: tuple[str, str], subset: ImageBatch, uncertainty_map: torch.Tensor | None, index: torch.Tensor
+    ) -> torch.Tensor:
+        """Feed the uncertainty of each pixel, against whether its label is wrong; count wrong and judged pixels."""
+        if uncertainty_map is None or subset.gt_mask is None or subset.pred_mask is None:
+            return torch.zeros(2, dtype=torch.long)
+        wrong = (subset.pred_mask.bool() != subset.gt_mask.bool()).flatten()
+        self.uncertainty_auroc.setdefault(key, BinaryAUROC()).update(
+            uncertainty_map[index].detach().cpu().flatten(), wrong.long()
+        )
+        return torch.tensor([int(wrong.sum()), wrong.numel()])
+
+    def _row(self, key: tuple[str, str], name: str, review_fraction: float | None) -> dict[str, float | str]:
         """One category's metrics; those it cannot define are NaN, and a warning says which and why.
 
         Pixel metrics of a category without masks (an image-only dataset) do not apply: they are left out, not NaN.
         """
-        normal, anomalous, anomalous_pixels, masked, false_alarms, found, flagged_pixels, normal_pixels = self.counts[
-            key
-        ].tolist()
+        counts = self.counts[key].tolist()
+        normal, anomalous, anomalous_pixels, masked, false_alarms, found, flagged_pixels, normal_pixels = counts[:8]
         reasons = {
             "image_": None
             if normal and anomalous
@@ -208,12 +243,13 @@ class PerCategoryMetrics(Callback):
                 if not total:
                     missing = "anomalous" if column == "image_recall" else "normal"
                     undefined.setdefault(f"it has no {missing} test image", []).append(column)
+        values = {field: torch.cat(parts) for field, parts in self.image_values.get(key, {}).items()}
+        self._uncertainty_columns(row, key, values, undefined, review_fraction)
         for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
                 "Category %s: %s cannot be computed (%s); the table shows NaN.", name, ", ".join(names), reason
             )
-        if key in self.image_values and reasons["image_"] is None:
-            values = {field: torch.cat(parts) for field, parts in self.image_values[key].items()}
+        if "map" in values and reasons["image_"] is None:
             fused = fuse_paper_scores(values["probability"], values["map"])
             fused_batch = _metric_batch(pred_score=fused, gt_label=values["label"])
             fields = ["pred_score", "gt_label"]
@@ -221,6 +257,52 @@ class PerCategoryMetrics(Callback):
                 metric.update(fused_batch)
                 row[f"paper_image_{type(metric).__name__}"] = float(metric.compute())
         return row
+
+    def _uncertainty_columns(
+        self,
+        row: dict[str, float | str],
+        key: tuple[str, str],
+        values: dict[str, torch.Tensor],
+        undefined: dict[str, list[str]],
+        review_fraction: float | None,
+    ) -> None:
+        """How well the uncertainty knows the model's errors; and the error rate with and without review.
+
+        - ``pixel_uncertainty_auroc``: AUROC of each pixel's uncertainty as a detector of the pixels whose label (at
+          the pixel threshold) is wrong; 0.5 knows nothing (misclassification detection: Hendrycks & Gimpel, "A
+          Baseline for Detecting Misclassified and Out-of-Distribution Examples in Neural Networks", ICLR 2017).
+        - ``image_ause`` / ``image_ause_random``: area under the sparsification error curve of the image
+          uncertainty for the absolute error ``|probability - label|``, and the same for a ranking that knows
+          nothing (``review.py``; Ilg et al., ECCV 2018).
+        - ``image_ece``: expected calibration error of the image probability, 15 equal-width bins (Guo et al., "On
+          Calibration of Modern Neural Networks", ICML 2017): the gap between the probability and the share of
+          anomalous images, averaged over bins by their share of images. It depends on the share of anomalous test
+          images, which a production line does not share.
+        - ``image_error_rate``: the share of images labelled wrongly; with ``review_fraction``, ``review_share`` (the
+          share marked ``needs_review``) and ``image_error_rate_unreviewed``, that of the images decided alone.
+        """
+        if "uncertainty" not in values:
+            return
+        probability, label, uncertainty = values["probability"], values["label"].long(), values["uncertainty"]
+        if key in self.uncertainty_auroc:
+            wrong, judged = self.counts[key][8:].tolist()
+            row["pixel_uncertainty_auroc"] = (
+                float(self.uncertainty_auroc[key].compute()) if 0 < wrong < judged else float("nan")
+            )
+            if not 0 < wrong < judged:
+                reason = "no pixel is labelled wrongly" if not wrong else "every pixel is labelled wrongly"
+                undefined.setdefault(reason, []).append("pixel_uncertainty_auroc")
+        ranking = sparsification(uncertainty, (probability - label).abs())
+        row["image_ause"], row["image_ause_random"] = ranking.ause, ranking.random_ause
+        row["image_ece"] = float(binary_calibration_error(probability, label, n_bins=ECE_BINS))
+        if "pred_label" not in values:
+            return
+        errors = (values["pred_label"].bool() != label.bool()).double()
+        row["image_error_rate"] = float(errors.mean())
+        if review_fraction is not None:
+            reviewed = review_flags(uncertainty, review_fraction)
+            row["review_share"] = float(reviewed.double().mean())
+            row["image_error_rate_unreviewed"] = float(errors[~reviewed].mean())
 
     def _gather_across_processes(self) -> None:
         """Give every process the metrics of every category, so that each metric syncs its states across processes.
@@ -232,9 +314,10 @@ class PerCategoryMetrics(Callback):
         torch.distributed.all_gather_object(keys, sorted(self.metrics))
         for key in sorted(set().union(*keys)):
             self.metrics.setdefault(key, _metrics())
+            self.uncertainty_auroc.setdefault(key, BinaryAUROC())
         counts: list[dict[tuple[str, str], torch.Tensor]] = [{} for _ in keys]
         torch.distributed.all_gather_object(counts, self.counts)
-        width = len(next(iter(self.counts.values()))) if self.counts else 8
+        width = len(next(iter(self.counts.values()))) if self.counts else COUNTS
         self.counts = {
             key: sum(c.get(key, torch.zeros(width, dtype=torch.long)) for c in counts) for key in self.metrics
         }
@@ -256,9 +339,10 @@ class PerCategoryMetrics(Callback):
             self._gather_across_processes()
         rows = {}
         names = _row_names(sorted(self.metrics))
+        review_fraction = getattr(pl_module, "options", {}).get("review_fraction")
         for key, name in names.items():
             try:
-                rows[name] = self._row(key, name)
+                rows[name] = self._row(key, name, review_fraction)
             except (RuntimeError, ValueError) as error:  # e.g. a category with a single label
                 logger.warning("Metrics of category %s could not be computed: %s", name, error)
         table = _with_means(pd.DataFrame.from_dict(rows, orient="index"))

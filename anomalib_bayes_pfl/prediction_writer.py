@@ -1,10 +1,11 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""``predictions.csv``: every predicted image's path, score and label, next to the other outputs of a run.
+"""``predictions.csv``: every predicted image's path, category, score, label and uncertainty, beside the run's images.
 
 anomalib's visualizer writes images; a table is what a production line reads back. Rows are appended batch by
-batch, so that a long run keeps nothing in memory and an interrupted one keeps what it scored.
+batch, so that an interrupted run keeps what it scored. With ``review_fraction``, the ``needs_review`` column is
+added once every image is scored (``review.py``): only each row's category and uncertainty are kept until then.
 """
 
 from collections.abc import Sequence
@@ -12,24 +13,30 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from anomalib.data import ImageBatch
+import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from anomalib_bayes_pfl.batch import BayesPFLBatch
+from anomalib_bayes_pfl.metrics import category_keys
+from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_UNITS
+from anomalib_bayes_pfl.review import grouped_review_flags
+
 PREDICTIONS_CSV = "predictions.csv"
-COLUMNS = ["image_path", "pred_score", "pred_label"]
+COLUMNS = ["image_path", "category", "pred_score", "pred_label", "uncertainty"]
 
 
 class PredictionTable(BasePredictionWriter):
-    """Write the image path, score and post-processed label of every predicted image.
+    """Write the image path, category, score, post-processed label and uncertainty of every predicted image.
 
-    With several processes each writes its own share, ``predictions_rank<r>.csv``.
+    With several processes each writes its own share, ``predictions_rank<r>.csv``, and marks its own share for review.
     """
 
     def __init__(self) -> None:
         super().__init__(write_interval="batch")
         self.path: Path | None = None
-        self.rows = 0
+        self.categories: list[tuple[str, str]] = []
+        self.uncertainties: list[torch.Tensor] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the table with its header."""
@@ -38,33 +45,62 @@ class PredictionTable(BasePredictionWriter):
         self.path = Path(trainer.default_root_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(columns=COLUMNS).to_csv(self.path, index=False)
-        self.rows = 0
+        self.categories, self.uncertainties = [], []
 
     def write_on_batch_end(
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        prediction: ImageBatch,
+        prediction: BayesPFLBatch,
         batch_indices: Sequence[int] | None,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int,
     ) -> None:
         """Append the batch's rows."""
-        del trainer, pl_module, batch_indices, batch, batch_idx, dataloader_idx
+        del pl_module, batch_indices, batch, batch_idx, dataloader_idx
         count = len(prediction.pred_score)
+        paths = prediction.image_path or [None] * count
         labels = prediction.pred_label.int().tolist() if prediction.pred_label is not None else [None] * count
+        uncertainty = prediction.uncertainty.detach().cpu()
+        categories = category_keys(trainer, paths)
         table = pd.DataFrame(
             {
-                "image_path": prediction.image_path or [None] * count,
+                "image_path": paths,
+                "category": [category for _, category in categories],
                 "pred_score": prediction.pred_score.tolist(),
                 "pred_label": pd.array(labels, dtype="Int64"),
+                "uncertainty": uncertainty.tolist(),
             }
         )
         table.to_csv(self.path, mode="a", header=False, index=False)
-        self.rows += count
+        self.categories += categories
+        self.uncertainties.append(uncertainty)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Say where the table is."""
-        del trainer, pl_module
-        print(f"Scores and labels of {self.rows} images written to {self.path}")
+        """Add the review marks, and say where the table is."""
+        del trainer
+        rows = len(self.categories)
+        fraction = pl_module.options["review_fraction"]
+        measure = (
+            f"uncertainty: {pl_module.options['uncertainty']} in {UNCERTAINTY_UNITS[pl_module.options['uncertainty']]}"
+        )
+        if fraction is None:
+            print(f"Scores, labels and uncertainties ({measure}) of {rows} images written to {self.path}")
+            return
+        flags = grouped_review_flags(
+            self.categories, torch.cat(self.uncertainties) if rows else torch.zeros(0), fraction
+        )
+        table = pd.read_csv(
+            self.path,
+            dtype={"pred_label": "Int64"},
+            keep_default_na=False,
+            na_values=[""],
+            float_precision="round_trip",
+        )
+        table["needs_review"] = flags.tolist()
+        table.to_csv(self.path, index=False)
+        print(
+            f"Scores, labels and uncertainties ({measure}) of {rows} images written to {self.path}; "
+            f"{int(flags.sum())} marked needs_review (the most uncertain, at most {fraction:g} of each category)."
+        )

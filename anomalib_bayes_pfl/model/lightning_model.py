@@ -45,6 +45,7 @@ from anomalib_bayes_pfl.few_shot import FewShotPreparation
 from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
 from anomalib_bayes_pfl.paper_score import paper_map_scores
 from anomalib_bayes_pfl.prediction_writer import PredictionTable
+from anomalib_bayes_pfl.visualization import UncertaintyVisualizer
 
 from .backbone import load_clip
 from .command_line import seed_from_command_line, warn_that_export_ignores_model_options
@@ -136,7 +137,8 @@ class BayesPFL(AnomalibModule):
         post_processor: Post-processor, ``True`` for the default, which labels with the two thresholds
             (:class:`~anomalib_bayes_pfl.model.post_processor.ProbabilityPostProcessor`).
         evaluator: Evaluator, ``True`` for image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
-        visualizer: Visualizer, ``True`` for anomalib's image visualizer.
+        visualizer: Visualizer, ``True`` for anomalib's image visualizer with each image's uncertainty map beside it
+            (:class:`~anomalib_bayes_pfl.visualization.UncertaintyVisualizer`).
 
     Example:
         >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
@@ -362,6 +364,11 @@ class BayesPFL(AnomalibModule):
     def configure_post_processor(self) -> PostProcessor:
         """Label with probability thresholds (the paper's until options or a checkpoint set them)."""
         return ProbabilityPostProcessor()
+
+    @classmethod
+    def configure_visualizer(cls) -> UncertaintyVisualizer:
+        """The image visualizer of anomalib, with each image's uncertainty map beside it and the review banners."""
+        return UncertaintyVisualizer()
 
     @staticmethod
     def configure_evaluator() -> Evaluator:

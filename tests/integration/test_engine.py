@@ -159,8 +159,12 @@ def test_cross_dataset_run_writes_per_category_table_and_separate_images(tiny_cl
         fused = 0.5 * _min_max(rows.score) + 0.5 * _min_max(rows.map_score)  # the authors' fusion, by hand
         assert table.loc[category, "paper_image_AUROC"] == pytest.approx(roc_auc_score(rows.label, fused), abs=1e-6)
     images = sorted(p.relative_to(next(tmp_path.rglob("images"))).as_posix() for p in tmp_path.rglob("images/**/*.png"))
-    assert len(images) == 12  # 6 test images in each target category, none overwritten
-    assert images[0].startswith("tile_a/test/")
+    visualisations = [image for image in images if not image.endswith("_uncertainty.png")]
+    assert len(visualisations) == 12  # 6 test images in each target category, none overwritten
+    assert visualisations[0].startswith("tile_a/test/")
+    assert sorted(set(images) - set(visualisations)) == [
+        image.replace(".png", "_uncertainty.png") for image in visualisations
+    ]
 
 
 def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tmp_path):

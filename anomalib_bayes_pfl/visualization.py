@@ -1,0 +1,143 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""anomalib's image visualizer, with the uncertainty map beside each image and a banner on those to review.
+
+For each visualised image ``<name>``, ``<stem>_uncertainty.png`` is written beside it: the uncertainty map with its
+colour bar and the image's own uncertainty in the title. The colour scale is the same for every image and run: a
+log scale over the top four decades of the measure's range (1e-4 to 1 bit for the mutual information, 5e-5 to 0.5
+for the standard deviation), since uncertainties are usually orders of magnitude below their maximum; lower values
+take the bottom colour. The colour map (``inferno``) differs from the anomaly map's, so the two are not confused.
+
+With ``review_fraction``, once the run has scored every image, both images of each one marked ``needs_review`` get
+a red banner (the marks are ranks within a category, ``review.py``).
+"""
+
+from collections.abc import Hashable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anomalib.utils.path import generate_output_filename
+from anomalib.visualization import ImageVisualizer
+from anomalib.visualization.image.functional import add_text_to_image
+from lightning.pytorch import LightningModule, Trainer
+from matplotlib import colormaps
+from PIL import Image, ImageDraw, ImageFont
+
+from anomalib_bayes_pfl.batch import BayesPFLBatch
+from anomalib_bayes_pfl.metrics import category_keys
+from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_MAXIMUM, UNCERTAINTY_UNITS
+from anomalib_bayes_pfl.review import grouped_review_flags
+
+COLOUR_MAP = "inferno"
+DECADES = 4
+COLOUR_BAR_WIDTH = 84
+REVIEW_BANNER = "NEEDS REVIEW"
+
+
+def _scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
+    """Position in [0, 1] of each value on the log colour scale that ends at ``maximum``."""
+    floor = maximum * 10.0**-DECADES
+    return (np.log10(np.clip(values, floor, maximum) / floor) / DECADES).astype(np.float32)
+
+
+def render_uncertainty(
+    uncertainty_map: torch.Tensor, uncertainty: float, measure: str, size: tuple[int, int]
+) -> Image.Image:
+    """The map ``(H, W)`` in colour, resized to ``size``, with a labelled colour bar and the image's uncertainty."""
+    maximum = UNCERTAINTY_MAXIMUM[measure]
+    colours = colormaps[COLOUR_MAP]
+    positions = _scale_position(uncertainty_map.detach().float().cpu().numpy(), maximum)
+    panel = Image.fromarray((colours(positions)[..., :3] * 255).astype(np.uint8)).resize(
+        size, Image.Resampling.BILINEAR
+    )
+    width, height = size
+    bar_height = height - 24
+    ramp = np.linspace(1, 0, bar_height, dtype=np.float32)[:, None].repeat(16, axis=1)
+    canvas = Image.new("RGB", (width + COLOUR_BAR_WIDTH, height), "white")
+    canvas.paste(panel, (0, 0))
+    canvas.paste(Image.fromarray((colours(ramp)[..., :3] * 255).astype(np.uint8)), (width + 8, 12))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=11)
+    for decade in range(DECADES + 1):
+        value = maximum * 10.0**-decade
+        y = 12 + round((1 - float(_scale_position(np.array(value), maximum))) * (bar_height - 1))
+        draw.line([(width + 24, y), (width + 28, y)], fill="black")
+        draw.text((width + 30, y - 6), f"{value:.0e}" if decade else f"{value:g}", fill="black", font=font)
+    title = f"Uncertainty ({measure}, {UNCERTAINTY_UNITS[measure]}): image {uncertainty:.3g}"
+    return add_text_to_image(canvas, title, size=12)
+
+
+def stamp_review_banner(path: Path) -> None:
+    """Draw the review banner across the bottom of the image file at ``path``."""
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    draw = ImageDraw.Draw(image)
+    height = max(18, image.height // 12)
+    draw.rectangle([(0, image.height - height), (image.width, image.height)], fill=(200, 0, 0))
+    font = ImageFont.load_default(size=int(height * 0.7))
+    draw.text((8, image.height - height + height * 0.1), REVIEW_BANNER, fill="white", font=font)
+    image.save(path)
+
+
+class UncertaintyVisualizer(ImageVisualizer):
+    """anomalib's image visualizer, plus each image's uncertainty map and, with review, the review banners."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Each visualised image's category, uncertainty and files, for the review marks at the end of the run.
+        self.written: list[tuple[Hashable, float, list[Path]]] = []
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Forget the images of an earlier run."""
+        del trainer, pl_module
+        self.written = []
+
+    on_predict_start = on_test_start
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: BayesPFLBatch,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Write anomalib's visualisation of each image, then its uncertainty image beside it."""
+        del batch
+        super().on_test_batch_end(trainer, pl_module, outputs, outputs, batch_idx, dataloader_idx)
+        if outputs.uncertainty_map is None or not outputs.image_path:
+            return
+        datamodule = getattr(trainer, "datamodule", None)
+        measure = pl_module.options["uncertainty"]
+        keys = category_keys(trainer, outputs.image_path)
+        for item, key in zip(outputs, keys, strict=True):
+            visualisation = generate_output_filename(
+                input_path=item.image_path,
+                output_path=self.output_dir,
+                dataset_name=getattr(datamodule, "name", None),
+                category=getattr(datamodule, "category", None),
+            )
+            uncertainty_file = visualisation.with_name(f"{visualisation.stem}_uncertainty.png")
+            render_uncertainty(item.uncertainty_map, float(item.uncertainty), measure, self.field_size).save(
+                uncertainty_file
+            )
+            files = [file for file in (visualisation, uncertainty_file) if file.is_file()]
+            self.written.append((key, float(item.uncertainty), files))
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Put the review banner on the images marked ``needs_review``, now that every image is scored."""
+        del trainer
+        fraction = pl_module.options["review_fraction"]
+        if fraction is None or not self.written:
+            return
+        keys, uncertainties, files = zip(*self.written, strict=True)
+        flags = grouped_review_flags(keys, torch.tensor(uncertainties), fraction)
+        for flagged, paths in zip(flags.tolist(), files, strict=True):
+            for path in paths if flagged else []:
+                stamp_review_banner(path)
+
+    on_predict_end = on_test_end
