@@ -10,8 +10,9 @@ randomly initialised CLIP unless ``--clip_model`` / ``--clip_pretrained`` name r
 categories with the untrained head, trains the head through anomalib's Engine on the auxiliary categories, scores
 the unseen categories again, and prints both per-category tables. Then it scores the unseen categories with 0, 1, 2
 and 4 normal reference images per category, each with thresholds calibrated for a false-alarm rate of 0.1 on 20
-further normal images, and prints the means over categories. A tiny random backbone demonstrates the pipeline, not
-the paper's accuracy.
+further normal images, and prints the means over categories, with how well the prompt samples' uncertainty finds the
+model's errors and the error rate without the 10 % most uncertain images of each category. A tiny random backbone
+demonstrates the pipeline, not the paper's accuracy.
 """
 
 import json
@@ -37,6 +38,16 @@ SHOTS = (0, 1, 2, 4)
 FALSE_ALARM_RATE = 0.1
 CALIBRATION_IMAGES = 20
 LABEL_COLUMNS = ["image_false_alarm_rate", "image_recall", "pixel_false_alarm_rate"]
+REVIEW_FRACTION = 0.1
+UNCERTAINTY_COLUMNS = [
+    "pixel_uncertainty_auroc",
+    "image_ause",
+    "image_ause_random",
+    "image_ece",
+    "image_error_rate",
+    "image_error_rate_unreviewed",
+    "review_share",
+]
 
 
 def _datamodule(datasets: Path) -> ZeroShotCrossDataset:
@@ -108,18 +119,20 @@ def run_demo(
     trained_root = root / "results" / "trained"
     seed_everything(seed)
     engine = Engine(default_root_dir=trained_root, accelerator="cpu", devices=1, logger=False)
-    engine.train(model(), datamodule=_datamodule(datasets))
+    engine.train(model(review_fraction=REVIEW_FRACTION), datamodule=_datamodule(datasets))
 
     checkpoint = next(trained_root.rglob("model.ckpt"))
-    shots = {}
+    shots, uncertainty = {}, {}
     for k_shot in SHOTS:
         print(f"Scoring the unseen categories with {k_shot} normal reference image(s) per category ...")
         shot_root = root / "results" / f"{k_shot}_shot"
         few_shot = {"k_shot": k_shot, "false_alarm_rate": FALSE_ALARM_RATE, "calibration_images": CALIBRATION_IMAGES}
         Engine(default_root_dir=shot_root, accelerator="cpu", devices=1, logger=False).test(
-            model(prompt_weights=str(checkpoint), **few_shot), datamodule=_datamodule(datasets)
+            model(prompt_weights=str(checkpoint), review_fraction=REVIEW_FRACTION, **few_shot),
+            datamodule=_datamodule(datasets),
         )
         shots[f"{k_shot}-shot"] = _table(shot_root).loc[MEAN_ROW, SUMMARY_COLUMNS + LABEL_COLUMNS]
+        uncertainty[f"{k_shot}-shot"] = _table(shot_root).loc[MEAN_ROW, UNCERTAINTY_COLUMNS]
 
     untrained, trained = _table(untrained_root), _table(trained_root)
     summary = pd.DataFrame(
@@ -133,6 +146,11 @@ def run_demo(
         f"false-alarm rate of {FALSE_ALARM_RATE} on {CALIBRATION_IMAGES} further normal images (mean over categories):"
     )
     print(pd.DataFrame(shots).to_string(float_format=lambda value: f"{value:.3f}"))
+    print(
+        f"\nUncertainty of the prompt samples (mutual information), with the {REVIEW_FRACTION:.0%} most uncertain "
+        f"images of each category marked for review (mean over categories):"
+    )
+    print(pd.DataFrame(uncertainty).to_string(float_format=lambda value: f"{value:.3f}"))
     print(
         f"\nPer-category tables: {next(untrained_root.rglob(CSV_NAME))} and {next(trained_root.rglob(CSV_NAME))}"
         f"\nAnomaly-map images: {images}\nWall time: {time.time() - started:.0f} s"

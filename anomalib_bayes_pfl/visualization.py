@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from anomalib.utils.path import generate_output_filename
 from anomalib.visualization import ImageVisualizer
-from anomalib.visualization.image.functional import add_text_to_image
 from lightning.pytorch import LightningModule, Trainer
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
@@ -34,6 +33,7 @@ from anomalib_bayes_pfl.review import grouped_review_flags
 COLOUR_MAP = "inferno"
 DECADES = 4
 COLOUR_BAR_WIDTH = 84
+HEADER_HEIGHT = 22
 REVIEW_BANNER = "NEEDS REVIEW"
 
 
@@ -46,7 +46,7 @@ def _scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
 def render_uncertainty(
     uncertainty_map: torch.Tensor, uncertainty: float, measure: str, size: tuple[int, int]
 ) -> Image.Image:
-    """The map ``(H, W)`` in colour, resized to ``size``, with a labelled colour bar and the image's uncertainty."""
+    """The map ``(H, W)`` in colour at ``size``, titled with the image's uncertainty, with a labelled colour bar."""
     maximum = UNCERTAINTY_MAXIMUM[measure]
     colours = colormaps[COLOUR_MAP]
     positions = _scale_position(uncertainty_map.detach().float().cpu().numpy(), maximum)
@@ -54,20 +54,21 @@ def render_uncertainty(
         size, Image.Resampling.BILINEAR
     )
     width, height = size
-    bar_height = height - 24
+    bar_top, bar_height = HEADER_HEIGHT + 8, height - 16
     ramp = np.linspace(1, 0, bar_height, dtype=np.float32)[:, None].repeat(16, axis=1)
-    canvas = Image.new("RGB", (width + COLOUR_BAR_WIDTH, height), "white")
-    canvas.paste(panel, (0, 0))
-    canvas.paste(Image.fromarray((colours(ramp)[..., :3] * 255).astype(np.uint8)), (width + 8, 12))
+    canvas = Image.new("RGB", (width + COLOUR_BAR_WIDTH, HEADER_HEIGHT + height), "white")
+    canvas.paste(panel, (0, HEADER_HEIGHT))
+    canvas.paste(Image.fromarray((colours(ramp)[..., :3] * 255).astype(np.uint8)), (width + 8, bar_top))
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=11)
     for decade in range(DECADES + 1):
         value = maximum * 10.0**-decade
-        y = 12 + round((1 - float(_scale_position(np.array(value), maximum))) * (bar_height - 1))
+        y = bar_top + round((1 - float(_scale_position(np.array(value), maximum))) * (bar_height - 1))
         draw.line([(width + 24, y), (width + 28, y)], fill="black")
         draw.text((width + 30, y - 6), f"{value:.0e}" if decade else f"{value:g}", fill="black", font=font)
-    title = f"Uncertainty ({measure}, {UNCERTAINTY_UNITS[measure]}): image {uncertainty:.3g}"
-    return add_text_to_image(canvas, title, size=12)
+    title = f"Uncertainty, {measure.replace('_', ' ')} ({UNCERTAINTY_UNITS[measure]}): image {uncertainty:.3g}"
+    draw.text((6, 4), title, fill="black", font=ImageFont.load_default(size=13))
+    return canvas
 
 
 def stamp_review_banner(path: Path) -> None:
