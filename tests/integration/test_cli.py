@@ -56,6 +56,15 @@ def test_out_of_range_values_are_refused_by_the_parser_with_their_name(tmp_path)
     assert 'Parser key "image_threshold"' in last_lines
     assert "does not conform to restriction v>0 and v<1" in last_lines
     assert "Traceback" not in result.stderr
+    for option, message in (
+        ("review_fraction=1", "v>0 and v<1"),
+        ("uncertainty=entropy", "'mutual_information', 'std'"),
+    ):
+        result = anomalib_cli("test", "--model", "BayesPFL", *TINY_MODEL, f"--model.{option}", cwd=tmp_path)
+        assert result.returncode == 2, result.stderr
+        last_lines = "\n".join(result.stderr.splitlines()[-12:])
+        assert f'Parser key "{option.split("=")[0]}"' in last_lines, last_lines
+        assert message in last_lines, last_lines
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,8 @@ def test_predict_writes_maps_scores_and_labels(tmp_path, mvtec_tree, trained):
         "BayesPFL",
         *TINY_CLI,
         "--model.image_threshold=0.4",
+        "--model.uncertainty=std",
+        "--model.review_fraction=0.4",
         "--data",
         str(images),
         f"--ckpt_path={checkpoint}",
@@ -148,7 +150,19 @@ def test_predict_writes_maps_scores_and_labels(tmp_path, mvtec_tree, trained):
     assert len(table) == 3
     assert table.pred_score.between(0, 1).all()
     assert (table.pred_label == (table.pred_score > 0.4).astype(int)).all()
-    assert len(list((tmp_path / "out").rglob("images/**/*.png"))) == 3
+    assert table.uncertainty.between(0, 0.5).all()  # the std of probabilities
+    assert table.uncertainty.max() > 0
+    assert (table.needs_review == (table.uncertainty == table.uncertainty.max())).all()  # 40 % of 3: one image
+    assert "1 marked needs_review" in result.stdout
+    written = sorted(path.name for path in (tmp_path / "out").rglob("images/**/*.png"))
+    assert written == [
+        "000.png",
+        "000_uncertainty.png",
+        "001.png",
+        "001_uncertainty.png",
+        "002.png",
+        "002_uncertainty.png",
+    ]
 
 
 def test_torch_export_and_inferencer_match_the_checkpoint(tmp_path, mvtec_tree, trained, monkeypatch):

@@ -1,0 +1,115 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Where users see the uncertainty: the per-category table, predictions.csv and the images, checked by hand."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from anomalib.engine import Engine
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomalib_bayes_pfl.metrics import CSV_NAME
+from anomalib_bayes_pfl.prediction_writer import PREDICTIONS_CSV
+
+from ..helpers import cross_dataset
+from ..unit.test_lightning_model import tiny_module
+from ..unit.test_review import _sparsification_by_hand
+
+REVIEW_FRACTION = 0.25  # 6 test images per category: the most uncertain one is marked
+BANNER = (200, 0, 0)
+
+
+def _ece_by_hand(probability: np.ndarray, label: np.ndarray, bins: int = 15) -> float:
+    """Guo et al.'s expected calibration error of P(anomalous), equal-width bins, each bin (a, b]."""
+    index = np.clip(np.ceil(probability * bins).astype(int) - 1, 0, bins - 1)
+    return sum(
+        (index == b).mean() * abs(label[index == b].mean() - probability[index == b].mean())
+        for b in range(bins)
+        if (index == b).any()
+    )
+
+
+@pytest.fixture(scope="module")
+def reviewed_run(tiny_clip_path, mvtec_tree, tmp_path_factory):
+    """Train on tile_c, test and predict tile_a and tile_b with review; the table, the predictions and the folder."""
+    root = tmp_path_factory.mktemp("reviewed")
+    data = cross_dataset(mvtec_tree)
+    data.auxiliary_categories, data.target_categories = ["tile_c"], ["tile_a", "tile_b"]
+    data.category = ""
+    engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
+    module = tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0, review_fraction=REVIEW_FRACTION)
+    engine.train(module, datamodule=data)
+    table = pd.read_csv(next(root.rglob(CSV_NAME)), index_col="category")
+    test_images = next(root.rglob("images"))
+    predictions = engine.predict(module, datamodule=data)  # the same test images, scored again
+    return table, predictions, test_images, Path(engine.trainer.default_root_dir)
+
+
+def _scored(predictions: list) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "image_path": [path for batch in predictions for path in batch.image_path],
+            "category": [Path(path).parts[-4] for batch in predictions for path in batch.image_path],
+            "probability": [float(value) for batch in predictions for value in batch.pred_score],
+            "label": [int(value) for batch in predictions for value in batch.gt_label],
+            "pred_label": [int(value) for batch in predictions for value in batch.pred_label],
+            "uncertainty": [float(value) for batch in predictions for value in batch.uncertainty],
+        }
+    )
+
+
+def test_table_judges_the_uncertainty_as_computed_by_hand(reviewed_run):
+    table, predictions, _, _ = reviewed_run
+    scored = _scored(predictions)
+    for category, rows in scored.groupby("category"):
+        row = table.loc[category]
+        errors = rows.pred_label != rows.label
+        assert row.image_error_rate == pytest.approx(errors.mean())
+        decided_alone = rows.drop(rows.uncertainty.nlargest(1).index)  # 25 % of 6 images: at most one
+        assert row.review_share == pytest.approx(1 / 6)
+        expected = (decided_alone.pred_label != decided_alone.label).mean()
+        assert row.image_error_rate_unreviewed == pytest.approx(expected)
+        assert row.image_ece == pytest.approx(_ece_by_hand(rows.probability.to_numpy(), rows.label.to_numpy()))
+        ause, random_ause = _sparsification_by_hand(
+            rows.uncertainty.tolist(), (rows.probability - rows.label).abs().tolist()
+        )
+        assert (row.image_ause, row.image_ause_random) == pytest.approx((ause, random_ause), abs=1e-6)
+        batches = [(batch, i) for batch in predictions for i, path in enumerate(batch.image_path) if category in path]
+        wrong = torch.stack([batch.pred_mask[i] != batch.gt_mask[i].bool() for batch, i in batches]).flatten()
+        uncertainty = torch.stack([batch.uncertainty_map[i] for batch, i in batches]).flatten()
+        assert row.pixel_uncertainty_auroc == pytest.approx(roc_auc_score(wrong.numpy(), uncertainty.numpy()), abs=1e-6)
+    uncertainty_columns = ["pixel_uncertainty_auroc", "image_ause", "image_ece", "image_error_rate_unreviewed"]
+    assert table.loc["mean", uncertainty_columns].to_numpy() == pytest.approx(
+        table.loc[["tile_a", "tile_b"], uncertainty_columns].mean().to_numpy()
+    )
+
+
+def _has_banner(path: Path) -> bool:
+    with Image.open(path) as image:
+        return image.convert("RGB").getpixel((1, image.height - 2)) == BANNER
+
+
+def test_prediction_table_and_images_carry_uncertainty_and_review_marks(reviewed_run):
+    _, predictions, test_images, predict_root = reviewed_run
+    scored = _scored(predictions)
+    table = pd.read_csv(predict_root / PREDICTIONS_CSV)
+    assert list(table.columns) == ["image_path", "category", "pred_score", "pred_label", "uncertainty", "needs_review"]
+    merged = table.merge(scored, on="image_path")
+    assert len(merged) == len(scored) == 12
+    assert (merged.category_x == merged.category_y).all()
+    assert np.array_equal(merged.uncertainty_x.to_numpy(), merged.uncertainty_y.to_numpy())
+    most_uncertain = merged.groupby("category_x").uncertainty_x.transform("max") == merged.uncertainty_x
+    assert (merged.needs_review == most_uncertain).all()
+    assert merged.needs_review.sum() == 2  # one per category
+    for images in (test_images, predict_root / "images"):
+        for row in merged.itertuples():
+            source = Path(row.image_path)
+            visualisation = next(images.rglob(f"{row.category_x}/test/{source.parent.name}/{source.name}"))
+            uncertainty_image = visualisation.with_name(f"{visualisation.stem}_uncertainty.png")
+            assert uncertainty_image.is_file()
+            assert _has_banner(visualisation) == _has_banner(uncertainty_image) == row.needs_review
