@@ -15,11 +15,10 @@ CPU, allocated memory on CUDA). Times are medians of ``repeats`` rounds after ``
 
 import io
 import json
-import statistics
 import time
 
 import torch
-from bench_speed import peak_memory_gib  # this folder's scripts run with it on the path
+from bench_speed import interleaved_medians, peak_memory_gib  # this folder's scripts run with it on the path
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
@@ -84,18 +83,13 @@ def main(
     print(json.dumps({**line, "unit": "GiB"}))
 
     for size in (1, batch_size):
-        times: dict[int, list[float]] = {k_shot: [] for k_shot in (0, *shots)}
         with torch.no_grad():
-            for round_index in range(warmup + repeats):
-                order = list(times)[round_index % len(times) :] + list(times)[: round_index % len(times)]
-                for k_shot in order:  # each k in each position of the round, in turn
-                    seconds = run(size, k_shot)
-                    if round_index >= warmup:
-                        times[k_shot].append(seconds)
-        zero_shot = statistics.median(times[0])
-        for k_shot, values in times.items():
-            line = {"figure": f"inference_batch{size}_k{k_shot}", "value": round(statistics.median(values) * 1000, 1)}
-            line |= {"unit": "ms/image", "ratio_to_zero_shot": round(statistics.median(values) / zero_shot, 3)}
+            medians = interleaved_medians(
+                {k_shot: lambda k=k_shot, s=size: run(s, k) for k_shot in (0, *shots)}, repeats, warmup
+            )
+        for k_shot, seconds in medians.items():
+            line = {"figure": f"inference_batch{size}_k{k_shot}", "value": round(seconds * 1000, 1)}
+            line |= {"unit": "ms/image", "ratio_to_zero_shot": round(seconds / medians[0], 3)}
             print(json.dumps(line), flush=True)
 
 

@@ -17,7 +17,7 @@ import json
 import resource
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 from jsonargparse import CLI
@@ -38,6 +38,23 @@ def _median_seconds(step: Callable[[], object], repeats: int, warmup: int, devic
         if index >= warmup:
             times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def interleaved_medians(runs: dict[Hashable, Callable[[], float]], repeats: int, warmup: int) -> dict[Hashable, float]:
+    """Median seconds of each run (each returns its own time), measured round by round with the order rotating.
+
+    Each run takes each position of a round in turn, so that all see the same machine state; the first ``warmup``
+    rounds are not counted.
+    """
+    times: dict[Hashable, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            seconds = runs[name]()
+            if round_index >= warmup:
+                times[name].append(seconds)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_memory_gib(device: torch.device) -> float:
