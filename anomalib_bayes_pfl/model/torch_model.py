@@ -62,7 +62,8 @@ class BayesPFLScores(NamedTuple):
         anomaly_map: ``(N, H, W)`` smoothed anomaly map.
         raw_anomaly_map: ``(N, H, W)`` the same map before smoothing.
         uncertainty: ``(N,)`` disagreement of the B * R image probabilities (``uncertainty.py``), if asked for.
-        uncertainty_map: ``(N, H, W)`` disagreement of the B * R smoothed anomaly maps per pixel, if asked for.
+        uncertainty_map: ``(N, H, W)`` disagreement of the B * R anomaly maps per pixel (before smoothing), smoothed
+            like the anomaly map, if asked for.
     """
 
     pred_score: torch.Tensor
@@ -314,10 +315,11 @@ class BayesPFLModel(nn.Module):
         scores = BayesPFLScores(pred_score, smooth(raw_map, sigma), raw_map)
         if pair_maps is None:
             return scores
-        smoothed_pairs = smooth(pair_maps.flatten(0, 1), sigma).view(pair_maps.shape)
+        # One image at a time: the reduction's temporaries then take M maps of memory, not M * N.
+        pixel_uncertainty = torch.stack([sample_uncertainty(maps, uncertainty) for maps in pair_maps.unbind(dim=1)])
         return scores._replace(
             uncertainty=sample_uncertainty(pair_scores, uncertainty),
-            uncertainty_map=sample_uncertainty(smoothed_pairs, uncertainty),
+            uncertainty_map=smooth(pixel_uncertainty, sigma),
         )
 
     def _training_forward(

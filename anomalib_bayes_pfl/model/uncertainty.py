@@ -7,6 +7,10 @@ Bayes-PFL scores each image with M = B * R prompt sets, B prompts of the bank ea
 learned distributions, and reports the mean of their M probabilities. The spread of those M probabilities is what
 the model does not know; it comes with no extra forward pass.
 
+Per pixel, the samples are the M maps before smoothing (the mean of which is the unsmoothed anomaly map); the
+uncertainty map is then smoothed with the anomaly map's Gaussian, so that it is as smooth as the map it sits beside.
+Smoothing each of the M maps first would cost M smoothing passes, about a tenth of the inference time on a CPU.
+
 Two measures, both zero exactly when all samples agree and both computed from the samples in one batched reduction:
 
 - ``mutual_information`` (the default): the mutual information between the binary outcome and the sample, in bits,
@@ -41,10 +45,10 @@ def mutual_information(probabilities: torch.Tensor, dim: int = 0) -> torch.Tenso
     tiny = torch.finfo(probabilities.dtype).tiny
     difference = probabilities - mean
     # p log(p / mean) + (1 - p) log((1 - p) / (1 - mean)), each log as log1p of a small relative difference; a term
-    # with p = 0 or p = 1 is zero, and a mean of exactly 0 or 1 means every sample equals it.
-    kl = torch.special.xlog1py(probabilities, difference / mean.clamp_min(tiny)) + torch.special.xlog1py(
-        1 - probabilities, -difference / (1 - mean).clamp_min(tiny)
-    )
+    # with p = 0 or p = 1 is zero, and a mean of exactly 0 or 1 means every sample equals it. In place where possible:
+    # these temporaries are as large as the samples.
+    kl = torch.special.xlog1py(probabilities, difference / mean.clamp_min(tiny))
+    kl += torch.special.xlog1py(1 - probabilities, difference.div_((mean - 1).clamp_max(-tiny)))
     return kl.mean(dim=dim).clamp_min(0) / math.log(2)
 
 

@@ -68,7 +68,7 @@ def test_unknown_measure_is_refused_with_the_known_ones():
 
 
 def _per_sample_scores(model: BayesPFLModel, images: torch.Tensor, names: list[str]):
-    """Each of the M = B * R prompt samples scored on its own: its smoothed map and its image probability."""
+    """Each of the M = B * R prompt samples scored on its own: its map before smoothing and its image probability."""
     tokens = model.class_tokens(names, images)
     features = model.encode_images(images)
     noise = (model.eval_context_noise, model.eval_normal_noise, model.eval_abnormal_noise)
@@ -84,19 +84,20 @@ def _per_sample_scores(model: BayesPFLModel, images: torch.Tensor, names: list[s
                 logits[:, [pair, pair + pairs]], size=images.shape[-2:], mode="bilinear", align_corners=True
             )
             layer_maps.append(both.softmax(dim=1)[:, 1])
-        maps.append(smooth(torch.stack(layer_maps).mean(dim=0), model.config.scoring.smoothing_sigma))
+        maps.append(torch.stack(layer_maps).mean(dim=0))
         probabilities.append(image_logits[:, [pair, pair + pairs]].softmax(dim=1)[:, 1])
     return torch.stack(maps), torch.stack(probabilities)
 
 
 @pytest.mark.parametrize("measure", ["mutual_information", "std"])
 def test_model_uncertainty_is_the_spread_of_the_samples_it_averages(tiny_model, measure):
+    """Per pixel over the M maps before smoothing (their mean is the unsmoothed map), then smoothed like the map."""
     torch.manual_seed(2)
     images, names = torch.randn(2, 3, 64, 64), ["tile", "screw"]
     scores = tiny_model.score(images, names, uncertainty=measure)
     maps, probabilities = _per_sample_scores(tiny_model, images, names)
     assert maps.shape[0] == 2 * 3  # B * R
-    torch.testing.assert_close(maps.mean(dim=0), scores.anomaly_map, rtol=0, atol=1e-6)
+    torch.testing.assert_close(maps.mean(dim=0), scores.raw_anomaly_map, rtol=0, atol=1e-6)
     torch.testing.assert_close(probabilities.mean(dim=0), scores.pred_score, rtol=0, atol=1e-6)
     pixel = torch.tensor(
         [
@@ -105,6 +106,7 @@ def test_model_uncertainty_is_the_spread_of_the_samples_it_averages(tiny_model, 
         ],
         dtype=torch.float64,
     )
+    pixel = smooth(pixel, tiny_model.config.scoring.smoothing_sigma)  # smoothed like the anomaly map
     image = torch.tensor(
         [_reference(probabilities[:, n].double().tolist(), measure) for n in range(2)], dtype=torch.float64
     )
