@@ -284,12 +284,11 @@ class PerCategoryMetrics(Callback):
         if "uncertainty" not in values:
             return
         probability, label, uncertainty = values["probability"], values["label"].long(), values["uncertainty"]
-        if key in self.uncertainty_auroc:
-            wrong, judged = self.counts[key][8:].tolist()
-            row["pixel_uncertainty_auroc"] = (
-                float(self.uncertainty_auroc[key].compute()) if 0 < wrong < judged else float("nan")
-            )
-            if not 0 < wrong < judged:
+        wrong, judged = self.counts[key][8:].tolist()
+        if judged:  # pixels with a mask and a label (the same on every process: the counts are summed)
+            defined = 0 < wrong < judged
+            row["pixel_uncertainty_auroc"] = float(self.uncertainty_auroc[key].compute()) if defined else float("nan")
+            if not defined:
                 reason = "no pixel is labelled wrongly" if not wrong else "every pixel is labelled wrongly"
                 undefined.setdefault(reason, []).append("pixel_uncertainty_auroc")
         ranking = sparsification(uncertainty, (probability - label).abs())

@@ -3,6 +3,7 @@
 
 """The per-category table: a dataset column, a mean per dataset, and no pixel metrics where there are no masks."""
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from anomalib.data import ImageBatch
 from sklearn.metrics import roc_auc_score
 
+from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.metrics import MEAN_ROW, PerCategoryMetrics
 
 # image path -> (dataset, category)
@@ -82,3 +84,28 @@ def test_image_only_data_reports_image_metrics_and_no_pixel_columns(tmp_path, ca
         capsys.readouterr().out
     )
     assert list(table.index) == ["01", "brain", MEAN_ROW]
+
+
+def _judged_batch(paths: list[str], *, masks: bool) -> BayesPFLBatch:
+    """A labelled batch with uncertainty whose predicted masks are exactly right."""
+    batch = _batch(paths, masks=masks)
+    generator = torch.Generator().manual_seed(1)
+    fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+    return BayesPFLBatch(
+        **fields | {"pred_label": batch.pred_score > 0.5, "pred_mask": batch.gt_mask},
+        uncertainty=torch.rand(len(paths), generator=generator),
+        uncertainty_map=torch.rand(len(paths), 8, 8, generator=generator),
+    )
+
+
+def test_uncertainty_columns_say_what_cannot_be_computed(tmp_path, caplog):
+    masked = [path for path in IMAGES if path.startswith("BTech/")]
+    image_only = [path for path in IMAGES if path.startswith("BMAD/")]
+    table, _ = _table(tmp_path, [_judged_batch(masked, masks=True), _judged_batch(image_only, masks=False)])
+    assert table.loc[["BTech/01", "BTech/brain"], "pixel_uncertainty_auroc"].isna().all()  # no wrong pixel
+    assert "pixel_uncertainty_auroc cannot be computed (no pixel is labelled wrongly)" in caplog.text
+    assert table.loc[["BMAD/01", "BMAD/brain"], "pixel_uncertainty_auroc"].isna().all()  # no masks: does not apply
+    assert "Category BMAD/01: pixel_uncertainty_auroc" not in caplog.text
+    columns = ["image_ause", "image_ause_random", "image_ece", "image_error_rate"]
+    assert not table[columns].isna().any().any()
+    assert "review_share" not in table.columns  # no review_fraction
