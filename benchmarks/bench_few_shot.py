@@ -15,10 +15,11 @@ CPU, allocated memory on CUDA). Times are medians of ``repeats`` rounds after ``
 
 import io
 import json
+import statistics
 import time
 
 import torch
-from bench_speed import interleaved_medians, peak_memory_gib  # this folder's scripts run with it on the path
+from bench_speed import interleaved_times, peak_memory_gib  # this folder's scripts run with it on the path
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
@@ -84,9 +85,10 @@ def main(
 
     for size in (1, batch_size):
         with torch.no_grad():
-            medians = interleaved_medians(
+            times = interleaved_times(
                 {k_shot: lambda k=k_shot, s=size: run(s, k) for k_shot in (0, *shots)}, repeats, warmup
             )
+        medians = {k_shot: statistics.median(values) for k_shot, values in times.items()}
         for k_shot, seconds in medians.items():
             line = {"figure": f"inference_batch{size}_k{k_shot}", "value": round(seconds * 1000, 1)}
             line |= {"unit": "ms/image", "ratio_to_zero_shot": round(seconds / medians[0], 3)}

@@ -40,8 +40,10 @@ def _median_seconds(step: Callable[[], object], repeats: int, warmup: int, devic
     return statistics.median(times)
 
 
-def interleaved_medians(runs: dict[Hashable, Callable[[], float]], repeats: int, warmup: int) -> dict[Hashable, float]:
-    """Median seconds of each run (each returns its own time), measured round by round with the order rotating.
+def interleaved_times(
+    runs: dict[Hashable, Callable[[], float]], repeats: int, warmup: int
+) -> dict[Hashable, list[float]]:
+    """Seconds of each run (each returns its own time) in each of ``repeats`` rounds, the order rotating.
 
     Each run takes each position of a round in turn, so that all see the same machine state; the first ``warmup``
     rounds are not counted.
@@ -54,7 +56,7 @@ def interleaved_medians(runs: dict[Hashable, Callable[[], float]], repeats: int,
             seconds = runs[name]()
             if round_index >= warmup:
                 times[name].append(seconds)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -6,17 +6,19 @@
 Builds the default configuration (ViT-L-14-336 with random weights, 518 px, B = 3 prompt sets, R = 10 samples; compute
 does not depend on weight values) and prints JSON lines: inference per image at batch 1 and ``batch_size`` without
 uncertainty and with each measure, interleaved round by round (the order rotating) so that all see the same machine
-state, with each one's ratio to plain inference; and the peak memory of plain inference and with uncertainty (process
-RSS on CPU, allocated memory on CUDA). Times are medians of ``repeats`` rounds after ``warmup`` rounds.
+state, with the median over rounds of each one's ratio to plain inference in the same round; and the peak memory of
+plain inference and with uncertainty (process RSS on CPU, allocated memory on CUDA). Times are medians of
+``repeats`` rounds after ``warmup`` rounds.
 
     python benchmarks/bench_uncertainty.py --threads 2 --repeats 5
 """
 
 import json
+import statistics
 import time
 
 import torch
-from bench_speed import interleaved_medians, peak_memory_gib  # this folder's scripts run with it on the path
+from bench_speed import interleaved_times, peak_memory_gib  # this folder's scripts run with it on the path
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
@@ -69,12 +71,19 @@ def main(
 
     for size in (1, batch_size):
         with torch.no_grad():
-            medians = interleaved_medians(
+            times = interleaved_times(
                 {measure: lambda m=measure, s=size: run(s, m) for measure in MEASURES}, repeats, warmup
             )
-        for measure, seconds in medians.items():
-            line = {"figure": f"inference_batch{size}_{measure or 'plain'}", "value": round(seconds * 1000, 1)}
-            line |= {"unit": "ms/image", "ratio_to_plain": round(seconds / medians[None], 3)}
+        for measure, values in times.items():
+            # The median of each round's ratio: the runs of one round follow each other, so slow drifts of the
+            # machine cancel in it.
+            ratios = [seconds / plain for seconds, plain in zip(values, times[None], strict=True)]
+            line = {"figure": f"inference_batch{size}_{measure or 'plain'}"}
+            line |= {"value": round(statistics.median(values) * 1000, 1), "unit": "ms/image"}
+            line |= {
+                "ratio_to_plain": round(statistics.median(ratios), 3),
+                "round_ratios": [round(r, 3) for r in ratios],
+            }
             print(json.dumps(line), flush=True)
 
 

@@ -61,9 +61,9 @@ def sampled_anomaly_maps(
     for probabilities in _pair_probabilities(layer_logits, size):
         mean = probabilities.mean(dim=1)
         total = mean if total is None else total + mean
-        if keep_pairs:
-            pairs = probabilities if pairs is None else pairs + probabilities
-    pair_maps = pairs.transpose(0, 1) / len(layer_logits) if pairs is not None else None
+        if keep_pairs:  # in place: each of these tensors is M maps per image
+            pairs = probabilities if pairs is None else pairs.add_(probabilities)
+    pair_maps = pairs.div_(len(layer_logits)).transpose(0, 1) if pairs is not None else None
     return total / len(layer_logits), pair_maps
 
 
