@@ -147,8 +147,8 @@ def run_demo(
     )
     print(pd.DataFrame(shots).to_string(float_format=lambda value: f"{value:.3f}"))
     print(
-        f"\nUncertainty of the prompt samples (mutual information), with the {REVIEW_FRACTION:.0%} most uncertain "
-        f"images of each category marked for review (mean over categories):"
+        f"\nUncertainty of the prompt samples (std of their probabilities), with the {REVIEW_FRACTION:.0%} most "
+        f"uncertain images of each category marked for review (mean over categories):"
     )
     print(pd.DataFrame(uncertainty).to_string(float_format=lambda value: f"{value:.3f}"))
     print(

@@ -5,8 +5,8 @@
 
 For each visualised image ``<name>``, ``<stem>_uncertainty.png`` is written beside it: the uncertainty map with its
 colour bar and the image's own uncertainty in the title. The colour scale is the same for every image and run: a
-log scale over the top four decades of the measure's range (1e-4 to 1 bit for the mutual information, 5e-5 to 0.5
-for the standard deviation), since uncertainties are usually orders of magnitude below their maximum; lower values
+log scale over the top four decades of the measure's range (5e-5 to 0.5 for the standard deviation, 1e-4 to 1 bit
+for the mutual information), since uncertainties are usually orders of magnitude below their maximum; lower values
 take the bottom colour. The colour map (``inferno``) differs from the anomaly map's, so the two are not confused.
 
 With ``review_fraction``, once the run has scored every image, both images of each one marked ``needs_review`` get

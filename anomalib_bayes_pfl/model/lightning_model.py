@@ -128,8 +128,9 @@ class BayesPFL(AnomalibModule):
             share of their pixels; replaces ``image_threshold`` / ``pixel_threshold``.
         calibration_images: Normal images per category that calibrate the thresholds (at least ``1/rate - 1``).
         uncertainty: How test and predict runs measure the disagreement of the B * R prompt samples behind each
-            score and map pixel (``model/uncertainty.py``): ``mutual_information`` in bits (the epistemic part of
-            the predictive entropy), or ``std`` of the probabilities. Scores do not depend on it.
+            score and map pixel (``model/uncertainty.py``): ``std``, the standard deviation of their probabilities,
+            or ``mutual_information`` in bits (the epistemic part of the predictive entropy). Scores do not depend on
+            it.
         review_fraction: Mark at most this share of each category's images, the most uncertain, ``needs_review``
             (prediction table, visualisations, and the test table's error rate of the images decided alone); decided
             once the run has scored all of them (``review.py``). ``None``: no review.

@@ -54,7 +54,7 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "few_shot_source": None,
     "false_alarm_rate": None,
     "calibration_images": 32,
-    "uncertainty": "mutual_information",
+    "uncertainty": "std",
     "review_fraction": None,
 }
 # Options that shape the head's tensors: a trained head cannot be scored under other values.

@@ -136,7 +136,7 @@ def test_predict_writes_maps_scores_and_labels(tmp_path, mvtec_tree, trained):
         "BayesPFL",
         *TINY_CLI,
         "--model.image_threshold=0.4",
-        "--model.uncertainty=std",
+        "--model.uncertainty=mutual_information",
         "--model.review_fraction=0.4",
         "--data",
         str(images),
@@ -150,7 +150,7 @@ def test_predict_writes_maps_scores_and_labels(tmp_path, mvtec_tree, trained):
     assert len(table) == 3
     assert table.pred_score.between(0, 1).all()
     assert (table.pred_label == (table.pred_score > 0.4).astype(int)).all()
-    assert table.uncertainty.between(0, 0.5).all()  # the std of probabilities
+    assert table.uncertainty.between(0, 1).all()  # bits
     assert table.uncertainty.max() > 0
     assert (table.needs_review == (table.uncertainty == table.uncertainty.max())).all()  # 40 % of 3: one image
     assert "1 marked needs_review" in result.stdout
