@@ -19,6 +19,10 @@ The labels are judged too: each category's ``image_threshold`` and ``pixel_thres
 ``false_alarm_rate``), the share of its normal test images labelled anomalous (``image_false_alarm_rate``), the
 share of its anomalous ones found (``image_recall``) and the share of the pixels of its normal test images flagged
 (``pixel_false_alarm_rate``, for categories with masks). Mean rows average every column, thresholds included.
+
+So is the prompt samples' uncertainty (``model/uncertainty.py``): how well it finds wrongly labelled pixels, ranks the
+image errors and how well the image probabilities are calibrated, with the error rate of the images decided without
+review (:meth:`PerCategoryMetrics._uncertainty_columns` defines each column).
 """
 
 import logging
