@@ -16,10 +16,9 @@ CPU, allocated memory on CUDA). Times are medians of ``repeats`` rounds after ``
 import io
 import json
 import statistics
-import time
 
 import torch
-from bench_speed import interleaved_times, peak_memory_gib  # this folder's scripts run with it on the path
+from bench_speed import interleaved_times, peak_memory_gib, seconds_of  # this folder's scripts run with it on the path
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
@@ -64,13 +63,7 @@ def main(
 
     def run(size: int, k_shot: int) -> float:
         model.few_shot = k_shot > 0
-        if target.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        model.score(images[:size], [f"{k_shot}-shot"] * size)
-        if target.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - started) / size
+        return seconds_of(lambda: model.score(images[:size], [f"{k_shot}-shot"] * size), target) / size
 
     # Peak memory before the timings: zero-shot first (the peak so far is one reference's encoding), then few-shot.
     if target.type == "cuda":

@@ -26,18 +26,19 @@ from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.model.backbone import interpolate_positional_embedding
 
 
+def seconds_of(step: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one call of ``step``, waiting for the GPU's queued work on both ends."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def _median_seconds(step: Callable[[], object], repeats: int, warmup: int, device: torch.device) -> float:
-    times = []
-    for index in range(warmup + repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median([seconds_of(step, device) for _ in range(warmup + repeats)][warmup:])
 
 
 def interleaved_times(

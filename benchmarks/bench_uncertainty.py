@@ -15,10 +15,9 @@ plain inference and with uncertainty (process RSS on CPU, allocated memory on CU
 
 import json
 import statistics
-import time
 
 import torch
-from bench_speed import interleaved_times, peak_memory_gib  # this folder's scripts run with it on the path
+from bench_speed import interleaved_times, peak_memory_gib, seconds_of  # this folder's scripts run with it on the path
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
@@ -50,13 +49,7 @@ def main(
     print(json.dumps({"figure": "setup", **setup}), flush=True)
 
     def run(size: int, measure: str | None) -> float:
-        if target.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        model.score(images[:size], names[:size], uncertainty=measure)
-        if target.type == "cuda":
-            torch.cuda.synchronize()
-        return (time.perf_counter() - started) / size
+        return seconds_of(lambda: model.score(images[:size], names[:size], uncertainty=measure), target) / size
 
     # Peak memory before the timings: plain inference first, then with the samples' maps kept.
     if target.type == "cuda":
