@@ -40,7 +40,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 
 from anomalib_bayes_pfl.data.class_names import category_of
 from anomalib_bayes_pfl.paper_score import fuse_paper_scores
-from anomalib_bayes_pfl.review import review_flags, sparsification
+from anomalib_bayes_pfl.review import review_flags, sparsification, warn_if_uninformative
 
 logger = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ class PerCategoryMetrics(Callback):
                     missing = "anomalous" if column == "image_recall" else "normal"
                     undefined.setdefault(f"it has no {missing} test image", []).append(column)
         values = {field: torch.cat(parts) for field, parts in self.image_values.get(key, {}).items()}
-        self._uncertainty_columns(row, key, values, undefined, review_fraction)
+        self._uncertainty_columns(row, key, name, values, undefined, review_fraction)
         for reason, names in undefined.items():  # never a silent NaN, nor a meaningless 0
             logger.warning(
                 "Category %s: %s cannot be computed (%s); the table shows NaN.", name, ", ".join(names), reason
@@ -266,6 +266,7 @@ class PerCategoryMetrics(Callback):
         self,
         row: dict[str, float | str],
         key: tuple[str, str],
+        name: str,
         values: dict[str, torch.Tensor],
         undefined: dict[str, list[str]],
         review_fraction: float | None,
@@ -288,6 +289,7 @@ class PerCategoryMetrics(Callback):
         if "uncertainty" not in values:
             return
         probability, label, uncertainty = values["probability"], values["label"].long(), values["uncertainty"]
+        warn_if_uninformative(name, uncertainty, review_fraction)
         wrong, judged = self.counts[key][8:].tolist()
         if judged:  # pixels with a mask and a label (the same on every process: the counts are summed)
             defined = 0 < wrong < judged
@@ -302,7 +304,7 @@ class PerCategoryMetrics(Callback):
             return
         errors = (values["pred_label"].bool() != label.bool()).double()
         row["image_error_rate"] = float(errors.mean())
-        if review_fraction is not None:
+        if review_fraction:
             reviewed = review_flags(uncertainty, review_fraction)
             row["review_share"] = float(reviewed.double().mean())
             row["image_error_rate_unreviewed"] = float(errors[~reviewed].mean())

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.metrics import category_keys
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_UNITS
-from anomalib_bayes_pfl.review import grouped_review_flags
+from anomalib_bayes_pfl.review import grouped_review_flags, warn_if_uninformative
 
 PREDICTIONS_CSV = "predictions.csv"
 COLUMNS = ["image_path", "category", "pred_score", "pred_label", "uncertainty"]
@@ -82,15 +82,16 @@ class PredictionTable(BasePredictionWriter):
         del trainer
         rows = len(self.categories)
         fraction = pl_module.options["review_fraction"]
-        measure = (
-            f"uncertainty: {pl_module.options['uncertainty']} in {UNCERTAINTY_UNITS[pl_module.options['uncertainty']]}"
-        )
-        if fraction is None:
-            print(f"Scores, labels and uncertainties ({measure}) of {rows} images written to {self.path}")
+        name = pl_module.options["uncertainty"]
+        written = f"Scores, labels and uncertainties ({name}, {UNCERTAINTY_UNITS[name]}) of {rows} images written to"
+        uncertainties = torch.cat(self.uncertainties) if rows else torch.zeros(0)
+        for category in dict.fromkeys(self.categories):
+            members = [i for i, image_category in enumerate(self.categories) if image_category == category]
+            warn_if_uninformative(category[1], uncertainties[members], fraction)
+        if not fraction:
+            print(f"{written} {self.path}")
             return
-        flags = grouped_review_flags(
-            self.categories, torch.cat(self.uncertainties) if rows else torch.zeros(0), fraction
-        )
+        flags = grouped_review_flags(self.categories, uncertainties, fraction)
         table = pd.read_csv(
             self.path,
             dtype={"pred_label": "Int64"},
@@ -101,6 +102,6 @@ class PredictionTable(BasePredictionWriter):
         table["needs_review"] = flags.tolist()
         table.to_csv(self.path, index=False)
         print(
-            f"Scores, labels and uncertainties ({measure}) of {rows} images written to {self.path}; "
-            f"{int(flags.sum())} marked needs_review (the most uncertain, at most {fraction:g} of each category)."
+            f"{written} {self.path}; {int(flags.sum())} marked needs_review (the most uncertain, at most {fraction:g} "
+            f"of each category)."
         )

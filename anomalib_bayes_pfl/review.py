@@ -15,11 +15,14 @@ mean error of the rest; the oracle removes the largest errors first. The area be
 perfect ranking; a ranking that knows nothing keeps the mean error flat, and its area is the ``random`` AUSE.
 """
 
+import logging
 import math
 from collections.abc import Hashable, Sequence
 from typing import NamedTuple
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def review_flags(uncertainty: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -29,6 +32,30 @@ def review_flags(uncertainty: torch.Tensor, fraction: float) -> torch.Tensor:
         return torch.zeros_like(uncertainty, dtype=torch.bool)
     first_left_out = uncertainty.flatten().sort(descending=True).values[count]
     return uncertainty > first_left_out
+
+
+def warn_if_uninformative(category: str, uncertainty: torch.Tensor, fraction: float) -> None:
+    """Say why review would mark none of a category's images: no disagreement at all, or too few images for f."""
+    count = uncertainty.numel()
+    if count and not uncertainty.any():
+        logger.warning(
+            "Category %s: the uncertainty is 0 for all its %d images: the prompt samples agree exactly (with one "
+            "prompt set and one sample, num_prompts * num_samples = 1, they always do), so it ranks nothing%s.",
+            category,
+            count,
+            " and review marks none of them" if fraction else "",
+        )
+    elif fraction and math.floor(fraction * count + 1e-9) == 0:
+        logger.warning(
+            "Category %s: review_fraction %g marks none of its %d images (at most floor(%g * %d) = 0); it needs at "
+            "least %d images.",
+            category,
+            fraction,
+            count,
+            fraction,
+            count,
+            math.ceil(1 / fraction - 1e-9),
+        )
 
 
 def grouped_review_flags(groups: Sequence[Hashable], uncertainty: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -13,6 +13,7 @@ With ``review_fraction``, once the run has scored every image, both images of ea
 a red banner (the marks are ranks within a category, ``review.py``).
 """
 
+import logging
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
@@ -27,14 +28,18 @@ from PIL import Image, ImageDraw, ImageFont
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.metrics import category_keys
-from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_MAXIMUM, UNCERTAINTY_UNITS
+from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_MAXIMUM
 from anomalib_bayes_pfl.review import grouped_review_flags
+
+logger = logging.getLogger(__name__)
 
 COLOUR_MAP = "inferno"
 DECADES = 4
 COLOUR_BAR_WIDTH = 84
-HEADER_HEIGHT = 22
+HEADER_HEIGHT = 34
 REVIEW_BANNER = "NEEDS REVIEW"
+BANNER_COLOUR = (200, 0, 0)
+MEASURE_TITLES = {"std": "std of the probability", "mutual_information": "mutual information (bits)"}
 
 
 def _scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
@@ -46,10 +51,15 @@ def _scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
 def render_uncertainty(
     uncertainty_map: torch.Tensor, uncertainty: float, measure: str, size: tuple[int, int]
 ) -> Image.Image:
-    """The map ``(H, W)`` in colour at ``size``, titled with the image's uncertainty, with a labelled colour bar."""
+    """The map ``(H, W)`` in colour at ``size`` with a labelled colour bar, under the measure and the image's values.
+
+    The image score's uncertainty (of the image head's probability) is not a statistic of the map: the title gives
+    both it and the map's maximum.
+    """
     maximum = UNCERTAINTY_MAXIMUM[measure]
     colours = colormaps[COLOUR_MAP]
-    positions = _scale_position(uncertainty_map.detach().float().cpu().numpy(), maximum)
+    values = uncertainty_map.detach().float().cpu().numpy()
+    positions = _scale_position(values, maximum)
     panel = Image.fromarray((colours(positions)[..., :3] * 255).astype(np.uint8)).resize(
         size, Image.Resampling.BILINEAR
     )
@@ -66,21 +76,24 @@ def render_uncertainty(
         y = bar_top + round((1 - float(_scale_position(np.array(value), maximum))) * (bar_height - 1))
         draw.line([(width + 24, y), (width + 28, y)], fill="black")
         draw.text((width + 30, y - 6), f"{value:.0e}" if decade else f"{value:g}", fill="black", font=font)
-    title = f"Uncertainty, {measure.replace('_', ' ')} ({UNCERTAINTY_UNITS[measure]}): image {uncertainty:.3g}"
-    draw.text((6, 4), title, fill="black", font=ImageFont.load_default(size=13))
+    title_font = ImageFont.load_default(size=12)
+    draw.text((6, 3), f"Uncertainty: {MEASURE_TITLES[measure]}", fill="black", font=title_font)
+    summary = f"image score {uncertainty:.3g}, map max {float(values.max()):.3g}"
+    draw.text((6, 18), summary, fill="black", font=title_font)
     return canvas
 
 
 def stamp_review_banner(path: Path) -> None:
-    """Draw the review banner across the bottom of the image file at ``path``."""
+    """Add the review banner as a strip below the image file at ``path``, so that it hides nothing of the image."""
     with Image.open(path) as opened:
         image = opened.convert("RGB")
-    draw = ImageDraw.Draw(image)
     height = max(18, image.height // 12)
-    draw.rectangle([(0, image.height - height), (image.width, image.height)], fill=(200, 0, 0))
+    stamped = Image.new("RGB", (image.width, image.height + height), BANNER_COLOUR)
+    stamped.paste(image, (0, 0))
+    draw = ImageDraw.Draw(stamped)
     font = ImageFont.load_default(size=int(height * 0.7))
-    draw.text((8, image.height - height + height * 0.1), REVIEW_BANNER, fill="white", font=font)
-    image.save(path)
+    draw.text((8, image.height + height * 0.1), REVIEW_BANNER, fill="white", font=font)
+    stamped.save(path)
 
 
 class UncertaintyVisualizer(ImageVisualizer):
@@ -92,9 +105,17 @@ class UncertaintyVisualizer(ImageVisualizer):
         self.written: list[tuple[Hashable, float, list[Path]]] = []
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Forget the images of an earlier run."""
-        del trainer, pl_module
+        """Forget the images of an earlier run; say so when its files are still where this run writes."""
+        del pl_module
         self.written = []
+        folder = Path(self.output_dir or Path(trainer.default_root_dir) / "images")
+        if folder.is_dir() and next(folder.rglob("*.png"), None) is not None:
+            logger.warning(
+                "%s already holds images of an earlier run; this run overwrites those of the images it scores, and "
+                "the others (review banners included) stay as that run left them. Give a new --default_root_dir "
+                "for a clean folder.",
+                folder,
+            )
 
     on_predict_start = on_test_start
 
@@ -129,16 +150,28 @@ class UncertaintyVisualizer(ImageVisualizer):
             files = [file for file in (visualisation, uncertainty_file) if file.is_file()]
             self.written.append((key, float(item.uncertainty), files))
 
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Put the review banner on the images marked ``needs_review``, now that every image is scored."""
-        del trainer
+    def _stamp_marked(self, pl_module: LightningModule) -> int:
+        """Put the review banner on the images marked ``needs_review``; return how many images got one."""
         fraction = pl_module.options["review_fraction"]
-        if fraction is None or not self.written:
-            return
+        if not fraction or not self.written:
+            return 0
         keys, uncertainties, files = zip(*self.written, strict=True)
         flags = grouped_review_flags(keys, torch.tensor(uncertainties), fraction)
         for flagged, paths in zip(flags.tolist(), files, strict=True):
             for path in paths if flagged else []:
                 stamp_review_banner(path)
+        return int(flags.sum())
 
-    on_predict_end = on_test_end
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Mark the images to review, now that every image is scored, and say where (test writes no table of them)."""
+        del trainer
+        marked = self._stamp_marked(pl_module)
+        if marked:
+            print(
+                f"{marked} images marked needs_review: their visualisations under {self.output_dir} have a red banner"
+            )
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Mark the images to review (predictions.csv lists them)."""
+        del trainer
+        self._stamp_marked(pl_module)

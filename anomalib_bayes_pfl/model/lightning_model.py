@@ -27,7 +27,13 @@ from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
-from jsonargparse.typing import ClosedUnitInterval, NonNegativeInt, OpenUnitInterval, PositiveInt
+from jsonargparse.typing import (
+    ClosedUnitInterval,
+    NonNegativeInt,
+    OpenUnitInterval,
+    PositiveInt,
+    restricted_number_type,
+)
 from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
@@ -55,11 +61,12 @@ from .options import AUTO, PAPER_DEFAULTS, plain_number, resolve_options, stored
 from .post_processor import ProbabilityPostProcessor, minimum_calibration_images
 from .reference_checkpoint import load_head_weights
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
-from .uncertainty import UncertaintyMeasure
+from .uncertainty import UNCERTAINTY_UNITS, UncertaintyMeasure
 
 logger = logging.getLogger(__name__)
 
 CLIP_PREFIX = "model.clip."
+ReviewFraction = restricted_number_type("ReviewFraction", float, [(">=", 0), ("<", 1)])
 ADAM_BETAS = (0.5, 0.999)
 
 
@@ -133,7 +140,8 @@ class BayesPFL(AnomalibModule):
             it.
         review_fraction: Mark at most this share of each category's images, the most uncertain, ``needs_review``
             (prediction table, visualisations, and the test table's error rate of the images decided alone); decided
-            once the run has scored all of them (``review.py``). ``None``: no review.
+            once the run has scored all of them (``review.py``). 0 (the default): no review, also for a checkpoint
+            that stores a share.
         pre_processor: Pre-processor, ``True`` for the default (bicubic resize, CLIP normalisation).
         post_processor: Post-processor, ``True`` for the default, which labels with the two thresholds
             (:class:`~anomalib_bayes_pfl.model.post_processor.ProbabilityPostProcessor`).
@@ -189,7 +197,7 @@ class BayesPFL(AnomalibModule):
         false_alarm_rate: OpenUnitInterval | None = None,
         calibration_images: PositiveInt | None = None,
         uncertainty: UncertaintyMeasure | None = None,
-        review_fraction: OpenUnitInterval | None = None,
+        review_fraction: ReviewFraction | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,
@@ -624,11 +632,16 @@ def _check_options(options: dict[str, Any]) -> None:
         if options[name] < minimum:
             msg = f"{name} must be at least {minimum}, got {options[name]}."
             raise ValueError(msg)
-    for name in ("false_alarm_rate", "review_fraction"):
+    for name, zero_allowed in (("false_alarm_rate", False), ("review_fraction", True)):
         rate = options[name]
-        if rate is not None and not 0 < rate < 1:
-            msg = f"{name} must be in (0, 1), got {rate}."
+        if rate is None:
+            continue
+        if not isinstance(rate, int | float) or not (0 <= rate < 1 if zero_allowed else 0 < rate < 1):
+            msg = f"{name} must be a number in {'[' if zero_allowed else '('}0, 1), got {rate!r}."
             raise ValueError(msg)
+    if options["uncertainty"] not in UNCERTAINTY_UNITS:
+        msg = f"uncertainty must be one of {sorted(UNCERTAINTY_UNITS)}, got {options['uncertainty']!r}."
+        raise ValueError(msg)
 
 
 def _check_label_options(options: dict[str, Any], given: dict[str, Any]) -> None:

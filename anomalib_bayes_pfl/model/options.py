@@ -55,8 +55,11 @@ PAPER_DEFAULTS: dict[str, Any] = {
     "false_alarm_rate": None,
     "calibration_images": 32,
     "uncertainty": "std",
-    "review_fraction": None,
+    "review_fraction": 0.0,
 }
+# Options that change what a run reports beside the scores, never a score: a value given now replaces the stored one
+# as a matter of course (logged, not warned).
+REPORT_OPTIONS = frozenset({"uncertainty", "review_fraction"})
 # Options that shape the head's tensors: a trained head cannot be scored under other values.
 HEAD_SHAPE_OPTIONS = frozenset(
     {"clip_model", "tap_layers", "num_prompts", "prompt_context_len", "prompt_state_len", "num_flow_steps"}
@@ -101,7 +104,8 @@ def resolve_options(given: Mapping[str, Any], stored: Mapping[str, Any] | None, 
         )
         raise ValueError(msg)
     for name, (old, new) in differing.items():
-        logger.warning("%s: using %r from the command line instead of %r stored in %s.", name, new, old, source)
+        log = logger.info if name in REPORT_OPTIONS else logger.warning
+        log("%s: using %r from the command line instead of %r stored in %s.", name, new, old, source)
     return {name: _plain(explicit.get(name, stored.get(name, default))) for name, default in PAPER_DEFAULTS.items()}
 
 

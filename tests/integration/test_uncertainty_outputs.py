@@ -4,6 +4,7 @@
 """Where users see the uncertainty: the per-category table, predictions.csv and the images, checked by hand."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl.metrics import CSV_NAME
 from anomalib_bayes_pfl.prediction_writer import PREDICTIONS_CSV
+from anomalib_bayes_pfl.visualization import UncertaintyVisualizer
 
 from ..helpers import cross_dataset
 from ..unit.test_lightning_model import tiny_module
@@ -113,3 +115,12 @@ def test_prediction_table_and_images_carry_uncertainty_and_review_marks(reviewed
             uncertainty_image = visualisation.with_name(f"{visualisation.stem}_uncertainty.png")
             assert uncertainty_image.is_file()
             assert _has_banner(visualisation) == _has_banner(uncertainty_image) == row.needs_review
+            with Image.open(visualisation) as image:  # the banner is a strip below the image: it hides nothing
+                assert image.height == (256 + 21 if row.needs_review else 256)
+
+
+def test_a_folder_with_an_earlier_run_s_images_is_named(tmp_path, caplog):
+    (tmp_path / "images" / "old").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "images" / "old" / "000.png")
+    UncertaintyVisualizer().on_test_start(SimpleNamespace(default_root_dir=tmp_path), None)
+    assert f"{tmp_path / 'images'} already holds images of an earlier run" in caplog.text

@@ -46,3 +46,15 @@ def test_stored_options_of_checkpoints_and_other_files(tmp_path):
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
     with pytest.raises(ValueError, match=r"photo.png' are not a checkpoint.*model.ckpt written by 'anomalib train'"):
         stored_options(str(picture))
+
+
+def test_review_is_switched_off_by_zero_and_report_options_are_replaced_without_a_warning(caplog):
+    """A checkpoint that stores a review share or a measure never forces them on a later run."""
+    stored = {**PAPER_DEFAULTS, "review_fraction": 0.2, "uncertainty": "mutual_information"}
+    with caplog.at_level(logging.INFO):
+        options = resolve_options({"review_fraction": 0.0, "uncertainty": "std"}, stored, "checkpoint c.ckpt")
+    assert (options["review_fraction"], options["uncertainty"]) == (0.0, "std")
+    assert "review_fraction: using 0.0 from the command line instead of 0.2 stored in checkpoint c.ckpt" in caplog.text
+    assert all(record.levelno == logging.INFO for record in caplog.records)
+    assert resolve_options({}, stored, "checkpoint c.ckpt")["review_fraction"] == 0.2
+    assert PAPER_DEFAULTS["review_fraction"] == 0.0  # no review unless asked for

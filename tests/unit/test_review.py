@@ -6,7 +6,7 @@
 import pytest
 import torch
 
-from anomalib_bayes_pfl.review import review_flags, sparsification
+from anomalib_bayes_pfl.review import review_flags, sparsification, warn_if_uninformative
 
 
 def test_review_marks_the_most_uncertain_share():
@@ -62,3 +62,18 @@ def test_equal_uncertainties_count_as_their_average_in_any_order():
     tied = sparsification(torch.zeros(5), error)
     assert tied.ause == pytest.approx(tied.random_ause, abs=1e-12)
     assert sparsification(torch.zeros(5), error.flip(0)) == tied
+
+
+def test_a_review_that_would_mark_nothing_says_why(caplog):
+    warn_if_uninformative("gear", torch.zeros(8), 0.25)
+    assert "Category gear: the uncertainty is 0 for all its 8 images" in caplog.text
+    assert "review marks none of them" in caplog.text
+    caplog.clear()
+    warn_if_uninformative("gear", torch.rand(12), 0.05)
+    assert "review_fraction 0.05 marks none of its 12 images (at most floor(0.05 * 12) = 0); it needs at least 20" in (
+        caplog.text
+    )
+    caplog.clear()
+    warn_if_uninformative("gear", torch.rand(20), 0.05)  # one image to mark: nothing to say
+    warn_if_uninformative("gear", torch.rand(12), 0.0)  # no review asked for
+    assert not caplog.text
