@@ -57,7 +57,7 @@ def test_out_of_range_values_are_refused_by_the_parser_with_their_name(tmp_path)
     assert "does not conform to restriction v>0 and v<1" in last_lines
     assert "Traceback" not in result.stderr
     for option, message in (
-        ("review_fraction=1", "v>0 and v<1"),
+        ("review_fraction=1", "v>=0 and v<1"),
         ("uncertainty=entropy", "'mutual_information', 'std'"),
     ):
         result = anomalib_cli("test", "--model", "BayesPFL", *TINY_MODEL, f"--model.{option}", cwd=tmp_path)
@@ -104,7 +104,9 @@ def test_train_prints_metrics_and_writes_images(tmp_path, mvtec_tree, model, dat
         assert metric in result.stdout
     assert "Per-category test metrics" in result.stdout
     run = tmp_path / "results" / "BayesPFL" / mvtec_tree.name / "tile_c" / "latest"
-    assert len(list((run / "images").rglob("*.png"))) == 6
+    images = list((run / "images").rglob("*.png"))
+    assert len([image for image in images if not image.stem.endswith("_uncertainty")]) == 6
+    assert len(images) == 12  # each with its uncertainty image beside it
     assert (run / "per_category_metrics.csv").is_file()
     state = torch.load(run / "weights" / "lightning" / "model.ckpt", map_location="cpu", weights_only=False)[
         "state_dict"

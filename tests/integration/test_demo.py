@@ -21,7 +21,9 @@ def test_demo_training_improves_unseen_categories(tmp_path, capsys):
     assert "with k normal reference images per unseen category" in printed
     assert figures["0-shot_pixel_AUROC"] == figures["trained_pixel_AUROC"]  # calibration never changes scores
     assert figures["4-shot_pixel_AUROC"] > figures["0-shot_pixel_AUROC"] + 0.05, figures
-    assert len(list((tmp_path / "demo" / "results" / "trained").rglob("images/**/*.png"))) == 4 * 24
+    images = list((tmp_path / "demo" / "results" / "trained").rglob("images/**/*.png"))
+    assert len([image for image in images if not image.stem.endswith("_uncertainty")]) == 4 * 24
+    assert "Uncertainty of the prompt samples" in printed
 
 
 def test_demo_is_a_function_of_its_seed(tmp_path):

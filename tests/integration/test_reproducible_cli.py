@@ -147,4 +147,5 @@ def test_two_process_test_phase_scores_every_image_once(tmp_path):
     # The same images and scores; pixel metrics sum over pixels in the gathered order, hence not bit for bit.
     pd.testing.assert_frame_equal(distributed, single, check_exact=False, rtol=0, atol=1e-5)
     images = list((tmp_path / "ddp" / "results").rglob("images/**/*.png"))
-    assert len(images) == 5
+    assert len([image for image in images if not image.stem.endswith("_uncertainty")]) == 5
+    assert len(images) == 10  # each with its uncertainty image beside it
