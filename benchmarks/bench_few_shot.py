@@ -18,10 +18,16 @@ import json
 import statistics
 
 import torch
-from bench_speed import interleaved_times, peak_memory_gib, seconds_of  # this folder's scripts run with it on the path
+
+# This folder's scripts run with it on the path.
+from bench_speed import (
+    interleaved_times,
+    peak_memory_gib,
+    seconds_of,
+    set_up,
+)
 from jsonargparse import CLI
 
-from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.model.references import CategoryReferences, ReferenceMemory, memory_tokens
 
 
@@ -37,13 +43,7 @@ def main(
     threads: int | None = None,
 ) -> None:
     """Measure and print the figures as JSON lines."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    module = BayesPFL(clip_model=clip_model, clip_pretrained=None, image_size=image_size, num_samples=num_samples)
-    model = module.model.to(target).eval()
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(target)
+    _, model, images, target, generator = set_up(clip_model, image_size, num_samples, batch_size, device, threads)
     setup = {"device": str(target), "threads": torch.get_num_threads(), "image_size": image_size}
     print(json.dumps({"figure": "setup", **setup, "num_samples": num_samples, "batch_size": batch_size}), flush=True)
 

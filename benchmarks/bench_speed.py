@@ -18,11 +18,13 @@ import resource
 import statistics
 import time
 from collections.abc import Callable, Hashable
+from typing import Any, NamedTuple
 
 import torch
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.model import BayesPFLModel
 from anomalib_bayes_pfl.model.backbone import interpolate_positional_embedding
 
 
@@ -67,6 +69,41 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
 
 
+CATEGORY_NAMES = ("bottle", "screw", "metal_nut", "pcb1")
+
+
+class Setup(NamedTuple):
+    """A benchmark's model in eval mode, its random input batch, the device, and the generator that drew it."""
+
+    module: BayesPFL
+    model: BayesPFLModel
+    images: torch.Tensor
+    device: torch.device
+    generator: torch.Generator
+
+
+def set_up(
+    clip_model: str,
+    image_size: int,
+    num_samples: int,
+    batch_size: int,
+    device: str | None,
+    threads: int | None,
+    **options: Any,
+) -> Setup:
+    """Build BayesPFL with random CLIP weights (compute does not depend on them) and a seeded random input batch."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    module = BayesPFL(
+        clip_model=clip_model, clip_pretrained=None, image_size=image_size, num_samples=num_samples, **options
+    )
+    model = module.model.to(target).eval()
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(target)
+    return Setup(module, model, images, target, generator)
+
+
 def main(
     clip_model: str = "ViT-L-14-336",
     image_size: int = 518,
@@ -79,20 +116,10 @@ def main(
     clip_precision: str = "fp32",
 ) -> None:
     """Measure and print the figures as JSON lines."""
-    if threads is not None:
-        torch.set_num_threads(threads)
-    target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    module = BayesPFL(
-        clip_model=clip_model,
-        clip_pretrained=None,
-        image_size=image_size,
-        num_samples=num_samples,
-        clip_precision=clip_precision,
+    module, model, images, target, generator = set_up(
+        clip_model, image_size, num_samples, batch_size, device, threads, clip_precision=clip_precision
     )
-    model = module.model.to(target)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randn(batch_size, 3, image_size, image_size, generator=generator).to(target)
-    names = ["bottle", "screw", "metal_nut", "pcb1"] * (batch_size // 4 + 1)
+    names = list(CATEGORY_NAMES) * (batch_size // 4 + 1)
 
     def report(figure: str, seconds: float, floor: float | None = None, **extra: object) -> None:
         line = {"figure": figure, "value": round(seconds * 1000, 1), "unit": "ms/image", **extra}
