@@ -13,8 +13,6 @@ linear, so each pair is upsampled once, as a difference, instead of twice.
 Shape legend: N images, M pairs, L patch tokens (a square grid g x g), D joint width, H x W output size.
 """
 
-from collections.abc import Iterator
-
 import torch
 from torch.nn import functional as F  # noqa: N812
 
@@ -32,33 +30,24 @@ def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps, size=size, mode="bilinear", align_corners=True)
 
 
-def _pair_probabilities(layer_logits: list[torch.Tensor], size: tuple[int, int]) -> Iterator[torch.Tensor]:
-    """Per tapped layer, the upsampled abnormal probability of each normal/abnormal pair, ``(N, M, H, W)``."""
-    for logits in layer_logits:
-        normal, abnormal = logits.chunk(2, dim=1)
-        yield torch.sigmoid(upsample(abnormal - normal, size))
+def sampled_anomaly_maps(
+    layer_logits: list[torch.Tensor], size: tuple[int, int], *, keep_pairs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Mean abnormal probability ``(N, H, W)`` over all layers and normal/abnormal pairs, and the pairs' own maps.
 
-
-def anomaly_map(layer_logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """Mean abnormal probability ``(N, H, W)`` over all layers and normal/abnormal pairs.
+    With ``keep_pairs``, each pair's map ``(M, N, H, W)`` (mean over layers) comes too: the M samples that the mean
+    averages.
 
     Args:
         layer_logits: One ``(N, 2M, g, g)`` tensor of pixel logits per tapped layer.
         size: Output size ``(H, W)``.
-    """
-    return sampled_anomaly_maps(layer_logits, size, keep_pairs=False)[0]
-
-
-def sampled_anomaly_maps(
-    layer_logits: list[torch.Tensor], size: tuple[int, int], *, keep_pairs: bool = True
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The anomaly map and, with ``keep_pairs``, each pair's own map ``(M, N, H, W)``: the M samples it averages.
-
-    One pass over the layers; the anomaly map is summed in the same order either way, so keeping the pairs' maps
-    never changes it by a bit.
+        keep_pairs: Also return the pairs' maps; the mean is summed in the same order either way, so keeping them
+            never changes it by a bit.
     """
     total = pairs = None
-    for probabilities in _pair_probabilities(layer_logits, size):
+    for logits in layer_logits:
+        normal, abnormal = logits.chunk(2, dim=1)
+        probabilities = torch.sigmoid(upsample(abnormal - normal, size))
         mean = probabilities.mean(dim=1)
         total = mean if total is None else total + mean
         if keep_pairs:  # in place: each of these tensors is M maps per image

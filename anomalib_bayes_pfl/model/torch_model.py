@@ -304,8 +304,9 @@ class BayesPFLModel(nn.Module):
         image_logits = self.image_head(
             text, features.global_features, features.patch_tokens, stage=self.image_head_stage
         )
-        pair_scores = pair_image_probabilities(image_logits).transpose(0, 1)  # (M, N): samples first
         pred_score = image_probability(image_logits)
+        # (M, N), samples first; only when the uncertainty asks for them
+        pair_scores = pair_image_probabilities(image_logits).transpose(0, 1) if pair_maps is not None else None
         if self.few_shot if few_shot is None else few_shot:
             patch_scores = self.references.patch_scores(features.patch_tokens, class_names, self.default_class_name)
             pred_score, raw_map = fuse_few_shot(pred_score, raw_map, patch_scores)

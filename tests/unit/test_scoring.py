@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from anomalib_bayes_pfl.model.scoring import anomaly_map, image_probability, pixel_logits, smooth
+from anomalib_bayes_pfl.model.scoring import image_probability, pixel_logits, sampled_anomaly_maps, smooth
 
 
 def test_map_is_mean_of_all_layer_prompt_sample_maps():
@@ -24,7 +24,12 @@ def test_map_is_mean_of_all_layer_prompt_sample_maps():
             maps.append(pair.softmax(dim=1)[:, 1])
     expected = torch.stack(maps).mean(dim=0)
     assert len(maps) == layers * bank * samples
-    torch.testing.assert_close(anomaly_map(layer_logits, size), expected, rtol=0, atol=1e-6)
+    mean, no_pairs = sampled_anomaly_maps(layer_logits, size)
+    assert no_pairs is None
+    torch.testing.assert_close(mean, expected, rtol=0, atol=1e-6)
+    kept_mean, pair_maps = sampled_anomaly_maps(layer_logits, size, keep_pairs=True)
+    assert torch.equal(kept_mean, mean)  # keeping the pairs' maps never changes the map
+    torch.testing.assert_close(pair_maps.mean(dim=0), expected, rtol=0, atol=1e-6)
 
 
 def test_image_probability_is_mean_pair_softmax():
