@@ -40,7 +40,7 @@ from torchmetrics.functional.classification import binary_calibration_error
 
 from anomalib_bayes_pfl.data.class_names import category_of
 from anomalib_bayes_pfl.paper_score import fuse_paper_scores
-from anomalib_bayes_pfl.review import review_flags, sparsification, warn_if_uninformative
+from anomalib_bayes_pfl.review import indices_by_group, review_flags, sparsification, warn_if_uninformative
 
 logger = logging.getLogger(__name__)
 
@@ -170,8 +170,7 @@ class PerCategoryMetrics(Callback):
         paper = getattr(pl_module, "image_score", "probability") == "paper" and labelled
         uncertainty = getattr(outputs, "uncertainty", None)
         uncertainty_map = getattr(outputs, "uncertainty_map", None)
-        for key in dict.fromkeys(keys):
-            index = torch.tensor([i for i, image_key in enumerate(keys) if image_key == key])
+        for key, index in indices_by_group(keys).items():
             subset = _select(outputs, index)
             for metric in self.metrics.setdefault(key, _metrics()):
                 metric.update(subset)

@@ -20,7 +20,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.metrics import category_keys
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_UNITS
-from anomalib_bayes_pfl.review import grouped_review_flags, warn_if_uninformative
+from anomalib_bayes_pfl.review import grouped_review_flags, indices_by_group, warn_if_uninformative
 
 PREDICTIONS_CSV = "predictions.csv"
 COLUMNS = ["image_path", "category", "pred_score", "pred_label", "uncertainty"]
@@ -85,9 +85,8 @@ class PredictionTable(BasePredictionWriter):
         name = pl_module.options["uncertainty"]
         written = f"Scores, labels and uncertainties ({name}, {UNCERTAINTY_UNITS[name]}) of {rows} images written to"
         uncertainties = torch.cat(self.uncertainties) if rows else torch.zeros(0)
-        for category in dict.fromkeys(self.categories):
-            members = [i for i, image_category in enumerate(self.categories) if image_category == category]
-            warn_if_uninformative(category[1], uncertainties[members], fraction)
+        for (_, category), members in indices_by_group(self.categories).items():
+            warn_if_uninformative(category, uncertainties[members], fraction)
         if not fraction:
             print(f"{written} {self.path}")
             return

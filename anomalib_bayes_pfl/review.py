@@ -34,6 +34,14 @@ def review_flags(uncertainty: torch.Tensor, fraction: float) -> torch.Tensor:
     return uncertainty > first_left_out
 
 
+def indices_by_group(groups: Sequence[Hashable]) -> dict[Hashable, torch.Tensor]:
+    """The positions of each group's images, the groups in order of first appearance."""
+    positions: dict[Hashable, list[int]] = {}
+    for position, group in enumerate(groups):
+        positions.setdefault(group, []).append(position)
+    return {group: torch.tensor(members) for group, members in positions.items()}
+
+
 def warn_if_uninformative(category: str, uncertainty: torch.Tensor, fraction: float) -> None:
     """Say why review would mark none of a category's images: no disagreement at all, or too few images for f."""
     count = uncertainty.numel()
@@ -61,8 +69,7 @@ def warn_if_uninformative(category: str, uncertainty: torch.Tensor, fraction: fl
 def grouped_review_flags(groups: Sequence[Hashable], uncertainty: torch.Tensor, fraction: float) -> torch.Tensor:
     """:func:`review_flags` within each group (category) of the images."""
     flags = torch.zeros_like(uncertainty, dtype=torch.bool)
-    for group in dict.fromkeys(groups):
-        index = torch.tensor([i for i, image_group in enumerate(groups) if image_group == group])
+    for index in indices_by_group(groups).values():
         flags[index] = review_flags(uncertainty[index], fraction)
     return flags
 
