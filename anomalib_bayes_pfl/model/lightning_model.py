@@ -17,11 +17,12 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import AnomalibDataModule, Batch
+from anomalib.deploy import CompressionType
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -49,6 +50,13 @@ from anomalib_bayes_pfl.data.synthetic_anomalies import SyntheticAnomalies, know
 from anomalib_bayes_pfl.data.validation import DataCheck
 from anomalib_bayes_pfl.few_shot import FewShotPreparation
 from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
+from anomalib_bayes_pfl.openvino_export import (
+    INT8_CALIBRATION_IMAGES,
+    calibration_image_paths,
+    quantize,
+    resize_by_matrices,
+    warn_if_cpu_lowers_precision,
+)
 from anomalib_bayes_pfl.paper_score import paper_map_scores
 from anomalib_bayes_pfl.prediction_writer import PredictionTable
 from anomalib_bayes_pfl.visualization import UncertaintyVisualizer
@@ -62,6 +70,9 @@ from .post_processor import ProbabilityPostProcessor, minimum_calibration_images
 from .reference_checkpoint import load_head_weights
 from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
 from .uncertainty import UNCERTAINTY_UNITS, UncertaintyMeasure
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +247,7 @@ class BayesPFL(AnomalibModule):
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
         self.iad_log_det_per_batch = iad_log_det_per_batch
         self.prompt_weights = prompt_weights
+        self._int8_calibration_images = INT8_CALIBRATION_IMAGES  # to_openvino's, for anomalib's quantization hook
         self.stage_one_epochs = stage_one_epochs
         self.stage_two_epochs = stage_two_epochs
         self.learning_rates = {
@@ -489,10 +501,49 @@ class BayesPFL(AnomalibModule):
         self._check_exportable()
         return super().to_onnx(*args, **kwargs)
 
-    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
-        """Export as anomalib does, refused at once for a class name without references."""
+    def to_openvino(
+        self,
+        export_root: Path | str,
+        model_file_name: str = "model",
+        input_size: tuple[int, int] | None = None,
+        compression_type: CompressionType | None = None,
+        datamodule: AnomalibDataModule | None = None,
+        *args: Any,
+        int8_calibration_images: int = INT8_CALIBRATION_IMAGES,
+        **kwargs: Any,
+    ) -> Path:
+        """Export as anomalib does, with a resize that OpenVINO reproduces and INT8 calibrated on training images.
+
+        Without ``input_size`` the IR takes images of any size, as the checkpoint does. ``int8_calibration_images``
+        caps the training images that ``int8_ptq`` calibrates on (``anomalib export`` keeps NNCF's 300).
+        """
         self._check_exportable()
-        return super().to_openvino(*args, **kwargs)
+        if compression_type == CompressionType.INT8_ACQ:
+            msg = (
+                "--compression_type INT8_ACQ is not supported for BayesPFL: anomalib calibrates and checks it on "
+                "validation images, which can be target test images. Use --compression_type INT8_PTQ, which "
+                "calibrates on the auxiliary (training) images."
+            )
+            raise ValueError(msg)
+        if compression_type == CompressionType.INT8_PTQ and datamodule is None:
+            msg = (
+                "--compression_type INT8_PTQ calibrates on the auxiliary (training) images: add --data, e.g. --data "
+                "ZeroShotCrossDataset --data.auxiliary_root <folder> --data.auxiliary_format <format>."
+            )
+            raise ValueError(msg)
+        self._int8_calibration_images = int8_calibration_images
+        # Opset 18: the positional-embedding resize is antialiased, which anomalib's default opset 14 cannot express.
+        kwargs["onnx_kwargs"] = {"opset_version": 18, **(kwargs.get("onnx_kwargs") or {})}
+        with resize_by_matrices(self.pre_processor):
+            path = super().to_openvino(
+                export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
+            )
+        warn_if_cpu_lowers_precision()
+        return path
+
+    def _post_training_quantization_ov(self, model: "ov.Model", datamodule: AnomalibDataModule) -> "ov.Model":
+        """Calibrate INT8 on the datamodule's training (auxiliary) images, as raw files: never on test images."""
+        return quantize(model, calibration_image_paths(datamodule, self._int8_calibration_images))
 
     def configure_model(self) -> None:
         """Before training: seed as the command line asks, then build the model (before DDP wraps it)."""

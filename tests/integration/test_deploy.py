@@ -5,6 +5,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -247,3 +248,99 @@ def test_onnx_export_for_a_fixed_class_and_size_matches_the_module(tmp_path, mvt
             expected = module(batch)
         torch.testing.assert_close(torch.from_numpy(outputs["pred_score"]), expected.pred_score, rtol=0, atol=1e-5)
         torch.testing.assert_close(torch.from_numpy(outputs["anomaly_map"]), expected.anomaly_map, rtol=0, atol=1e-5)
+
+
+def _raw_images(folder: Path, source: Path) -> list[Path]:
+    """``source`` written at odd sizes as gray, RGBA and RGB files, which the models must read alike."""
+    from PIL import Image
+
+    folder.mkdir()
+    image = Image.open(source).convert("RGB")
+    files = []
+    for mode, size in (("L", (97, 61)), ("RGBA", (40, 130)), ("RGB", (300, 211))):
+        files.append(folder / f"{mode}.png")
+        image.convert(mode).resize(size).save(files[-1])
+    return files
+
+
+def test_openvino_export_scores_raw_images_of_any_size_like_the_checkpoint(tmp_path, mvtec_tree, trained, monkeypatch):
+    from anomalib.data.utils import read_image
+    from anomalib.deploy import OpenVINOInferencer  # openvino is in the test extra
+
+    _, _, checkpoint = trained
+    result = anomalib_cli(
+        "export",
+        "--model",
+        "BayesPFL",
+        *TINY_CLI,
+        "--model.class_name=tile_c",
+        f"--model.prompt_weights={checkpoint}",
+        "--model.image_threshold=0.4",
+        "--export_type=openvino",
+        "--default_root_dir=exported",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its cache folder into the working directory
+    exported = next((tmp_path / "exported").rglob("model.xml"))
+    inferencer = OpenVINOInferencer(exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    module = tiny_module(
+        str(TINY_CLIP), class_name="tile_c", prompt_weights=str(checkpoint), image_threshold=0.4
+    ).eval()
+    for path in _raw_images(tmp_path / "raw", mvtec_tree / "tile_c" / "test" / "defect" / "000.png"):
+        prediction = inferencer.predict(path)
+        with torch.no_grad():
+            expected = module(read_image(path, as_tensor=True).unsqueeze(0))
+        maps = torch.from_numpy(prediction.anomaly_map)
+        torch.testing.assert_close(maps, expected.anomaly_map, rtol=0, atol=1e-4, msg=path.name)
+        scores = torch.from_numpy(prediction.pred_score)
+        torch.testing.assert_close(scores, expected.pred_score, rtol=0, atol=1e-5, msg=path.name)
+        assert prediction.pred_label.tolist() == (expected.pred_score > 0.4).tolist()
+
+
+def test_onnx_export_without_an_input_size_takes_raw_images_of_any_size(tmp_path, mvtec_tree, trained):
+    import onnxruntime as ort
+    from anomalib.data.utils import read_image
+
+    _, _, checkpoint = trained
+    module = tiny_module(str(TINY_CLIP), class_name="tile_c", prompt_weights=str(checkpoint)).eval()
+    session = ort.InferenceSession(str(module.to_onnx(tmp_path, opset_version=18)))
+    names = [output.name for output in session.get_outputs()]
+    for path in _raw_images(tmp_path / "raw", mvtec_tree / "tile_c" / "test" / "defect" / "000.png"):
+        image = read_image(path, as_tensor=True).unsqueeze(0)
+        outputs = dict(zip(names, session.run(None, {"input": image.numpy()}), strict=True))
+        with torch.no_grad():
+            expected = module(image)
+        maps = torch.from_numpy(outputs["anomaly_map"])
+        torch.testing.assert_close(maps, expected.anomaly_map, rtol=0, atol=1e-5, msg=path.name)
+
+
+def test_int8_openvino_export_calibrates_on_the_auxiliary_images(tmp_path, mvtec_tree, trained, monkeypatch):
+    from anomalib.deploy import OpenVINOInferencer
+    from openvino import Core
+
+    _, _, checkpoint = trained
+    result = anomalib_cli(
+        "export",
+        "--model",
+        "BayesPFL",
+        *TINY_CLI,
+        "--model.class_name=tile_c",
+        f"--model.prompt_weights={checkpoint}",
+        "--export_type=openvino",
+        "--compression_type=INT8_PTQ",
+        *cross_data_cli(mvtec_tree),
+        "--default_root_dir=exported",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "INT8 calibration on 12 training images of ZeroShotCrossDataset" in output  # tile_a and tile_b
+    exported = next((tmp_path / "exported").rglob("model.xml"))
+    assert "FakeQuantize" in {op.get_type_name() for op in Core().read_model(exported).get_ops()}  # 8-bit
+    monkeypatch.chdir(tmp_path)
+    inferencer = OpenVINOInferencer(exported, device="CPU")
+    for path in _raw_images(tmp_path / "raw", mvtec_tree / "tile_c" / "test" / "defect" / "000.png"):
+        prediction = inferencer.predict(path)
+        assert np.isfinite(prediction.anomaly_map).all()
+        assert 0 <= prediction.pred_score.item() <= 1

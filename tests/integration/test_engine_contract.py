@@ -38,7 +38,8 @@ def _run_contract(model: BayesPFL, tree: Path, root: Path) -> Path:
     engine.validate(model, datamodule=_datamodule(tree))
     predictions = engine.predict(model, datamodule=_datamodule(tree), ckpt_path=checkpoint)
     assert sum(len(batch.pred_score) for batch in predictions) == 6
-    for export_type, extra in ((ExportType.TORCH, {}), (ExportType.ONNX, {"input_size": (64, 64)})):
+    exports = ((ExportType.TORCH, {}), (ExportType.ONNX, {"input_size": (64, 64)}), (ExportType.OPENVINO, {}))
+    for export_type, extra in exports:
         exported = engine.export(
             model, export_type, export_root=root / export_type.value, ckpt_path=checkpoint, **extra
         )

@@ -203,8 +203,10 @@ def few_shot_checkpoint(head, tiny_clip_path, tree, tmp_path_factory) -> Path:
     return next(root.rglob("model.ckpt"))
 
 
-@pytest.mark.parametrize("export_type", ["torch", "onnx"])
-def test_exported_model_scores_and_labels_with_its_class_references(few_shot_checkpoint, tree, tmp_path, export_type):
+@pytest.mark.parametrize("export_type", ["torch", "onnx", "openvino"])
+def test_exported_model_scores_and_labels_with_its_class_references(
+    few_shot_checkpoint, tree, tmp_path, export_type, monkeypatch
+):
     """Exported for one class name, the model fuses that class's references and labels with its thresholds."""
     from anomalib.data.utils import read_image
 
@@ -215,17 +217,27 @@ def test_exported_model_scores_and_labels_with_its_class_references(few_shot_che
     images = torch.stack([read_image(path, as_tensor=True) for path in paths])
     if export_type == "torch":
         exported = torch.load(module.to_torch(tmp_path), weights_only=False)["model"].eval()
+    elif export_type == "openvino":
+        from anomalib.deploy import OpenVINOInferencer  # in the test extra
+
+        monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its cache folder into the working directory
+        inferencer = OpenVINOInferencer(
+            module.to_openvino(tmp_path), device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"}
+        )
     else:
         import onnxruntime as ort  # in the test extra
 
         session = ort.InferenceSession(str(module.to_onnx(tmp_path, input_size=(64, 64), opset_version=18)))
         names = [output.name for output in session.get_outputs()]
+    fields = ("pred_score", "anomaly_map", "pred_label", "pred_mask")
     for batch in (images[:1], images):  # the batch size stays dynamic
         if export_type == "torch":
             with torch.no_grad():
                 output = exported(batch)
-            fields = ("pred_score", "anomaly_map", "pred_label", "pred_mask")
             outputs = {name: getattr(output, name) for name in fields}
+        elif export_type == "openvino":
+            prediction = inferencer.predict(batch)
+            outputs = {name: torch.from_numpy(getattr(prediction, name)) for name in fields}
         else:
             values = session.run(None, {"input": batch.numpy()})
             outputs = {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}

@@ -1,0 +1,83 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The resize that OpenVINO graphs use, the INT8 calibration images, and the refusals before any export runs."""
+
+import pytest
+import torch
+from anomalib.data import MVTecAD
+from anomalib.deploy import CompressionType
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+from anomalib_bayes_pfl.openvino_export import MatrixResize, calibration_image_paths, resize_by_matrices
+
+from ..helpers import cross_dataset
+from .test_lightning_model import tiny_module
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (100, 37), (30, 50), (700, 500), (517, 519)])
+def test_matrix_resize_is_torchs_antialiased_bicubic(height, width):
+    """Shrinking, enlarging and both at once, at the model's input size."""
+    images = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height))
+    expected = Resize((518, 518), interpolation=InterpolationMode.BICUBIC, antialias=True)(images)
+    torch.testing.assert_close(MatrixResize((518, 518))(images), expected, rtol=0, atol=2e-6)
+
+
+def test_plain_bicubic_differs_from_the_matrix_resize():
+    """The comparison above can fail: without antialiasing, shrinking gives another image."""
+    images = torch.rand(1, 3, 700, 500, generator=torch.Generator().manual_seed(0))
+    plain = Resize((518, 518), interpolation=InterpolationMode.BICUBIC, antialias=False)(images)
+    assert (MatrixResize((518, 518))(images) - plain).abs().max() > 1e-2
+
+
+def test_only_the_export_graph_resizes_by_matrices_and_only_within_the_block(tiny_clip_path):
+    module = tiny_module(tiny_clip_path)
+    pre_processor = module.pre_processor
+    before = pre_processor.export_transform
+    with resize_by_matrices(pre_processor):
+        steps = pre_processor.export_transform.transforms
+        assert [type(step) for step in steps] == [MatrixResize, Normalize]
+        assert steps[0].size == (64, 64)
+        assert pre_processor.transform is before  # training and testing keep torchvision's resize
+    assert pre_processor.export_transform is before
+
+
+def test_other_pre_processing_is_exported_as_it_is(tiny_clip_path):
+    module = tiny_module(tiny_clip_path)
+    bilinear = Compose([Resize((64, 64), interpolation=InterpolationMode.BILINEAR, antialias=True)])
+    module.pre_processor.export_transform = bilinear
+    with resize_by_matrices(module.pre_processor):
+        assert module.pre_processor.export_transform is bilinear
+
+
+def test_int8_calibrates_on_the_auxiliary_images_only(mvtec_tree):
+    paths = calibration_image_paths(cross_dataset(mvtec_tree), count=300)
+    categories = {path.relative_to(mvtec_tree).parts[0] for path in paths}
+    assert categories == {"tile_a", "tile_b"}  # tile_c is the target
+    assert len(paths) == 12  # every annotated auxiliary image: 3 good and 3 defective per category
+
+
+def test_int8_calibration_spreads_a_smaller_count_over_the_categories(mvtec_tree):
+    paths = calibration_image_paths(cross_dataset(mvtec_tree), count=4)
+    assert len(paths) == len(set(paths)) == 4
+    assert {path.relative_to(mvtec_tree).parts[0] for path in paths} == {"tile_a", "tile_b"}
+
+
+def test_an_anomalib_datamodule_calibrates_on_its_training_split(mvtec_tree):
+    paths = calibration_image_paths(MVTecAD(root=mvtec_tree, category="tile_c", num_workers=0), count=300)
+    assert paths
+    assert all(path.relative_to(mvtec_tree / "tile_c").parts[:2] == ("train", "good") for path in paths)
+
+
+def test_int8_without_data_is_refused_before_exporting(tiny_clip_path, tmp_path):
+    module = tiny_module(tiny_clip_path)
+    with pytest.raises(ValueError, match=r"INT8_PTQ calibrates on the auxiliary \(training\) images: add --data"):
+        module.to_openvino(tmp_path, compression_type=CompressionType.INT8_PTQ)
+    assert not any(tmp_path.iterdir())
+
+
+def test_accuracy_controlled_int8_is_refused_by_name(tiny_clip_path, tmp_path, mvtec_tree):
+    module = tiny_module(tiny_clip_path)
+    with pytest.raises(ValueError, match=r"INT8_ACQ is not supported for BayesPFL.*Use --compression_type INT8_PTQ"):
+        module.to_openvino(tmp_path, compression_type=CompressionType.INT8_ACQ, datamodule=cross_dataset(mvtec_tree))
+    assert not any(tmp_path.iterdir())
