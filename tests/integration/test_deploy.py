@@ -166,20 +166,28 @@ def test_predict_writes_maps_scores_and_labels(tmp_path, mvtec_tree, trained):
     ]
 
 
-def test_torch_export_and_inferencer_match_the_checkpoint(tmp_path, mvtec_tree, trained, monkeypatch):
-    _, _, checkpoint = trained
-    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for unpickling a model it did not train
-    result = anomalib_cli(
+def _export(folder: Path, checkpoint: Path, *options: str):
+    """``anomalib export`` of the tiny model for tile_c into ``folder/exported``, the checkpoint as prompt weights.
+
+    With ``--ckpt_path``, anomalib would drop the ``--model.*`` options.
+    """
+    return anomalib_cli(
         "export",
         "--model",
         "BayesPFL",
         *TINY_CLI,
         "--model.class_name=tile_c",
-        f"--model.prompt_weights={checkpoint}",  # with --ckpt_path, anomalib would drop the --model.* options
-        "--export_type=torch",
+        f"--model.prompt_weights={checkpoint}",
+        *options,
         "--default_root_dir=exported",
-        cwd=tmp_path,
+        cwd=folder,
     )
+
+
+def test_torch_export_and_inferencer_match_the_checkpoint(tmp_path, mvtec_tree, trained, monkeypatch):
+    _, _, checkpoint = trained
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for unpickling a model it did not train
+    result = _export(tmp_path, checkpoint, "--export_type=torch")
     assert result.returncode == 0, result.stderr[-3000:]
     exported = next((tmp_path / "exported").rglob("model.pt"))
     image_path = mvtec_tree / "tile_c" / "test" / "defect" / "000.png"
@@ -221,18 +229,7 @@ def test_onnx_export_for_a_fixed_class_and_size_matches_the_module(tmp_path, mvt
     import onnxruntime as ort  # in the test extra
 
     _, _, checkpoint = trained
-    result = anomalib_cli(
-        "export",
-        "--model",
-        "BayesPFL",
-        *TINY_CLI,
-        "--model.class_name=tile_c",
-        f"--model.prompt_weights={checkpoint}",
-        "--export_type=onnx",
-        "--input_size=[64, 64]",
-        "--default_root_dir=exported",
-        cwd=tmp_path,
-    )
+    result = _export(tmp_path, checkpoint, "--export_type=onnx", "--input_size=[64, 64]")
     assert result.returncode == 0, result.stderr[-3000:]
     session = ort.InferenceSession(str(next((tmp_path / "exported").rglob("model.onnx"))))
     module = tiny_module(str(TINY_CLIP), class_name="tile_c", prompt_weights=str(checkpoint)).eval()
@@ -268,18 +265,7 @@ def test_openvino_export_scores_raw_images_of_any_size_like_the_checkpoint(tmp_p
     from anomalib.deploy import OpenVINOInferencer  # openvino is in the test extra
 
     _, _, checkpoint = trained
-    result = anomalib_cli(
-        "export",
-        "--model",
-        "BayesPFL",
-        *TINY_CLI,
-        "--model.class_name=tile_c",
-        f"--model.prompt_weights={checkpoint}",
-        "--model.image_threshold=0.4",
-        "--export_type=openvino",
-        "--default_root_dir=exported",
-        cwd=tmp_path,
-    )
+    result = _export(tmp_path, checkpoint, "--model.image_threshold=0.4", "--export_type=openvino")
     assert result.returncode == 0, result.stderr[-3000:]
     monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its cache folder into the working directory
     exported = next((tmp_path / "exported").rglob("model.xml"))
@@ -320,18 +306,8 @@ def test_int8_openvino_export_calibrates_on_the_auxiliary_images(tmp_path, mvtec
     from openvino import Core
 
     _, _, checkpoint = trained
-    result = anomalib_cli(
-        "export",
-        "--model",
-        "BayesPFL",
-        *TINY_CLI,
-        "--model.class_name=tile_c",
-        f"--model.prompt_weights={checkpoint}",
-        "--export_type=openvino",
-        "--compression_type=INT8_PTQ",
-        *cross_data_cli(mvtec_tree),
-        "--default_root_dir=exported",
-        cwd=tmp_path,
+    result = _export(
+        tmp_path, checkpoint, "--export_type=openvino", "--compression_type=INT8_PTQ", *cross_data_cli(mvtec_tree)
     )
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
