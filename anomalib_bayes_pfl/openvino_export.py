@@ -20,7 +20,9 @@ import numpy as np
 import torch
 from anomalib.data import AnomalibDataModule
 from anomalib.data.utils import read_image
+from anomalib.deploy import CompressionType
 from anomalib.pre_processing import PreProcessor
+from lightning_utilities.core.imports import module_available
 from torch import nn
 from torchvision.transforms.v2 import Compose, InterpolationMode, Resize
 
@@ -92,6 +94,28 @@ def resize_by_matrices(pre_processor: PreProcessor) -> Iterator[None]:
         yield
     finally:
         pre_processor.export_transform = export_transform
+
+
+def check_openvino_export(compression_type: CompressionType | None, datamodule: AnomalibDataModule | None) -> None:
+    """Refuse, before anything is exported, what is missing or would calibrate on test images."""
+    needed = ["openvino"] + (["nncf"] if compression_type not in {None, CompressionType.FP16} else [])
+    missing = [package for package in needed if not module_available(package)]
+    if missing:
+        msg = f'OpenVINO export needs {" and ".join(missing)}: pip install "anomalib-bayes-pfl[openvino]".'
+        raise ModuleNotFoundError(msg)
+    if compression_type == CompressionType.INT8_ACQ:
+        msg = (
+            "--compression_type INT8_ACQ is not supported for BayesPFL: anomalib calibrates and checks it on "
+            "validation images, which can be target test images. Use --compression_type INT8_PTQ, which "
+            "calibrates on the auxiliary (training) images."
+        )
+        raise ValueError(msg)
+    if compression_type == CompressionType.INT8_PTQ and datamodule is None:
+        msg = (
+            "--compression_type INT8_PTQ calibrates on the auxiliary (training) images: add --data, e.g. --data "
+            "ZeroShotCrossDataset --data.auxiliary_root <folder> --data.auxiliary_format <format>."
+        )
+        raise ValueError(msg)
 
 
 def calibration_image_paths(datamodule: AnomalibDataModule, count: int = INT8_CALIBRATION_IMAGES) -> list[Path]:

@@ -53,6 +53,7 @@ from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
 from anomalib_bayes_pfl.openvino_export import (
     INT8_CALIBRATION_IMAGES,
     calibration_image_paths,
+    check_openvino_export,
     quantize,
     resize_by_matrices,
     warn_if_cpu_lowers_precision,
@@ -515,22 +516,10 @@ class BayesPFL(AnomalibModule):
         """Export as anomalib does, with a resize that OpenVINO reproduces and INT8 calibrated on training images.
 
         Without ``input_size`` the IR takes images of any size, as the checkpoint does. ``int8_calibration_images``
-        caps the training images that ``int8_ptq`` calibrates on (``anomalib export`` keeps NNCF's 300).
+        caps the training images that ``INT8_PTQ`` calibrates on (``anomalib export`` keeps NNCF's 300).
         """
         self._check_exportable()
-        if compression_type == CompressionType.INT8_ACQ:
-            msg = (
-                "--compression_type INT8_ACQ is not supported for BayesPFL: anomalib calibrates and checks it on "
-                "validation images, which can be target test images. Use --compression_type INT8_PTQ, which "
-                "calibrates on the auxiliary (training) images."
-            )
-            raise ValueError(msg)
-        if compression_type == CompressionType.INT8_PTQ and datamodule is None:
-            msg = (
-                "--compression_type INT8_PTQ calibrates on the auxiliary (training) images: add --data, e.g. --data "
-                "ZeroShotCrossDataset --data.auxiliary_root <folder> --data.auxiliary_format <format>."
-            )
-            raise ValueError(msg)
+        check_openvino_export(compression_type, datamodule)
         self._int8_calibration_images = int8_calibration_images
         # Opset 18: the positional-embedding resize is antialiased, which anomalib's default opset 14 cannot express.
         kwargs["onnx_kwargs"] = {"opset_version": 18, **(kwargs.get("onnx_kwargs") or {})}

@@ -9,6 +9,7 @@ from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
+from anomalib_bayes_pfl import openvino_export
 from anomalib_bayes_pfl.openvino_export import MatrixResize, calibration_image_paths, resize_by_matrices
 
 from ..helpers import cross_dataset
@@ -80,4 +81,15 @@ def test_accuracy_controlled_int8_is_refused_by_name(tiny_clip_path, tmp_path, m
     module = tiny_module(tiny_clip_path)
     with pytest.raises(ValueError, match=r"INT8_ACQ is not supported for BayesPFL.*Use --compression_type INT8_PTQ"):
         module.to_openvino(tmp_path, compression_type=CompressionType.INT8_ACQ, datamodule=cross_dataset(mvtec_tree))
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("compression", "missing"), [(None, "openvino"), (CompressionType.INT8_PTQ, "nncf")])
+def test_a_missing_package_is_named_with_the_install_command(
+    tiny_clip_path, tmp_path, mvtec_tree, monkeypatch, compression, missing
+):
+    monkeypatch.setattr(openvino_export, "module_available", lambda package: package != missing)
+    module = tiny_module(tiny_clip_path)
+    with pytest.raises(ModuleNotFoundError, match=rf'needs {missing}: pip install "anomalib-bayes-pfl\[openvino\]"'):
+        module.to_openvino(tmp_path, compression_type=compression, datamodule=cross_dataset(mvtec_tree))
     assert not any(tmp_path.iterdir())
