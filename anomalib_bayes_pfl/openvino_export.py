@@ -24,7 +24,7 @@ from anomalib.deploy import CompressionType
 from anomalib.pre_processing import PreProcessor
 from lightning_utilities.core.imports import module_available
 from torch import nn
-from torchvision.transforms.v2 import Compose, InterpolationMode, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -78,18 +78,18 @@ def _is_antialiased_bicubic(transform: nn.Module) -> bool:
 
 @contextmanager
 def resize_by_matrices(pre_processor: PreProcessor) -> Iterator[None]:
-    """Within the block, exported graphs resize by :class:`MatrixResize` instead of torch's antialiased bicubic.
+    """Within the block, exported graphs normalise, then resize by :class:`MatrixResize`.
 
-    Any other transform is exported as it is.
+    The same numbers as resizing first (each output pixel is a weighted mean, its weights summing to one), but
+    OpenVINO's CPU plugin fails to compile a fixed-size graph whose per-channel normalisation follows the matrix
+    products. A pre-processor other than a bicubic antialiased resize and normalisations is exported as it is.
     """
     export_transform = pre_processor.export_transform
-    if isinstance(export_transform, Compose) and any(map(_is_antialiased_bicubic, export_transform.transforms)):
-        pre_processor.export_transform = Compose(
-            [
-                MatrixResize(tuple(step.size)) if _is_antialiased_bicubic(step) else step
-                for step in export_transform.transforms
-            ]
-        )
+    steps = export_transform.transforms if isinstance(export_transform, Compose) else []
+    resizes = [step for step in steps if _is_antialiased_bicubic(step)]
+    others = [step for step in steps if not _is_antialiased_bicubic(step)]
+    if len(resizes) == 1 and all(isinstance(step, Normalize) for step in others):
+        pre_processor.export_transform = Compose([*others, MatrixResize(tuple(resizes[0].size))])
     try:
         yield
     finally:

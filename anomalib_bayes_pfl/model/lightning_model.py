@@ -248,7 +248,7 @@ class BayesPFL(AnomalibModule):
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
         self.iad_log_det_per_batch = iad_log_det_per_batch
         self.prompt_weights = prompt_weights
-        self._int8_calibration_images = INT8_CALIBRATION_IMAGES  # to_openvino's, for anomalib's quantization hook
+        self._int8_calibration_paths: list[Path] = []  # chosen by to_openvino, for anomalib's quantization hook
         self.stage_one_epochs = stage_one_epochs
         self.stage_two_epochs = stage_two_epochs
         self.learning_rates = {
@@ -488,9 +488,24 @@ class BayesPFL(AnomalibModule):
         _check_label_options(self.options, self._given_options)
 
     def _check_exportable(self) -> None:
-        """An exported model scores one class name: with ``k_shot``, that class needs its references."""
+        """An exported model scores one class name: with ``k_shot``, that class needs its references; say which."""
+        name = self.model.default_class_name
         if self.model.few_shot:
-            self.model.references.require(self.model.default_class_name)
+            self.model.references.require(name)
+        if self.options["class_name"] is None:
+            logger.warning(
+                "No class name given or stored: the exported model scores every image as '%s'. Export one model per "
+                "part with --model.class_name <part> (and the checkpoint as --model.prompt_weights).",
+                name,
+            )
+        thresholds = getattr(self.post_processor, "thresholds", None)
+        logger.info(
+            "Exporting BayesPFL for class name '%s': %d-shot, %d px, image / pixel thresholds %s.",
+            name,
+            self.options["k_shot"],
+            self.options["image_size"],
+            " / ".join(f"{value:.4g}" for value in thresholds) if thresholds else "none",
+        )
 
     def to_torch(self, *args: Any, **kwargs: Any) -> Path:
         """Export as anomalib does, refused at once for a class name without references."""
@@ -520,7 +535,8 @@ class BayesPFL(AnomalibModule):
         """
         self._check_exportable()
         check_openvino_export(compression_type, datamodule)
-        self._int8_calibration_images = int8_calibration_images
+        if compression_type == CompressionType.INT8_PTQ:  # a wrong --data stops before the export, not after
+            self._int8_calibration_paths = calibration_image_paths(datamodule, int8_calibration_images)
         # Opset 18: the positional-embedding resize is antialiased, which anomalib's default opset 14 cannot express.
         kwargs["onnx_kwargs"] = {"opset_version": 18, **(kwargs.get("onnx_kwargs") or {})}
         with resize_by_matrices(self.pre_processor):
@@ -531,8 +547,9 @@ class BayesPFL(AnomalibModule):
         return path
 
     def _post_training_quantization_ov(self, model: "ov.Model", datamodule: AnomalibDataModule) -> "ov.Model":
-        """Calibrate INT8 on the datamodule's training (auxiliary) images, as raw files: never on test images."""
-        return quantize(model, calibration_image_paths(datamodule, self._int8_calibration_images))
+        """Calibrate INT8 on the training (auxiliary) images that :meth:`to_openvino` chose: never on test images."""
+        del datamodule  # its images were chosen before the export
+        return quantize(model, self._int8_calibration_paths)
 
     def configure_model(self) -> None:
         """Before training: seed as the command line asks, then build the model (before DDP wraps it)."""

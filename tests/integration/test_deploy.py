@@ -301,6 +301,21 @@ def test_onnx_export_without_an_input_size_takes_raw_images_of_any_size(tmp_path
         torch.testing.assert_close(maps, expected.anomaly_map, rtol=0, atol=1e-5, msg=path.name)
 
 
+def test_openvino_export_with_a_fixed_input_size_compiles_and_scores_like_the_module(tmp_path, monkeypatch):
+    """OpenVINO's CPU plugin once refused to compile this graph, though the export itself succeeded."""
+    from anomalib.deploy import OpenVINOInferencer
+
+    module = tiny_module(str(TINY_CLIP), class_name="tile_c").eval()
+    monkeypatch.chdir(tmp_path)
+    exported = module.to_openvino(tmp_path, input_size=(96, 96))
+    inferencer = OpenVINOInferencer(exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+    images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = module(images)
+    prediction = inferencer.predict(images)
+    torch.testing.assert_close(torch.from_numpy(prediction.anomaly_map), expected.anomaly_map, rtol=0, atol=1e-4)
+
+
 def test_int8_openvino_export_calibrates_on_the_auxiliary_images(tmp_path, mvtec_tree, trained, monkeypatch):
     from anomalib.deploy import OpenVINOInferencer
     from openvino import Core

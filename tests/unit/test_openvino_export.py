@@ -3,13 +3,15 @@
 
 """The resize that OpenVINO graphs use, the INT8 calibration images, and the refusals before any export runs."""
 
+import logging
+
 import pytest
 import torch
 from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from anomalib_bayes_pfl import openvino_export
+from anomalib_bayes_pfl import ZeroShotCrossDataset, openvino_export
 from anomalib_bayes_pfl.openvino_export import MatrixResize, calibration_image_paths, resize_by_matrices
 
 from ..helpers import cross_dataset
@@ -37,10 +39,17 @@ def test_only_the_export_graph_resizes_by_matrices_and_only_within_the_block(tin
     before = pre_processor.export_transform
     with resize_by_matrices(pre_processor):
         steps = pre_processor.export_transform.transforms
-        assert [type(step) for step in steps] == [MatrixResize, Normalize]
-        assert steps[0].size == (64, 64)
+        assert [type(step) for step in steps] == [Normalize, MatrixResize]  # see resize_by_matrices
+        assert steps[1].size == (64, 64)
         assert pre_processor.transform is before  # training and testing keep torchvision's resize
     assert pre_processor.export_transform is before
+
+
+def test_normalising_before_the_matrix_resize_gives_the_same_image():
+    images = torch.rand(2, 3, 100, 37, generator=torch.Generator().manual_seed(0))
+    normalise = Normalize(mean=[0.5, 0.4, 0.3], std=[0.2, 0.3, 0.25])
+    resize = MatrixResize((64, 64))
+    torch.testing.assert_close(resize(normalise(images)), normalise(resize(images)), rtol=0, atol=1e-5)
 
 
 def test_other_pre_processing_is_exported_as_it_is(tiny_clip_path):
@@ -93,3 +102,28 @@ def test_a_missing_package_is_named_with_the_install_command(
     with pytest.raises(ModuleNotFoundError, match=rf'needs {missing}: pip install "anomalib-bayes-pfl\[openvino\]"'):
         module.to_openvino(tmp_path, compression_type=compression, datamodule=cross_dataset(mvtec_tree))
     assert not any(tmp_path.iterdir())
+
+
+def test_int8_with_data_that_cannot_be_read_stops_before_exporting(tiny_clip_path, tmp_path, mvtec_tree):
+    module = tiny_module(tiny_clip_path)
+    data = ZeroShotCrossDataset(
+        auxiliary_root=str(mvtec_tree / "missing"), auxiliary_format="mvtec", target_root=str(mvtec_tree), num_workers=0
+    )
+    with pytest.raises(FileNotFoundError, match="missing"):
+        module.to_openvino(tmp_path / "export", compression_type=CompressionType.INT8_PTQ, datamodule=data)
+    assert not (tmp_path / "export").exists()
+
+
+def test_an_export_says_which_class_name_and_thresholds_it_bakes_in(tiny_clip_path, tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        tiny_module(tiny_clip_path, class_name="screw", image_threshold=0.3).to_torch(tmp_path)
+    assert (
+        "Exporting BayesPFL for class name 'screw': 0-shot, 64 px, image / pixel thresholds 0.3 / 0.5." in caplog.text
+    )
+    assert "No class name given" not in caplog.text
+
+
+def test_an_export_without_a_class_name_warns_that_it_scores_object(tiny_clip_path, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"):
+        tiny_module(tiny_clip_path).to_torch(tmp_path)
+    assert "No class name given or stored: the exported model scores every image as 'object'" in caplog.text
