@@ -29,13 +29,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # This folder's scripts run with it on the path.
-from bench_speed import interleaved_times, set_up
+from bench_speed import interleaved_times, seconds_of, set_up
 from jsonargparse import CLI
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
@@ -199,16 +200,9 @@ def main(
         }
         images = _raw_images(num_images, torch.Generator().manual_seed(0))
         outputs = {name: [run(image) for image in images] for name, run in runners.items()}
-
-        def timed(run: Callable) -> Callable[[], float]:
-            def step() -> float:
-                started = time.perf_counter()
-                run(images[0])
-                return time.perf_counter() - started
-
-            return step
-
-        times = interleaved_times({name: timed(run) for name, run in runners.items()}, repeats, warmup)
+        cpu = torch.device("cpu")
+        steps = {name: partial(seconds_of, partial(run, images[0]), cpu) for name, run in runners.items()}
+        times = interleaved_times(steps, repeats, warmup)
     floor = statistics.median(times["torch_fp32"])
     for name, seconds in times.items():
         pairs = list(zip(outputs[name], outputs["torch_fp32"], strict=True))

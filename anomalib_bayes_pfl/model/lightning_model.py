@@ -533,8 +533,7 @@ class BayesPFL(AnomalibModule):
         Without ``input_size`` the IR takes images of any size, as the checkpoint does. ``int8_calibration_images``
         caps the training images that ``INT8_PTQ`` calibrates on (``anomalib export`` keeps NNCF's 300).
         """
-        self._check_exportable()
-        check_openvino_export(compression_type, datamodule)
+        check_openvino_export(compression_type, datamodule)  # _check_exportable runs in to_onnx, which this calls
         if compression_type == CompressionType.INT8_PTQ:  # a wrong --data stops before the export, not after
             self._int8_calibration_paths = calibration_image_paths(datamodule, int8_calibration_images)
         # Opset 18: the positional-embedding resize is antialiased, which anomalib's default opset 14 cannot express.

@@ -249,11 +249,13 @@ def test_exported_model_scores_and_labels_with_its_class_references(
         assert torch.equal(outputs["pred_mask"].squeeze(1), expected.anomaly_map > stored.pixel_threshold)
 
 
-def test_an_exported_class_without_references_is_refused_by_name(few_shot_checkpoint, tmp_path):
+@pytest.mark.parametrize("export", ["to_torch", "to_openvino"])
+def test_an_exported_class_without_references_is_refused_by_name(few_shot_checkpoint, tmp_path, export):
     module = BayesPFL(class_name="gear", prompt_weights=str(few_shot_checkpoint)).eval()
     with pytest.raises(KeyError, match=r"no few-shot references for category 'gear'.*\['tile_c', 'tile_d'\]"):
-        module.to_torch(tmp_path)
+        getattr(module, export)(tmp_path)
     assert not list(tmp_path.rglob("*.pt"))
+    assert not list(tmp_path.rglob("*.xml"))
 
 
 def test_fixed_thresholds_given_with_a_calibrated_checkpoint_win_with_a_warning(
