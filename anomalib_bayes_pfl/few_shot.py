@@ -18,20 +18,26 @@ references (so 1 reference is among 2, and 2 among 4), the last ``calibration_im
 there must be enough candidates for both. The references' patch tokens (the same frozen CLIP pass) become the
 category's memory; the calibration images are scored with it, and the post-processor's conformal rules turn their
 scores into the category's thresholds. Both are saved with the head in the checkpoints written afterwards. Stored
-references or calibration images that a later run scores are drawn again: no image is compared with itself.
+references or calibration images that a later run scores are drawn again: no image is compared with itself, also
+not a copy under another name (images are compared by content too). The log names a few of each category's images;
+``few_shot_images.csv`` in the run's folder lists them all.
 """
 
+import contextlib
+import hashlib
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pandas as pd
 import torch
 from anomalib.data.utils import TestSplitMode, read_image
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from anomalib_bayes_pfl.data.cross_dataset import image_files, normal_images
-from anomalib_bayes_pfl.data.validation import check_image_files, file_pairs
+from anomalib_bayes_pfl.data.validation import check_image_files, file_pairs, loader_files
 from anomalib_bayes_pfl.model.post_processor import conformal_image_threshold, conformal_pixel_threshold
 from anomalib_bayes_pfl.model.references import CategoryReferences, memory_tokens
 
@@ -41,6 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ENCODE_BATCH_SIZE = 8
+FEW_SHOT_IMAGES_CSV = "few_shot_images.csv"
 
 
 def source_images(source: str, category: str, categories: Sequence[str]) -> list[str]:
@@ -105,11 +112,11 @@ class FewShotPreparation(Callback):
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Prepare the categories of the test images."""
-        self.prepare(trainer, pl_module, _loader_images(trainer.test_dataloaders))
+        self.prepare(trainer, pl_module, loader_files(trainer.test_dataloaders))
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Prepare the categories of the images to predict (loose files: the class name's)."""
-        self.prepare(trainer, pl_module, _loader_images(trainer.predict_dataloaders))
+        self.prepare(trainer, pl_module, loader_files(trainer.predict_dataloaders))
 
     @staticmethod
     def prepare(trainer: Trainer, pl_module: "BayesPFL", scored_images: list[str]) -> None:
@@ -118,9 +125,9 @@ class FewShotPreparation(Callback):
         if not options["k_shot"] and options["false_alarm_rate"] is None:
             return
         datamodule = getattr(trainer, "datamodule", None)
-        names = pl_module.class_names_of(scored_images if datamodule is not None else None, len(scored_images))
+        names = [name.class_name for name in pl_module.image_categories(scored_images, len(scored_images))]
         categories = sorted(set(names))
-        scored = {_resolved(path) for path in scored_images}
+        scored = ScoredImages(scored_images)
         settings = pl_module.reference_settings()
         references = pl_module.model.references
         source = options["few_shot_source"]
@@ -138,32 +145,103 @@ class FewShotPreparation(Callback):
                     continue
                 logger.warning(
                     "Category '%s': %d of the references and calibration images stored with the head are scored in "
-                    "this run (%s); drawing them again from images that are not.",
+                    "this run, under their own or another name (%s); drawing them again from images that are not.",
                     category,
                     len(scored_again),
-                    scored_again[:3],
+                    short_list(scored_again),
                 )
             if source is not None:
                 candidates = source_images(source, category, categories)
             else:
                 _warn_about_random_splits(datamodule, category)
                 candidates = datamodule_images(
-                    datamodule, category, lambda paths: pl_module.class_names_of(paths, len(paths))
+                    datamodule,
+                    category,
+                    lambda paths: [name.class_name for name in pl_module.image_categories(paths, len(paths))],
                 )
-            overlap = [path for path in candidates if _resolved(path) in scored]
+            overlap = [path for path in candidates if path in scored]
             if overlap and source is not None:
                 msg = (
-                    f"--model.few_shot_source {source} holds images that are also scored ({overlap[:3]}); few-shot "
-                    f"references and calibration images must not be test images."
+                    f"--model.few_shot_source {source} holds images that are also scored, under their own or another "
+                    f"name ({short_list(overlap)}); few-shot references and calibration images must not be test "
+                    f"images. Remove them from the folder."
                 )
                 raise ValueError(msg)
+            if overlap:
+                logger.warning(
+                    "Category '%s': %d normal training images of the datamodule are also scored, under their own or "
+                    "another name (%s); they are not drawn as references or calibration images.",
+                    category,
+                    len(overlap),
+                    short_list(overlap),
+                )
             candidates = [_resolved(path) for path in candidates if path not in overlap]
             _prepare_category(pl_module, category, candidates, settings, where)
         pl_module.apply_export_thresholds()
+        if trainer.is_global_zero:
+            _write_image_list(Path(trainer.default_root_dir) / FEW_SHOT_IMAGES_CSV, references, categories)
+
+
+def short_list(paths: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` file names of ``paths`` and how many more, for a log line that stays one line."""
+    names = ", ".join(Path(path).name for path in paths[:shown])
+    return names + (f" and {len(paths) - shown} more" if len(paths) > shown else "")
 
 
 def _resolved(path: str) -> str:
     return str(Path(path).expanduser().resolve())
+
+
+def _digest(path: str) -> str:
+    return hashlib.blake2b(Path(path).read_bytes(), digest_size=16).hexdigest()
+
+
+class ScoredImages:
+    """The images a run scores, recognised by their path or by their content: a copy under another name is the same.
+
+    Only files of the same size as a scored image are read and hashed, so the check costs almost nothing when no
+    image is shared.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = {_resolved(path) for path in paths}
+        self._by_size: dict[int, list[str]] = {}
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                self._by_size.setdefault(os.stat(path).st_size, []).append(path)
+        self._digests: dict[int, set[str]] = {}
+
+    def __contains__(self, path: object) -> bool:
+        resolved = _resolved(str(path))
+        if resolved in self.paths:
+            return True
+        try:
+            size = os.stat(resolved).st_size
+        except OSError:  # a stored path from another machine: only its name can be compared
+            return False
+        same_size = self._by_size.get(size)
+        if not same_size:
+            return False
+        if size not in self._digests:
+            self._digests[size] = {_digest(candidate) for candidate in same_size}
+        return _digest(resolved) in self._digests[size]
+
+
+def _write_image_list(path: Path, references: Any, categories: list[str]) -> None:
+    """List the references and calibration images of the scored categories, one row per image."""
+    rows = [
+        {"category": category, "role": role, "image_path": image}
+        for category in categories
+        if references.get(category) is not None
+        for role, images in (
+            ("reference", references.get(category).reference_images),
+            ("calibration", references.get(category).calibration_images),
+        )
+        for image in images
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["category", "role", "image_path"]).to_csv(path, index=False)
+    logger.info("Few-shot references and calibration images of %d categories: %s", len(categories), path)
 
 
 def _warn_about_random_splits(datamodule: Any, category: str) -> None:
@@ -182,11 +260,6 @@ def _warn_about_random_splits(datamodule: Any, category: str) -> None:
             type(datamodule).__name__,
             category,
         )
-
-
-def _loader_images(loaders: Any) -> list[str]:
-    loaders = loaders if isinstance(loaders, list) else [loaders]
-    return [image for loader in loaders for image, _ in file_pairs(loader.dataset)]
 
 
 def _prepare_category(
@@ -222,23 +295,23 @@ def _prepare_category(
         stored.image_threshold = conformal_image_threshold(image_scores, false_alarm_rate)
         stored.pixel_threshold = conformal_pixel_threshold(maps, false_alarm_rate)
     logger.info(
-        "Category '%s': %d reference image(s) %s drawn with eval_seed %d from %s.",
+        "Category '%s': %d reference image(s) (%s) drawn with eval_seed %d from %s.",
         category,
         len(references),
-        references,
+        short_list(references),
         options["eval_seed"],
         where,
     )
     if calibration:
         logger.info(
             "Category '%s': image threshold %.6f, pixel threshold %.6f for a false-alarm rate of %s, calibrated on "
-            "%d normal image(s) %s.",
+            "%d normal image(s) (%s).",
             category,
             stored.image_threshold,
             stored.pixel_threshold,
             false_alarm_rate,
             len(calibration),
-            calibration,
+            short_list(calibration),
         )
 
 

@@ -38,7 +38,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_calibration_error
 
-from anomalib_bayes_pfl.data.class_names import category_of
+from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.paper_score import fuse_paper_scores
 from anomalib_bayes_pfl.review import indices_by_group, review_flags, sparsification, warn_if_uninformative
 
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 CSV_NAME = "per_category_metrics.csv"
 MEAN_ROW = "mean"
-UNKNOWN_CATEGORY = "all"
 THRESHOLD_COLUMNS = ("image_threshold", "pixel_threshold")
 LABEL_COUNTS = 4
 COUNTS = 10  # images and pixels, label counts, wrong and judged pixels
@@ -112,21 +111,6 @@ def _select(batch: ImageBatch, index: torch.Tensor) -> ImageBatch:
     )
 
 
-def category_keys(trainer: Trainer, paths: list[str | None]) -> list[tuple[str, str]]:
-    """The (dataset, category) of each image path: a row of the table, and a group of the review marks."""
-    datamodule = getattr(trainer, "datamodule", None)
-    lookup = getattr(datamodule, "class_name_of", None)
-    dataset_of = getattr(datamodule, "dataset_of", None)
-    default_dataset = str(getattr(datamodule, "name", "") or "")
-    return [
-        (
-            (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset,
-            category_of(path, lookup) or UNKNOWN_CATEGORY,
-        )
-        for path in paths
-    ]
-
-
 class PerCategoryMetrics(Callback):
     """Compute test metrics per category and their mean over categories.
 
@@ -157,17 +141,17 @@ class PerCategoryMetrics(Callback):
         self,
         trainer: Trainer,
         pl_module: LightningModule,
-        outputs: Any,
+        outputs: BayesPFLBatch,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
         """Route each image's scores and maps to the metrics of its dataset and category."""
         del batch, batch_idx, dataloader_idx
-        paths = outputs.image_path or [None] * len(outputs)
-        keys = category_keys(trainer, paths)
+        del trainer, pl_module
+        keys = list(zip(outputs.dataset, outputs.category, strict=True))
         labelled = outputs.gt_label is not None
-        paper = getattr(pl_module, "image_score", "probability") == "paper" and labelled
+        paper = outputs.paper_map_score is not None and labelled
         uncertainty = getattr(outputs, "uncertainty", None)
         uncertainty_map = getattr(outputs, "uncertainty_map", None)
         for key, index in indices_by_group(keys).items():
@@ -182,11 +166,9 @@ class PerCategoryMetrics(Callback):
                 [counts, _label_counts(subset, labels), self._update_wrong_pixels(key, subset, uncertainty_map, index)]
             )
             self.counts[key] = counts if key not in self.counts else self.counts[key] + counts
-            thresholds_of = getattr(pl_module, "thresholds_of", None)
-            if thresholds_of is not None and key not in self.thresholds:
+            if key not in self.thresholds:
                 first = int(index[0])
-                names = pl_module.class_names_of([paths[first]] if paths[first] is not None else None, 1)
-                self.thresholds[key] = tuple(float(value) for value in thresholds_of(names))
+                self.thresholds[key] = (float(outputs.image_threshold[first]), float(outputs.pixel_threshold[first]))
             if labelled:
                 values = self.image_values.setdefault(key, {})
                 picked = {"probability": subset.pred_score, "label": subset.gt_label}

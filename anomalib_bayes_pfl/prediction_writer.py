@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""``predictions.csv``: every predicted image's path, category, score, label and uncertainty, beside the run's images.
+"""``predictions.csv``: every predicted image's path, category, class name, score, label and uncertainty.
 
 anomalib's visualizer writes images; a table is what a production line reads back. Rows are appended batch by
 batch, so that an interrupted run keeps what it scored. With ``review_fraction``, the ``needs_review`` column is
@@ -18,12 +18,13 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.metrics import category_keys
+from anomalib_bayes_pfl.data.class_names import log_categories
+from anomalib_bayes_pfl.data.validation import loader_files
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_UNITS
 from anomalib_bayes_pfl.review import grouped_review_flags, indices_by_group, warn_if_uninformative
 
 PREDICTIONS_CSV = "predictions.csv"
-COLUMNS = ["image_path", "category", "pred_score", "pred_label", "uncertainty"]
+COLUMNS = ["image_path", "category", "class_name", "pred_score", "pred_label", "uncertainty"]
 
 
 class PredictionTable(BasePredictionWriter):
@@ -39,8 +40,9 @@ class PredictionTable(BasePredictionWriter):
         self.uncertainties: list[torch.Tensor] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the table with its header."""
-        del pl_module
+        """Start the table with its header; say which category each image gets."""
+        images = loader_files(trainer.predict_dataloaders)
+        log_categories(pl_module.image_categories(images, len(images)))
         name = PREDICTIONS_CSV if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         self.path = Path(trainer.default_root_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,16 +60,17 @@ class PredictionTable(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         """Append the batch's rows."""
-        del pl_module, batch_indices, batch, batch_idx, dataloader_idx
+        del trainer, pl_module, batch_indices, batch, batch_idx, dataloader_idx
         count = len(prediction.pred_score)
         paths = prediction.image_path or [None] * count
         labels = prediction.pred_label.int().tolist() if prediction.pred_label is not None else [None] * count
         uncertainty = prediction.uncertainty.detach().cpu()
-        categories = category_keys(trainer, paths)
+        categories = list(zip(prediction.dataset, prediction.category, strict=True))
         table = pd.DataFrame(
             {
                 "image_path": paths,
-                "category": [category for _, category in categories],
+                "category": prediction.category,
+                "class_name": prediction.class_name,
                 "pred_score": prediction.pred_score.tolist(),
                 "pred_label": pd.array(labels, dtype="Int64"),
                 "uncertainty": uncertainty.tolist(),

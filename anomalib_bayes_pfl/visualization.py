@@ -27,7 +27,6 @@ from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.metrics import category_keys
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_MAXIMUM
 from anomalib_bayes_pfl.review import grouped_review_flags
 
@@ -135,7 +134,7 @@ class UncertaintyVisualizer(ImageVisualizer):
             return
         datamodule = getattr(trainer, "datamodule", None)
         measure = pl_module.options["uncertainty"]
-        keys = category_keys(trainer, outputs.image_path)
+        keys = list(zip(outputs.dataset, outputs.category, strict=True))
         for item, key in zip(outputs, keys, strict=True):
             visualisation = generate_output_filename(
                 input_path=item.image_path,

@@ -4,7 +4,7 @@
 """Data: the cross-dataset datamodule, the authors' augmentations, per-image class names and synthetic dataset trees."""
 
 from .augmentation import AuthorsAugmentations
-from .class_names import class_name_from_path, resolve_class_names
+from .class_names import ImageCategory, class_name_from_path, image_categories
 from .cross_dataset import ZeroShotCrossDataset
 
-__all__ = ["AuthorsAugmentations", "ZeroShotCrossDataset", "class_name_from_path", "resolve_class_names"]
+__all__ = ["AuthorsAugmentations", "ImageCategory", "ZeroShotCrossDataset", "class_name_from_path", "image_categories"]

@@ -1,20 +1,48 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Class name of each image, which Bayes-PFL writes into its prompts.
+"""The one rule that names each image's dataset, category and class name.
 
-anomalib batches carry no per-image category, so the name is read from the image path. In the MVTec AD layout
-(``<root>/<category>/{train,test}/<defect>/<image>``) and the processed VisA layout
-(``<root>/visa_pytorch/<category>/{train,test}/<defect>/<image>``) it is the folder above the split folder.
+anomalib batches carry no per-image category. Bayes-PFL writes a class name into its prompts, and every report
+groups images by category, so one function, :func:`image_categories`, answers both for every image of every run:
+prompts, the per-category table, ``predictions.csv``, the review groups, the visualisations and the logs read its
+answer. In the MVTec AD layout (``<root>/<category>/{train,test}/<defect>/<image>``) and the processed VisA layout
+(``<root>/visa_pytorch/<category>/{train,test}/<defect>/<image>``) the category is the folder above the split
+folder, for a datamodule's images and for loose files alike, so that an image scores the same whichever way it is
+given.
 """
 
+import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
+
+logger = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = frozenset({"train", "test"})
+# What the prompts say of an image whose category nothing names.
+DEFAULT_CLASS_NAME = "object"
 # The authors' names of categories that an anomalib datamodule names otherwise (authors: dataset/datasets/BTAD.py
 # L28); they write them into the prompts, so a head they trained knows these words.
+NO_CATEGORY = "nothing: no category in the data or its path, and no --model.class_name"
 AUTHORS_CATEGORY_NAMES = {"BTech": {"01": "metal1", "02": "wood", "03": "metal2"}}
+
+
+class ImageCategory(NamedTuple):
+    """Where an image belongs, and what its prompts call it.
+
+    Attributes:
+        dataset: The dataset's name (``""`` for loose files): a row of the per-category table belongs to it.
+        category: The table row, review group and ``category`` column of the image.
+        class_name: The word in its prompts: ``--model.class_name`` when given, else the category.
+        source: How the category was found, for the logs.
+    """
+
+    dataset: str
+    category: str
+    class_name: str
+    source: str
 
 
 def authors_category_name(dataset: str, category: str) -> str:
@@ -42,31 +70,71 @@ def class_name_from_path(image_path: str) -> str | None:
     return None
 
 
-def category_of(image_path: str | None, lookup: Callable[[str], str | None] | None = None) -> str | None:
-    """Category of one image: the datamodule's ``lookup`` first, then the MVTec AD / VisA path layout."""
-    if image_path is None:
-        return None
-    return (lookup(str(image_path)) if lookup is not None else None) or class_name_from_path(str(image_path))
+def _category_and_source(
+    path: str | None, lookup: Callable[[str], str | None] | None, datamodule_category: str, class_name: str | None
+) -> tuple[str, str]:
+    if path is not None:
+        listed = lookup(str(path)) if lookup is not None else None
+        if listed:
+            return listed, "the datamodule"
+        from_path = class_name_from_path(str(path))
+        if from_path:
+            return from_path, "the MVTec AD / VisA layout of its path"
+    if datamodule_category:
+        return datamodule_category, "the datamodule's category"
+    if class_name:
+        return class_name, "--model.class_name"
+    return DEFAULT_CLASS_NAME, NO_CATEGORY
 
 
-def resolve_class_names(
-    image_paths: Sequence[str] | None,
-    num_images: int,
-    *,
-    override: str | None,
-    fallback: str,
-    lookup: Callable[[str], str | None] | None = None,
-    dataset: str | None = None,
-) -> list[str]:
-    """Return one class name per image.
+def image_categories(
+    image_paths: Sequence[str | None] | None, count: int, *, class_name: str | None, datamodule: Any | None
+) -> list[ImageCategory]:
+    """Return each of ``count`` images' dataset, category and class name.
 
-    Precedence: ``override`` (the model's ``class_name``) for every image; else the image's category from the
-    datamodule (``lookup``, e.g. :meth:`ZeroShotCrossDataset.class_name_of`) or from its MVTec AD / VisA path;
-    else ``fallback`` (the datamodule's category when it has one, otherwise ``"object"``). Categories of anomalib's
-    ``dataset`` datamodule take the authors' names where they have one (BTech's ``01`` is ``metal1``).
+    The category is, in this order: the one ``datamodule`` lists for the image (``ZeroShotCrossDataset``); the
+    category folder of an MVTec AD / VisA path; the datamodule's category; ``class_name``; ``"object"``. Categories of
+    anomalib's ``dataset`` datamodules take the authors' names where they have one (BTech's ``01`` is ``metal1``). The
+    class name is ``class_name`` when given (one word for every image), else the category.
+
+    Args:
+        image_paths: The images' paths, or ``None`` (tensors without paths, e.g. an exported model's input).
+        count: The number of images.
+        class_name: The model's ``class_name`` option.
+        datamodule: The run's datamodule, or ``None`` (loose files given to ``anomalib predict``).
+
+    Example:
+        >>> [name.category for name in image_categories(
+        ...     ["MVTecAD/screw/test/good/0.png", "upload/1.png"], 2, class_name=None, datamodule=None)]
+        ['screw', 'object']
+        >>> image_categories(["MVTecAD/screw/test/good/0.png"], 1, class_name="bolt", datamodule=None)[0].class_name
+        'bolt'
     """
-    if override is not None:
-        return [override] * num_images
-    paths = image_paths if image_paths is not None else [None] * num_images
-    names = [category_of(path, lookup) or fallback for path in paths]
-    return [authors_category_name(dataset, name) if dataset else name for name in names]
+    lookup = getattr(datamodule, "class_name_of", None)
+    dataset_of = getattr(datamodule, "dataset_of", None)
+    default_dataset = str(getattr(datamodule, "name", "") or "")
+    datamodule_category = str(getattr(datamodule, "category", "") or "")
+    paths = list(image_paths) if image_paths is not None else [None] * count
+    names = []
+    for path in paths:
+        dataset = (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset
+        category, source = _category_and_source(path, lookup, datamodule_category, class_name)
+        category = authors_category_name(dataset, category)
+        names.append(ImageCategory(dataset, category, class_name or category, source))
+    return names
+
+
+def log_categories(names: Sequence[ImageCategory]) -> None:
+    """Say which category and class name the images of a run get, and from what; warn for those nothing names."""
+    counts = Counter((name.category, name.class_name, name.source) for name in names)
+    for (category, class_name, source), count in sorted(counts.items()):
+        prompt = "" if class_name == category else f", prompted as '{class_name}'"
+        logger.info("%d image(s) of category '%s'%s (category from %s).", count, category, prompt, source)
+    unnamed = sum(count for (_, _, source), count in counts.items() if source == NO_CATEGORY)
+    if unnamed:
+        logger.warning(
+            "%d image(s) have no category: their prompts say '%s'. Pass --model.class_name <part> to score them as "
+            "that part (a trained head knows the words of its auxiliary categories best).",
+            unnamed,
+            DEFAULT_CLASS_NAME,
+        )

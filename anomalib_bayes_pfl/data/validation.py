@@ -100,6 +100,12 @@ def file_pairs(dataset: object) -> list[tuple[str, str | None]]:
     ]
 
 
+def loader_files(loaders: object) -> list[str]:
+    """The image files of a stage's data loaders, in order (``trainer.test_dataloaders`` and the like)."""
+    loaders = loaders if isinstance(loaders, list) else [loaders]
+    return [image for loader in loaders for image, _ in file_pairs(loader.dataset)]
+
+
 class DataCheck(Callback):
     """Check a run's data before and while it is used: files before the first batch, pixel values in every batch.
 

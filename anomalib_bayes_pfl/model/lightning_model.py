@@ -44,7 +44,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.data.class_names import resolve_class_names
+from anomalib_bayes_pfl.data.class_names import DEFAULT_CLASS_NAME, ImageCategory, image_categories
 from anomalib_bayes_pfl.data.distributed import DropSamplerPadding
 from anomalib_bayes_pfl.data.synthetic_anomalies import SyntheticAnomalies, known_masks
 from anomalib_bayes_pfl.data.validation import DataCheck
@@ -66,10 +66,10 @@ from .backbone import load_clip
 from .command_line import seed_from_command_line, warn_that_export_ignores_model_options
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 from .loss import BayesPFLLoss, LossTerms
-from .options import AUTO, PAPER_DEFAULTS, plain_number, resolve_options, stored_options
+from .options import AUTO, PAPER_DEFAULTS, plain_number, plain_options_differ, resolve_options, stored_options
 from .post_processor import ProbabilityPostProcessor, minimum_calibration_images
 from .reference_checkpoint import load_head_weights
-from .torch_model import DEFAULT_CLASS_NAME, BayesPFLModel, BayesPFLTrainOutput
+from .torch_model import BayesPFLModel, BayesPFLTrainOutput
 from .uncertainty import UNCERTAINTY_UNITS, UncertaintyMeasure
 
 if TYPE_CHECKING:
@@ -319,10 +319,24 @@ class BayesPFL(AnomalibModule):
         image, pixel = torch.tensor(pairs, dtype=torch.float64).reshape(-1, 2).unbind(dim=1)
         return image, pixel
 
+    @property
+    def export_class_name(self) -> str:
+        """What an exported model's prompts say.
+
+        The class name; else the one category the head stores references or calibrated thresholds for (a few-shot
+        checkpoint of one part); else ``"object"``.
+        """
+        if self.options["class_name"] is not None:
+            return self.options["class_name"]
+        stored = list(self.model.references.categories) if self.is_built else []
+        return stored[0] if len(stored) == 1 else DEFAULT_CLASS_NAME
+
     def apply_export_thresholds(self) -> None:
-        """Give the post-processor, which labels exported models, the thresholds of their class name."""
+        """Give an exported model its class name, and the post-processor, which labels it, that name's thresholds."""
+        name = self.export_class_name
+        if self.is_built:
+            self.model.default_class_name = name
         if isinstance(self.post_processor, ProbabilityPostProcessor):
-            name = self.options["class_name"] or DEFAULT_CLASS_NAME
             image, pixel = self.thresholds_of([name])
             self.post_processor.set_thresholds(float(image), float(pixel))
 
@@ -365,8 +379,6 @@ class BayesPFL(AnomalibModule):
             if self.prompt_weights is not None:
                 load_head_weights(model, self.prompt_weights)
                 logger.info("Loaded trained Bayes-PFL head from %s; it is not trained again.", self.prompt_weights)
-        # What an exported model, which sees tensors only, writes into its prompts.
-        model.default_class_name = options["class_name"] or DEFAULT_CLASS_NAME
         model.few_shot = options["k_shot"] > 0
         self.model = model.to(self.device).train(self.training)  # built late: take the module's mode
         self.apply_export_thresholds()
@@ -462,22 +474,13 @@ class BayesPFL(AnomalibModule):
         """Training stage of the current epoch."""
         return 1 if self.current_epoch < self.stage_one_epochs else 2
 
-    def _class_names(self, batch: Batch) -> list[str]:
+    def image_categories(self, image_paths: Sequence[str | None] | None, count: int) -> list[ImageCategory]:
+        """Each image's dataset, category and class name, by the one rule of :func:`image_categories`."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        # Folder names are trusted only for a datamodule's images: a loose file under .../test/... is not a category.
-        return self.class_names_of(batch.image_path if datamodule is not None else None, batch.image.shape[0])
+        return image_categories(image_paths, count, class_name=self.class_name, datamodule=datamodule)
 
-    def class_names_of(self, image_paths: Sequence[str] | None, count: int) -> list[str]:
-        """The class name of each of ``count`` images (``image_paths``: a datamodule's, or ``None``)."""
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        return resolve_class_names(
-            image_paths,
-            count,
-            override=self.class_name,
-            fallback=getattr(datamodule, "category", "") or DEFAULT_CLASS_NAME,
-            lookup=getattr(datamodule, "class_name_of", None),
-            dataset=getattr(datamodule, "name", None),
-        )
+    def _class_names(self, batch: Batch) -> list[str]:
+        return [name.class_name for name in self.image_categories(batch.image_path, batch.image.shape[0])]
 
     def setup(self, stage: str) -> None:
         """Refuse contradicting label options before anything runs.
@@ -488,11 +491,27 @@ class BayesPFL(AnomalibModule):
         _check_label_options(self.options, self._given_options)
 
     def _check_exportable(self) -> None:
-        """An exported model scores one class name: with ``k_shot``, that class needs its references; say which."""
-        name = self.model.default_class_name
-        if self.model.few_shot:
-            self.model.references.require(name)
-        if self.options["class_name"] is None:
+        """An exported model scores one class name, with that name's references and thresholds: say which, or refuse.
+
+        Raises:
+            ValueError: If the head stores several categories and no class name says which, or the class name has
+                no references while the model is few-shot.
+        """
+        stored = sorted(self.model.references.categories)
+        fix = (
+            "Export one model per class name with --model.prompt_weights <checkpoint> --model.class_name <name> "
+            "(anomalib export --ckpt_path ignores --model.* options)."
+        )
+        if self.options["class_name"] is None and len(stored) > 1:
+            msg = f"the head stores few-shot references or calibrated thresholds for {stored}, and an exported model "
+            msg += f"scores one class name. {fix}"
+            raise ValueError(msg)
+        name = self.export_class_name
+        if self.model.few_shot and name not in stored:
+            msg = f"the model is {self.options['k_shot']}-shot and has no references for class name '{name}' "
+            msg += f"(it has them for {stored}). {fix}"
+            raise ValueError(msg)
+        if self.options["class_name"] is None and not stored:
             logger.warning(
                 "No class name given or stored: the exported model scores every image as '%s'. Export one model per "
                 "part with --model.class_name <part> (and the checkpoint as --model.prompt_weights).",
@@ -500,8 +519,9 @@ class BayesPFL(AnomalibModule):
             )
         thresholds = getattr(self.post_processor, "thresholds", None)
         logger.info(
-            "Exporting BayesPFL for class name '%s': %d-shot, %d px, image / pixel thresholds %s.",
+            "Exporting BayesPFL for class name '%s'%s: %d-shot, %d px, image / pixel thresholds %s.",
             name,
+            " (the one category the head stores)" if self.options["class_name"] is None and stored else "",
             self.options["k_shot"],
             self.options["image_size"],
             " / ".join(f"{value:.4g}" for value in thresholds) if thresholds else "none",
@@ -604,22 +624,37 @@ class BayesPFL(AnomalibModule):
         return output, terms
 
     def _evaluate(self, batch: Batch, *, few_shot: bool = True, uncertainty: bool = True) -> BayesPFLBatch:
-        """Score and label the batch; return it with the uncertainty (and the paper's map score when asked for)."""
+        """Score and label the batch; return it with where each image belongs, its thresholds and the extras."""
+        names = self.image_categories(batch.image_path, len(batch))
+        class_names = [name.class_name for name in names]
+        image_thresholds, pixel_thresholds = self.thresholds_of(class_names)
+        fields = {
+            "dataset": [name.dataset for name in names],
+            "category": [name.category for name in names],
+            "class_name": class_names,
+            "image_threshold": image_thresholds,
+            "pixel_threshold": pixel_thresholds,
+        }
         if not len(batch):  # a process's share of a distributed test set can end in an empty batch
             image = batch.image
             empty_maps = image.new_zeros(0, *image.shape[-2:])
             batch.update(pred_score=image.new_zeros(0), anomaly_map=empty_maps)
             extras = {"uncertainty": image.new_zeros(0), "uncertainty_map": empty_maps} if uncertainty else {}
-            return _with_extras(batch, **extras)
-        names = self._class_names(batch)
+            return _with_extras(batch, **fields, **extras)
         measure = self.options["uncertainty"] if uncertainty else None
-        scores = self.model.score(batch.image, names, few_shot=few_shot and self.model.few_shot, uncertainty=measure)
+        scores = self.model.score(
+            batch.image, class_names, few_shot=few_shot and self.model.few_shot, uncertainty=measure
+        )
         batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
         if isinstance(self.post_processor, ProbabilityPostProcessor):
-            self.post_processor.label(batch, *self.thresholds_of(names))
-        paper = paper_map_scores(scores.raw_anomaly_map, names) if self.image_score == "paper" else None
+            self.post_processor.label(batch, image_thresholds, pixel_thresholds)
+        paper = paper_map_scores(scores.raw_anomaly_map, class_names) if self.image_score == "paper" else None
         return _with_extras(
-            batch, uncertainty=scores.uncertainty, uncertainty_map=scores.uncertainty_map, paper_map_score=paper
+            batch,
+            **fields,
+            uncertainty=scores.uncertainty,
+            uncertainty_map=scores.uncertainty_map,
+            paper_map_score=paper,
         )
 
     def validation_step(self, batch: Batch, batch_idx: int = 0, dataloader_idx: int = 0) -> STEP_OUTPUT:
@@ -665,7 +700,14 @@ class BayesPFL(AnomalibModule):
             warn_that_export_ignores_model_options()
         super().on_load_checkpoint(checkpoint)
         source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".strip()
-        options = resolve_options(self._given_options, checkpoint.get("hyper_parameters"), source)
+        stored = checkpoint.get("hyper_parameters") or {}
+        if self._trainer is None:  # load_from_checkpoint: the arguments are the checkpoint's own options
+            self._given_options = {
+                name: value
+                for name, value in self._given_options.items()
+                if name not in stored or plain_options_differ(stored[name], value)
+            }
+        options = resolve_options(self._given_options, stored, source)
         rebuild = options != self.options
         self._apply_options(options)
         _check_label_options(self.options, self._given_options)
@@ -676,7 +718,7 @@ class BayesPFL(AnomalibModule):
             state.setdefault(CLIP_PREFIX + key, value)
 
 
-def _with_extras(batch: Batch, **extras: torch.Tensor | None) -> BayesPFLBatch:
+def _with_extras(batch: Batch, **extras: torch.Tensor | list[str] | None) -> BayesPFLBatch:
     """``batch`` as a :class:`BayesPFLBatch` with the model's extra outputs."""
     fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
     return BayesPFLBatch(**fields, **extras)

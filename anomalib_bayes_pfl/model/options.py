@@ -76,6 +76,11 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple | list) else value
 
 
+def plain_options_differ(first: Any, second: Any) -> bool:
+    """Whether two values of an option differ, sequences compared by their items."""
+    return _plain(first) != _plain(second)
+
+
 def resolve_options(given: Mapping[str, Any], stored: Mapping[str, Any] | None, source: str) -> dict[str, Any]:
     """Resolve every scoring option from the set ones, the stored ones and the paper's.
 
@@ -93,7 +98,7 @@ def resolve_options(given: Mapping[str, Any], stored: Mapping[str, Any] | None, 
     differing = {
         name: (stored[name], value)
         for name, value in explicit.items()
-        if name in stored and _plain(stored[name]) != _plain(value)
+        if name in stored and plain_options_differ(stored[name], value)
     }
     refused = {name: values for name, values in differing.items() if name in HEAD_SHAPE_OPTIONS}
     if refused:

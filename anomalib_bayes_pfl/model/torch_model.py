@@ -24,6 +24,8 @@ from anomalib.data import InferenceBatch
 from open_clip.model import CLIP
 from torch import nn
 
+from anomalib_bayes_pfl.data.class_names import DEFAULT_CLASS_NAME
+
 from .backbone import ImageFeatures, check_image_tower, encode_image_taps
 from .config import BayesPFLConfig, resolve_tap_layers
 from .flows import PromptDistributions
@@ -34,7 +36,6 @@ from .references import ReferenceMemory, fuse_few_shot
 from .scoring import image_probability, pair_image_probabilities, pixel_logits, sampled_anomaly_maps, smooth
 from .uncertainty import UncertaintyMeasure, sample_uncertainty
 
-DEFAULT_CLASS_NAME = "object"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch import seed_everything
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.few_shot import FEW_SHOT_IMAGES_CSV
 from anomalib_bayes_pfl.metrics import CSV_NAME, MEAN_ROW
 
 from ..helpers import cross_dataset
@@ -68,11 +69,16 @@ def test_four_shot_beats_zero_shot_on_unseen_categories(head, tiny_clip_path, tr
     assert four_shot >= zero_shot + 0.2
 
 
-def test_calibration_sets_thresholds_and_never_changes_scores(head, tiny_clip_path, tree, tmp_path):
+def test_calibration_sets_thresholds_and_never_changes_scores(head, tiny_clip_path, tree, tmp_path, caplog):
     options = {"prompt_weights": str(head), "k_shot": 2}
     plain = _test(tmp_path / "plain", tiny_module(tiny_clip_path, **options), _data(tree))
     module = tiny_module(tiny_clip_path, **options, false_alarm_rate=0.25, calibration_images=6)
-    calibrated = _test(tmp_path / "calibrated", module, _data(tree))
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        calibrated = _test(tmp_path / "calibrated", module, _data(tree))
+    listed = pd.read_csv(next((tmp_path / "calibrated").rglob(FEW_SHOT_IMAGES_CSV)))
+    calibration_lines = [line for line in caplog.messages if "calibrated on 6 normal image(s)" in line]
+    assert len(calibration_lines) == len(UNSEEN)
+    assert all(line.count(".png") == 3 and line.endswith("and 3 more).") for line in calibration_lines)  # short
     pd.testing.assert_frame_equal(plain[SCORE_COLUMNS], calibrated[SCORE_COLUMNS])
     assert (plain.loc[UNSEEN, "image_threshold"] == 0.5).all()
     thresholds = calibrated.loc[UNSEEN, "image_threshold"]
@@ -89,6 +95,9 @@ def test_calibration_sets_thresholds_and_never_changes_scores(head, tiny_clip_pa
         assert len(stored.calibration_images) == 6
         assert len(set(chosen)) == 8
         assert all(Path(path).parent == tree / category / "train" / "good" for path in chosen)
+        rows = listed[listed.category == category]
+        assert rows[rows.role == "reference"].image_path.tolist() == stored.reference_images
+        assert rows[rows.role == "calibration"].image_path.tolist() == stored.calibration_images
 
 
 def test_references_are_nested_in_k_and_independent_of_calibration(head, tiny_clip_path, tree, tmp_path):
@@ -158,12 +167,19 @@ def test_predict_on_loose_files_uses_a_few_shot_source_and_calibrated_labels(hea
     assert module.post_processor.thresholds == pytest.approx((stored.image_threshold, stored.pixel_threshold))
 
 
-def test_a_few_shot_source_holding_test_images_is_refused(head, tiny_clip_path, tree, tmp_path):
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_few_shot_source_holding_test_images_is_refused(head, tiny_clip_path, tree, tmp_path, copy):
+    """A test image in the source is refused, also a byte-identical copy of one under another name."""
     source = tree / "tile_c" / "test" / "good"
+    if copy:
+        shutil.copytree(tree / "tile_c" / "train" / "good", tmp_path / "good_parts")
+        shutil.copy(next(source.glob("*.png")), tmp_path / "good_parts" / "renamed.png")
+        source = tmp_path / "good_parts"
     module = tiny_module(tiny_clip_path, prompt_weights=str(head), k_shot=2, few_shot_source=str(source))
     datamodule = MVTecAD(root=tree, category="tile_c", eval_batch_size=4, num_workers=0)
-    with pytest.raises(ValueError, match=r"references and calibration images must not be test images"):
-        _test(tmp_path, module, datamodule)
+    refused = "under their own or another name \\((renamed.png|.*000.png).*must not be test images"
+    with pytest.raises(ValueError, match=refused):
+        _test(tmp_path / "results", module, datamodule)
 
 
 def test_a_flat_few_shot_source_cannot_serve_several_categories(head, tiny_clip_path, tree, tmp_path):
@@ -252,10 +268,48 @@ def test_exported_model_scores_and_labels_with_its_class_references(
 @pytest.mark.parametrize("export", ["to_torch", "to_openvino"])
 def test_an_exported_class_without_references_is_refused_by_name(few_shot_checkpoint, tmp_path, export):
     module = BayesPFL(class_name="gear", prompt_weights=str(few_shot_checkpoint)).eval()
-    with pytest.raises(KeyError, match=r"no few-shot references for category 'gear'.*\['tile_c', 'tile_d'\]"):
+    with pytest.raises(
+        ValueError, match=r"no references for class name 'gear' \(it has them for \['tile_c', 'tile_d'\]"
+    ):
         getattr(module, export)(tmp_path)
     assert not list(tmp_path.rglob("*.pt"))
     assert not list(tmp_path.rglob("*.xml"))
+
+
+def _keep_one_category(checkpoint: Path, category: str, path: Path) -> Path:
+    """The checkpoint with the references and thresholds of ``category`` only, as a run on that one category writes."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    extra = saved["state_dict"]["model._extra_state"]
+    extra["references"] = {category: extra["references"][category]}
+    torch.save(saved, path)
+    return path
+
+
+def test_a_calibrated_few_shot_checkpoint_exports_from_the_checkpoint_alone(few_shot_checkpoint, tree, tmp_path):
+    """``anomalib export --ckpt_path``: the model is rebuilt from the checkpoint's own options (its fixed thresholds
+    and its false-alarm rate among them), exports the one part it stores, and labels with that part's thresholds."""
+    from anomalib.data.utils import read_image
+    from anomalib.deploy import ExportType
+
+    single = _keep_one_category(few_shot_checkpoint, "tile_c", tmp_path / "tile_c.ckpt")
+    engine = Engine(default_root_dir=tmp_path / "export", accelerator="cpu", devices=1, logger=False)
+    path = engine.export(model=BayesPFL(), export_type=ExportType.TORCH, ckpt_path=single)
+    exported = torch.load(path, weights_only=False)["model"].eval()
+    module = BayesPFL(prompt_weights=str(single)).eval()
+    stored = module.model.references.get("tile_c")
+    images = torch.stack(
+        [read_image(path, as_tensor=True) for path in sorted((tree / "tile_c" / "test").rglob("*.png"))]
+    )
+    with torch.no_grad():
+        output = exported(images)
+        expected = module.model.score(module.pre_processor.transform(images), ["tile_c"] * len(images), few_shot=True)
+    torch.testing.assert_close(output.pred_score, expected.pred_score, rtol=0, atol=1e-6)
+    assert torch.equal(output.pred_label.flatten(), expected.pred_score > stored.image_threshold)
+    assert torch.equal(output.pred_mask.squeeze(1), expected.anomaly_map > stored.pixel_threshold)
+    with pytest.raises(
+        ValueError, match=r"for \['tile_c', 'tile_d'\].*--model.prompt_weights <checkpoint> --model.class"
+    ):
+        engine.export(model=BayesPFL(), export_type=ExportType.TORCH, ckpt_path=few_shot_checkpoint)
 
 
 def test_fixed_thresholds_given_with_a_calibrated_checkpoint_win_with_a_warning(
@@ -275,22 +329,27 @@ def test_stored_references_that_are_scored_now_are_drawn_again(few_shot_checkpoi
     loose.mkdir()
     for path in stored.calibration_images:
         shutil.copy(path, loose)
-    module = BayesPFL(class_name="tile_c")
-    engine = Engine(default_root_dir=tmp_path / "copies", accelerator="cpu", devices=1, logger=False)
-    engine.predict(module, dataset=PredictDataset(loose), ckpt_path=str(few_shot_checkpoint))  # copies: other files
-    assert module.model.references.get("tile_c").reference_images == stored.reference_images
-    module = BayesPFL(class_name="tile_c")
-    engine = Engine(default_root_dir=tmp_path / "same", accelerator="cpu", devices=1, logger=False)
-    with (
-        caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"),
-        pytest.raises(ValueError, match=r"no datamodule"),
+    everything = len(stored.calibration_images) + len(stored.reference_images)  # all in the category's train/good
+    for folder, scored_again in (
+        (loose, len(stored.calibration_images)),
+        (Path(stored.calibration_images[0]).parent, everything),
     ):
-        engine.predict(
-            module,
-            dataset=PredictDataset(Path(stored.calibration_images[0]).parent),
-            ckpt_path=str(few_shot_checkpoint),
-        )
-    assert "stored with the head are scored in this run" in caplog.text
+        module = BayesPFL(class_name="tile_c")
+        engine = Engine(default_root_dir=tmp_path / folder.name, accelerator="cpu", devices=1, logger=False)
+        caplog.clear()
+        with (
+            caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"),
+            pytest.raises(ValueError, match=r"no datamodule"),
+        ):
+            engine.predict(module, dataset=PredictDataset(folder), ckpt_path=str(few_shot_checkpoint))
+        assert f"{scored_again} of the references and calibration images stored with the head are scored" in caplog.text
+    unrelated = tmp_path / "unrelated"
+    unrelated.mkdir()
+    shutil.copy(next((tree / "tile_c" / "test" / "defect").glob("*.png")), unrelated)
+    module = BayesPFL(class_name="tile_c")
+    engine = Engine(default_root_dir=tmp_path / "unrelated_run", accelerator="cpu", devices=1, logger=False)
+    engine.predict(module, dataset=PredictDataset(unrelated), ckpt_path=str(few_shot_checkpoint))
+    assert module.model.references.get("tile_c").reference_images == stored.reference_images  # kept
 
 
 def test_a_few_shot_source_is_compared_by_its_folder_not_its_text(head, tree, tmp_path, monkeypatch, caplog):

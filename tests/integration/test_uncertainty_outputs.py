@@ -100,10 +100,12 @@ def test_prediction_table_and_images_carry_uncertainty_and_review_marks(reviewed
     _, predictions, test_images, predict_root = reviewed_run
     scored = _scored(predictions)
     table = pd.read_csv(predict_root / PREDICTIONS_CSV)
-    assert list(table.columns) == ["image_path", "category", "pred_score", "pred_label", "uncertainty", "needs_review"]
+    columns = ["image_path", "category", "class_name", "pred_score", "pred_label", "uncertainty", "needs_review"]
+    assert list(table.columns) == columns
     merged = table.merge(scored, on="image_path")
     assert len(merged) == len(scored) == 12
     assert (merged.category_x == merged.category_y).all()
+    assert (merged.class_name == merged.category_x).all()  # no --model.class_name: the prompts say the category
     assert np.array_equal(merged.uncertainty_x.to_numpy(), merged.uncertainty_y.to_numpy())
     most_uncertain = merged.groupby("category_x").uncertainty_x.transform("max") == merged.uncertainty_x
     assert (merged.needs_review == most_uncertain).all()

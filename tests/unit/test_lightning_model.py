@@ -65,11 +65,15 @@ def test_pre_processor_resizes_and_normalises(tiny_clip_path):
     torch.testing.assert_close(resized[0, 0], (expected[0, 0] - 0.48145466) / 0.26862954, rtol=0, atol=1e-4)
 
 
-def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatch):
+def test_one_rule_names_category_and_class_name_of_every_image(tiny_clip_path, monkeypatch):
+    """Loose files and a datamodule's images get their category by the same rule; the prompts say the same word."""
     module = tiny_module(tiny_clip_path)
     paths = ["d/MVTecAD/metal_nut/test/scratch/000.png", "d/visa_pytorch/pcb1/test/bad/001.JPG", "upload/x.png"]
     batch = ImageBatch(image=torch.zeros(3, 3, 64, 64), image_path=paths)
-    assert module._class_names(batch) == ["object"] * 3  # loose files (predict): no folder name is trusted
+    loose = module.image_categories(batch.image_path, 3)  # anomalib predict on files: no datamodule
+    assert [name.category for name in loose] == ["metal_nut", "pcb1", "object"]
+    assert module._class_names(batch) == ["metal_nut", "pcb1", "object"]
+    assert [name.dataset for name in loose] == ["", "", ""]
     monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="widget")))
     module._trainer = object()
     assert module._class_names(batch) == ["metal_nut", "pcb1", "widget"]
@@ -80,9 +84,16 @@ def test_class_names_from_paths_override_and_fallback(tiny_clip_path, monkeypatc
     assert module._class_names(batch) == ["metal_nut", "pcb1", "gear"]
     btech = ImageBatch(image=torch.zeros(2, 3, 64, 64), image_path=["BTech/01/test/ko/0.bmp", "BTech/02/test/ok/1.bmp"])
     monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(name="BTech", category="01")))
-    assert module._class_names(btech) == ["metal1", "wood"]  # anomalib's BTech, by the authors' names
+    names = module.image_categories(btech.image_path, 2)
+    assert [(name.dataset, name.category, name.class_name) for name in names] == [
+        ("BTech", "metal1", "metal1"),  # anomalib's BTech, by the authors' names, in the table as in the prompts
+        ("BTech", "wood", "wood"),
+    ]
     module.class_name = "gear box"
+    module._trainer = None
+    names = module.image_categories(batch.image_path, 3)
     assert module._class_names(batch) == ["gear box"] * 3
+    assert [name.category for name in names] == ["metal_nut", "pcb1", "gear box"]  # the category stays the data's
 
 
 def test_nan_images_are_named_by_the_data_check_of_every_stage(tiny_clip_path):

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from anomalib.data import ImageBatch
 from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
@@ -24,22 +23,22 @@ IMAGES = {
 
 
 def _trainer(tmp_path):
-    datamodule = SimpleNamespace(
-        name="target",
-        class_name_of=lambda path: IMAGES[path][1],
-        dataset_of=lambda path: IMAGES[path][0],
-    )
-    return SimpleNamespace(datamodule=datamodule, world_size=1, global_rank=0, default_root_dir=tmp_path)
+    return SimpleNamespace(world_size=1, global_rank=0, default_root_dir=tmp_path)
 
 
-def _batch(paths: list[str], *, masks: bool) -> ImageBatch:
+def _batch(paths: list[str], *, masks: bool) -> BayesPFLBatch:
+    """A scored batch, each image's dataset and category set as the model sets them."""
     generator = torch.Generator().manual_seed(len(paths[0]))
     labels = torch.tensor([i % 2 for i in range(len(paths))])
     gt_mask = torch.zeros(len(paths), 8, 8, dtype=torch.bool)
     gt_mask[labels == 1, 2:5, 2:5] = True
-    return ImageBatch(
+    return BayesPFLBatch(
         image=torch.zeros(len(paths), 3, 8, 8),
         image_path=paths,
+        dataset=[IMAGES[path][0] for path in paths],
+        category=[IMAGES[path][1] for path in paths],
+        image_threshold=torch.full((len(paths),), 0.5),
+        pixel_threshold=torch.full((len(paths),), 0.5),
         gt_label=labels,
         gt_mask=gt_mask if masks else None,
         pred_score=torch.rand(len(paths), generator=generator),
@@ -47,7 +46,7 @@ def _batch(paths: list[str], *, masks: bool) -> ImageBatch:
     )
 
 
-def _table(tmp_path, batches: list[ImageBatch]):
+def _table(tmp_path, batches: list[BayesPFLBatch]):
     callback, trainer = PerCategoryMetrics(), _trainer(tmp_path)
     module = SimpleNamespace(image_score="probability", log=lambda *args, **kwargs: None)
     callback.on_test_start(trainer, module)
@@ -92,9 +91,13 @@ def _judged_batch(paths: list[str], *, masks: bool) -> BayesPFLBatch:
     generator = torch.Generator().manual_seed(1)
     fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
     return BayesPFLBatch(
-        **fields | {"pred_label": batch.pred_score > 0.5, "pred_mask": batch.gt_mask},
-        uncertainty=torch.rand(len(paths), generator=generator),
-        uncertainty_map=torch.rand(len(paths), 8, 8, generator=generator),
+        **fields
+        | {
+            "pred_label": batch.pred_score > 0.5,
+            "pred_mask": batch.gt_mask,
+            "uncertainty": torch.rand(len(paths), generator=generator),
+            "uncertainty_map": torch.rand(len(paths), 8, 8, generator=generator),
+        }
     )
 
 
