@@ -9,11 +9,13 @@ After ``pip install anomalib-bayes-pfl``, ``anomalib train --model BayesPFL ...`
 
 from .data import ZeroShotCrossDataset
 from .model import BayesPFL, BayesPFLConfig, BayesPFLModel, load_clip
+from .parser_errors import install as install_parser_summaries
 from .registration import register
 
 __version__ = "0.1.0"
 
 register("BayesPFL", BayesPFL)
 register("ZeroShotCrossDataset", ZeroShotCrossDataset, namespace="anomalib.data")
+install_parser_summaries()
 
 __all__ = ["BayesPFL", "BayesPFLConfig", "BayesPFLModel", "ZeroShotCrossDataset", "__version__", "load_clip"]

@@ -12,11 +12,13 @@ the unseen categories again, and prints both per-category tables. Then it scores
 and 4 normal reference images per category, each with thresholds calibrated for a false-alarm rate of 0.1 on 20
 further normal images, and prints the means over categories, with how well the prompt samples' uncertainty finds the
 model's errors and the error rate without the 10 % most uncertain images of each category. A tiny random backbone
-demonstrates the pipeline, not the paper's accuracy.
+demonstrates the pipeline, not the paper's accuracy. A second run in the same ``--output`` replaces the first one's
+results.
 """
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -109,14 +111,18 @@ def run_demo(
             **options,
         )
 
+    results = root / "results"
+    runs = ["untrained", "trained", *(f"{k_shot}_shot" for k_shot in SHOTS)]
+    for run in runs:  # this demo's own folders: a second run starts afresh and prints the same tables
+        shutil.rmtree(results / run, ignore_errors=True)
     print("Scoring the unseen categories with the untrained head ...")
-    untrained_root = root / "results" / "untrained"
+    untrained_root = results / "untrained"
     seed_everything(seed)  # the head is built, from the global RNG, when it is first used
     Engine(default_root_dir=untrained_root, accelerator="cpu", devices=1, logger=False).test(
         model(), datamodule=_datamodule(datasets)
     )
     print(f"Training on {', '.join(AUXILIARY_CATEGORIES)}; testing on the unseen {', '.join(TARGET_CATEGORIES)} ...")
-    trained_root = root / "results" / "trained"
+    trained_root = results / "trained"
     seed_everything(seed)
     engine = Engine(default_root_dir=trained_root, accelerator="cpu", devices=1, logger=False)
     engine.train(model(review_fraction=REVIEW_FRACTION), datamodule=_datamodule(datasets))
@@ -125,7 +131,7 @@ def run_demo(
     shots, uncertainty = {}, {}
     for k_shot in SHOTS:
         print(f"Scoring the unseen categories with {k_shot} normal reference image(s) per category ...")
-        shot_root = root / "results" / f"{k_shot}_shot"
+        shot_root = results / f"{k_shot}_shot"
         few_shot = {"k_shot": k_shot, "false_alarm_rate": FALSE_ALARM_RATE, "calibration_images": CALIBRATION_IMAGES}
         Engine(default_root_dir=shot_root, accelerator="cpu", devices=1, logger=False).test(
             model(prompt_weights=str(checkpoint), review_fraction=REVIEW_FRACTION, **few_shot),

@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 import torch
 from anomalib.data import ImageBatch
-from anomalib.metrics import AUPR, AUPRO, AUROC, F1Max
+from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
 from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics.classification import BinaryAUROC
@@ -61,6 +61,25 @@ def zero_shot_metrics() -> list[AnomalibMetric]:
         AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
         AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
     ]
+
+
+class ApplicableMetricsEvaluator(Evaluator):
+    """anomalib's evaluator that logs only the metrics some image fed: pixel metrics do not apply without masks.
+
+    anomalib's would compute every metric, and torchmetrics warns for each one computed before any update.
+    """
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Log the metrics that some process updated; say which do not apply."""
+        skipped = []
+        for metric in self.test_metrics:
+            if trainer.strategy.reduce_boolean_decision(metric.update_called, all=False):
+                self.log(metric.name, metric)
+            else:
+                skipped.append(metric.name)
+        if skipped:
+            logger.info("%s not computed: no test image has the fields they read (masks).", ", ".join(skipped))
+        del pl_module
 
 
 def _metrics() -> list[AnomalibMetric]:

@@ -3,11 +3,12 @@
 
 """anomalib's image visualizer, with the uncertainty map beside each image and a banner on those to review.
 
-For each visualised image ``<name>``, ``<stem>_uncertainty.png`` is written beside it: the uncertainty map with its
-colour bar and the image's own uncertainty in the title. The colour scale is the same for every image and run: a
-log scale over the top four decades of the measure's range (5e-5 to 0.5 for the standard deviation, 1e-4 to 1 bit
-for the mutual information), since uncertainties are usually orders of magnitude below their maximum; lower values
-take the bottom colour. The colour map (``inferno``) differs from the anomaly map's, so the two are not confused.
+For each visualised image ``<name>``, ``<stem>_uncertainty.png`` is written beside it: the uncertainty map over the
+image in grey, with its colour bar, and a title that gives the anomaly score, its uncertainty and the map's maximum.
+The colour scale is the same for every image and run: a log scale over the top four decades of the measure's range
+(5e-5 to 0.5 for the standard deviation, 1e-4 to 1 bit for the mutual information), since uncertainties are usually
+orders of magnitude below their maximum; lower values take the bottom colour. The colour map (``inferno``) differs
+from the anomaly map's, so the two are not confused.
 
 With ``review_fraction``, once the run has scored every image, both images of each one marked ``needs_review`` get
 a red banner (the marks are ranks within a category, ``review.py``).
@@ -36,6 +37,7 @@ COLOUR_MAP = "inferno"
 DECADES = 4
 COLOUR_BAR_WIDTH = 84
 HEADER_HEIGHT = 34
+OVERLAY_OPACITY = 0.5  # of the uncertainty colours over the grey image
 REVIEW_BANNER = "NEEDS REVIEW"
 BANNER_COLOUR = (200, 0, 0)
 MEASURE_TITLES = {"std": "std of the probability", "mutual_information": "mutual information (bits)"}
@@ -48,12 +50,18 @@ def _scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
 
 
 def render_uncertainty(
-    uncertainty_map: torch.Tensor, uncertainty: float, measure: str, size: tuple[int, int]
+    uncertainty_map: torch.Tensor,
+    uncertainty: float,
+    score: float,
+    measure: str,
+    size: tuple[int, int],
+    image_path: str | None = None,
 ) -> Image.Image:
-    """The map ``(H, W)`` in colour at ``size`` with a labelled colour bar, under the measure and the image's values.
+    """The map ``(H, W)`` in colour over the image at ``size``, with a labelled colour bar and an unambiguous title.
 
-    The image score's uncertainty (of the image head's probability) is not a statistic of the map: the title gives
-    both it and the map's maximum.
+    The image (in grey, from ``image_path``) shows where on the part the samples disagree. The title names the anomaly
+    score and its uncertainty (of the image head's probability, not a statistic of the map) apart from the map's
+    maximum, so that neither reads as the score.
     """
     maximum = UNCERTAINTY_MAXIMUM[measure]
     colours = colormaps[COLOUR_MAP]
@@ -62,6 +70,10 @@ def render_uncertainty(
     panel = Image.fromarray((colours(positions)[..., :3] * 255).astype(np.uint8)).resize(
         size, Image.Resampling.BILINEAR
     )
+    if image_path is not None and Path(image_path).is_file():
+        with Image.open(image_path) as opened:
+            part = opened.convert("L").resize(size, Image.Resampling.BILINEAR).convert("RGB")
+        panel = Image.blend(part, panel, OVERLAY_OPACITY)
     width, height = size
     bar_top, bar_height = HEADER_HEIGHT + 8, height - 16
     ramp = np.linspace(1, 0, bar_height, dtype=np.float32)[:, None].repeat(16, axis=1)
@@ -76,10 +88,22 @@ def render_uncertainty(
         draw.line([(width + 24, y), (width + 28, y)], fill="black")
         draw.text((width + 30, y - 6), f"{value:.0e}" if decade else f"{value:g}", fill="black", font=font)
     title_font = ImageFont.load_default(size=12)
-    draw.text((6, 3), f"Uncertainty: {MEASURE_TITLES[measure]}", fill="black", font=title_font)
-    summary = f"image score {uncertainty:.3g}, map max {float(values.max()):.3g}"
-    draw.text((6, 18), summary, fill="black", font=title_font)
+    for line, text in enumerate(uncertainty_title(measure, score, uncertainty, float(values.max()))):
+        draw.text((6, 3 + 15 * line), text, fill="black", font=title_font)
     return canvas
+
+
+def uncertainty_title(measure: str, score: float, uncertainty: float, map_maximum: float) -> tuple[str, str]:
+    """The two title lines of an uncertainty image: the measure, then the score, its uncertainty and the map's maximum.
+
+    Example:
+        >>> uncertainty_title("std", 0.72, 0.15, 0.2)
+        ('Uncertainty (std of the probability)', 'of anomaly score 0.720: 0.15; map max 0.2')
+    """
+    return (
+        f"Uncertainty ({MEASURE_TITLES[measure]})",
+        f"of anomaly score {score:.3f}: {uncertainty:.3g}; map max {map_maximum:.3g}",
+    )
 
 
 def stamp_review_banner(path: Path) -> None:
@@ -143,9 +167,14 @@ class UncertaintyVisualizer(ImageVisualizer):
                 category=getattr(datamodule, "category", None),
             )
             uncertainty_file = visualisation.with_name(f"{visualisation.stem}_uncertainty.png")
-            render_uncertainty(item.uncertainty_map, float(item.uncertainty), measure, self.field_size).save(
-                uncertainty_file
-            )
+            render_uncertainty(
+                item.uncertainty_map,
+                float(item.uncertainty),
+                float(item.pred_score),
+                measure,
+                self.field_size,
+                item.image_path,
+            ).save(uncertainty_file)
             files = [file for file in (visualisation, uncertainty_file) if file.is_file()]
             self.written.append((key, float(item.uncertainty), files))
 

@@ -26,6 +26,8 @@ from torch.nn import functional as F  # noqa: N812
 
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
+from .checkpoint_files import CLIP_WEIGHTS, describe_file, read_checkpoint
+
 logger = logging.getLogger(__name__)
 
 RANDOM_INIT_SEED = 0
@@ -160,13 +162,18 @@ def read_clip_state_dict(path: str) -> dict[str, torch.Tensor]:
     and every activation.
     """
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(path)
+        try:
+            state = load_file(path)
+        except SafetensorError:
+            msg = f"--model.clip_pretrained {path} is not a safetensors file: {describe_file(Path(path))}."
+            raise ValueError(msg) from None
     elif _is_torchscript_archive(path):
         state = torch.jit.load(path, map_location="cpu").state_dict()
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path, "--model.clip_pretrained", CLIP_WEIGHTS)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -7,11 +7,24 @@ import logging
 import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
 
 logger = logging.getLogger(__name__)
+
+
+def _command_line_option(trainer: Trainer, name: str) -> Any:
+    """The value of an option of the anomalib command that runs ``trainer``; ``None`` outside the command line."""
+    configs = [callback.config for callback in trainer.callbacks if isinstance(callback, SaveConfigCallback)]
+    return configs[0].get(name) if configs else None
+
+
+def command_line_checkpoint(trainer: Trainer) -> str | None:
+    """The ``--ckpt_path`` of the anomalib command, known before Lightning loads it (``trainer.ckpt_path`` is not)."""
+    path = _command_line_option(trainer, "ckpt_path")
+    return str(path) if path else None
 
 
 def seed_from_command_line(trainer: Trainer) -> None:
@@ -20,8 +33,7 @@ def seed_from_command_line(trainer: Trainer) -> None:
     ``True`` (the CLI default) draws a random seed and logs it; ``False`` leaves the RNGs alone.
     Outside the CLI nothing happens: Python users call ``seed_everything`` themselves.
     """
-    configs = [callback.config for callback in trainer.callbacks if isinstance(callback, SaveConfigCallback)]
-    seed = configs[0].get("seed_everything") if configs else None
+    seed = _command_line_option(trainer, "seed_everything")
     if seed is True:
         seed = secrets.randbelow(2**31)  # Lightning's seed_everything() would take 0 every time
     if seed is not None and seed is not False:

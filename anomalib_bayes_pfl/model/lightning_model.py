@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import torch
 from anomalib import LearningType
@@ -27,6 +27,7 @@ from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
+from anomalib.utils.path import create_versioned_dir
 from anomalib.visualization import Visualizer
 from jsonargparse.typing import (
     ClosedUnitInterval,
@@ -49,7 +50,7 @@ from anomalib_bayes_pfl.data.distributed import DropSamplerPadding
 from anomalib_bayes_pfl.data.synthetic_anomalies import SyntheticAnomalies, known_masks
 from anomalib_bayes_pfl.data.validation import DataCheck
 from anomalib_bayes_pfl.few_shot import FewShotPreparation
-from anomalib_bayes_pfl.metrics import PerCategoryMetrics, zero_shot_metrics
+from anomalib_bayes_pfl.metrics import ApplicableMetricsEvaluator, PerCategoryMetrics, zero_shot_metrics
 from anomalib_bayes_pfl.openvino_export import (
     INT8_CALIBRATION_IMAGES,
     calibration_image_paths,
@@ -63,7 +64,8 @@ from anomalib_bayes_pfl.prediction_writer import PredictionTable
 from anomalib_bayes_pfl.visualization import UncertaintyVisualizer
 
 from .backbone import load_clip
-from .command_line import seed_from_command_line, warn_that_export_ignores_model_options
+from .checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
+from .command_line import command_line_checkpoint, seed_from_command_line, warn_that_export_ignores_model_options
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 from .loss import BayesPFLLoss, LossTerms
 from .options import AUTO, PAPER_DEFAULTS, plain_number, plain_options_differ, resolve_options, stored_options
@@ -80,6 +82,7 @@ logger = logging.getLogger(__name__)
 CLIP_PREFIX = "model.clip."
 ReviewFraction = restricted_number_type("ReviewFraction", float, [(">=", 0), ("<", 1)])
 ADAM_BETAS = (0.5, 0.999)
+ONNX_OPSET = 18
 
 
 class BayesPFL(AnomalibModule):
@@ -406,8 +409,8 @@ class BayesPFL(AnomalibModule):
 
     @staticmethod
     def configure_evaluator() -> Evaluator:
-        """The zero-shot literature's metrics: image AUROC, AP (AUPR) and F1Max; pixel AUROC and AUPRO."""
-        return Evaluator(test_metrics=zero_shot_metrics())
+        """The zero-shot literature's metrics: image AUROC, AP (AUPR) and F1Max; pixel AUROC and AUPRO (with masks)."""
+        return ApplicableMetricsEvaluator(test_metrics=zero_shot_metrics())
 
     @property
     def is_trained(self) -> bool:
@@ -483,12 +486,48 @@ class BayesPFL(AnomalibModule):
         return [name.class_name for name in self.image_categories(batch.image_path, batch.image.shape[0])]
 
     def setup(self, stage: str) -> None:
-        """Refuse contradicting label options before anything runs.
+        """Refuse contradicting label options and a ``--ckpt_path`` that is not a checkpoint before anything runs.
 
-        Not in ``__init__``: anomalib's command line would bury the message in a type-validation report.
+        Not in ``__init__``: anomalib's command line would bury the message in a type-validation report. Lightning
+        loads ``--ckpt_path`` after this hook, and its own error for a file that is not a checkpoint advises running
+        code from it.
         """
         del stage
         _check_label_options(self.options, self._given_options)
+        checkpoint = command_line_checkpoint(self.trainer)
+        if checkpoint is not None:
+            read_checkpoint(checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> "BayesPFL":
+        """Load as anomalib does (``anomalib export --ckpt_path``), after checking that the file is a checkpoint."""
+        read_checkpoint(checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def prepare_data(self) -> None:
+        """Make anomalib's ``latest`` results folder a link to a new version folder where no run has made one yet.
+
+        anomalib's test and predict write into ``<root>/latest``; where no run has made it, it becomes a plain folder,
+        on which every later ``anomalib train`` there fails (``IsADirectoryError``), also after a run that stopped.
+        Runs before anything is written there (Lightning's ``prepare_data`` precedes every ``setup``).
+        """
+        root = Path(self.trainer.default_root_dir)
+        if root.name == "latest" and not root.exists() and not root.is_symlink():
+            create_versioned_dir(root.parent)
+
+    def val_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give (Lightning's own message names a method to implement)."""
+        _refuse_without_data(
+            "validation, which anomalib runs before testing a zero- or few-shot model without a checkpoint,"
+        )
+
+    def test_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        _refuse_without_data("anomalib test")
+
+    def predict_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        _refuse_without_data("anomalib predict")
 
     def _check_exportable(self) -> None:
         """An exported model scores one class name, with that name's references and thresholds: say which, or refuse.
@@ -533,9 +572,18 @@ class BayesPFL(AnomalibModule):
         return super().to_torch(*args, **kwargs)
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
-        """Export as anomalib does, refused at once for a class name without references."""
+        """Export as anomalib does, with a resize that every ONNX runtime computes alike, at opset 18.
+
+        The resize is the pre-processor's antialiased bicubic written as two matrix products
+        (:func:`~anomalib_bayes_pfl.openvino_export.resize_by_matrices`): OpenVINO computes an antialiased ``Resize``
+        otherwise than torch and onnxruntime, so the same file scored differently by runtime. Opset 18, because the
+        positional-embedding resize is antialiased, which the exporter cannot convert to anomalib's default opset 14
+        (it would log a failed conversion and keep 18).
+        """
         self._check_exportable()
-        return super().to_onnx(*args, **kwargs)
+        kwargs.setdefault("opset_version", ONNX_OPSET)
+        with resize_by_matrices(self.pre_processor):
+            return super().to_onnx(*args, **kwargs)
 
     def to_openvino(
         self,
@@ -556,12 +604,9 @@ class BayesPFL(AnomalibModule):
         check_openvino_export(compression_type, datamodule)  # _check_exportable runs in to_onnx, which this calls
         if compression_type == CompressionType.INT8_PTQ:  # a wrong --data stops before the export, not after
             self._int8_calibration_paths = calibration_image_paths(datamodule, int8_calibration_images)
-        # Opset 18: the positional-embedding resize is antialiased, which anomalib's default opset 14 cannot express.
-        kwargs["onnx_kwargs"] = {"opset_version": 18, **(kwargs.get("onnx_kwargs") or {})}
-        with resize_by_matrices(self.pre_processor):
-            path = super().to_openvino(
-                export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
-            )
+        path = super().to_openvino(  # through to_onnx: the same resize and opset
+            export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
+        )
         warn_if_cpu_lowers_precision()
         return path
 
@@ -722,6 +767,15 @@ def _with_extras(batch: Batch, **extras: torch.Tensor | list[str] | None) -> Bay
     """``batch`` as a :class:`BayesPFLBatch` with the model's extra outputs."""
     fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
     return BayesPFLBatch(**fields, **extras)
+
+
+def _refuse_without_data(what: str) -> NoReturn:
+    msg = (
+        f"{what} needs images to score: add --data, e.g. --data MVTecAD --data.root datasets/MVTecAD --data.category "
+        f"bottle, --data ZeroShotCrossDataset --data.target_root <folder> --data.target_format folder, or (anomalib "
+        f"predict) --data <image or folder>."
+    )
+    raise ValueError(msg)
 
 
 def _check_options(options: dict[str, Any]) -> None:

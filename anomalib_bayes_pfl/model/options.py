@@ -13,13 +13,11 @@ cannot load into another shape.
 """
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from .checkpoint_files import PROMPT_WEIGHTS, read_checkpoint
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
 
 logger = logging.getLogger(__name__)
@@ -119,18 +117,9 @@ def stored_options(path: str) -> dict[str, Any] | None:
 
     The authors' released heads and bare state dicts carry no options: their configuration is the paper's.
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
+    if not Path(path).expanduser().is_file():
         return None
-    try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as error:
-        msg = (
-            f"prompt weights '{path}' are not a checkpoint that torch can read ({error.__class__.__name__}). Pass the "
-            f"model.ckpt written by 'anomalib train' (under results/.../weights/lightning/) or the authors' "
-            f"train_visa.pth / train_mvtec.pth."
-        )
-        raise ValueError(msg) from error
+    checkpoint = read_checkpoint(path, "--model.prompt_weights", PROMPT_WEIGHTS)
     hyper_parameters = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
     return dict(hyper_parameters) if isinstance(hyper_parameters, Mapping) else None
 

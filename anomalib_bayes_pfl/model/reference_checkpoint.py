@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .checkpoint_files import PROMPT_WEIGHTS, read_checkpoint
 from .torch_model import BayesPFLModel
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def convert_reference_state_dict(reference: dict[str, torch.Tensor]) -> dict[str
 
 def _head_state_from_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """Return the head tensors in our layout, and the extra state to apply (``None`` to keep the stored one)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, "--model.prompt_weights", PROMPT_WEIGHTS)
     if not isinstance(checkpoint, dict):
         msg = f"prompt weights '{path}' hold a {type(checkpoint).__name__}, expected a checkpoint dictionary."
         raise TypeError(msg)

@@ -4,6 +4,8 @@
 """The README's main job: the offline demo trains through the Engine and improves on unseen categories, more so
 with few-shot references."""
 
+import logging
+
 import pytest
 
 from anomalib_bayes_pfl.demo import run_demo
@@ -26,14 +28,19 @@ def test_demo_training_improves_unseen_categories(tmp_path, capsys):
     assert "Uncertainty of the prompt samples" in printed
 
 
-def test_demo_is_a_function_of_its_seed(tmp_path):
-    """Two runs with the same seed (in one process, as after any other work) print the same tables."""
-    first = run_demo(output=str(tmp_path / "first"), epochs=2, seed=3)
-    second = run_demo(output=str(tmp_path / "second"), epochs=2, seed=3)
+def test_demo_is_a_function_of_its_seed_and_runs_again_in_its_folder(tmp_path, caplog):
+    """The same command twice (in one process, as after any other work) prints the same tables, with no warning
+    about an earlier run's files."""
+    output = tmp_path / "demo"
+
+    def tables() -> dict[str, str]:
+        return {str(path.relative_to(output)): path.read_text() for path in output.rglob(CSV_NAME)}
+
+    first = run_demo(output=str(output), epochs=2, seed=3)
+    first_tables = tables()
+    with caplog.at_level(logging.WARNING):
+        second = run_demo(output=str(output), epochs=2, seed=3)
     assert first == second
-    first_tables, second_tables = (
-        {path.relative_to(tmp_path / run): path.read_text() for path in (tmp_path / run).rglob(CSV_NAME)}
-        for run in ("first", "second")
-    )
     assert len(first_tables) >= 2  # untrained and trained
-    assert first_tables == second_tables
+    assert tables() == first_tables
+    assert "earlier run" not in caplog.text

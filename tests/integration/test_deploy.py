@@ -284,21 +284,43 @@ def test_openvino_export_scores_raw_images_of_any_size_like_the_checkpoint(tmp_p
         assert prediction.pred_label.tolist() == (expected.pred_score > 0.4).tolist()
 
 
-def test_onnx_export_without_an_input_size_takes_raw_images_of_any_size(tmp_path, mvtec_tree, trained):
+def test_onnx_export_takes_raw_images_of_any_size_and_scores_alike_in_every_runtime(
+    tmp_path, mvtec_tree, trained, monkeypatch
+):
+    """onnxruntime and anomalib's OpenVINOInferencer read the same ONNX file and score like the module.
+
+    OpenVINO computes an antialiased ``Resize`` otherwise than torch: the file resizes by matrix products instead.
+    """
+    import onnx
     import onnxruntime as ort
     from anomalib.data.utils import read_image
+    from anomalib.deploy import OpenVINOInferencer
 
     _, _, checkpoint = trained
     module = tiny_module(str(TINY_CLIP), class_name="tile_c", prompt_weights=str(checkpoint)).eval()
-    session = ort.InferenceSession(str(module.to_onnx(tmp_path, opset_version=18)))
+    exported = module.to_onnx(tmp_path)
+    graph = onnx.load(exported)
+    assert graph.opset_import[0].version == 18
+    resizes = [node for node in graph.graph.node if node.op_type == "Resize"]  # the maps' bilinear upsampling
+    assert not [
+        attribute for node in resizes for attribute in node.attribute if attribute.name == "antialias" and attribute.i
+    ]
+    session = ort.InferenceSession(str(exported))
     names = [output.name for output in session.get_outputs()]
+    monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its cache folder into the working directory
+    inferencer = OpenVINOInferencer(exported, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
     for path in _raw_images(tmp_path / "raw", mvtec_tree / "tile_c" / "test" / "defect" / "000.png"):
         image = read_image(path, as_tensor=True).unsqueeze(0)
         outputs = dict(zip(names, session.run(None, {"input": image.numpy()}), strict=True))
         with torch.no_grad():
             expected = module(image)
-        maps = torch.from_numpy(outputs["anomaly_map"])
-        torch.testing.assert_close(maps, expected.anomaly_map, rtol=0, atol=1e-5, msg=path.name)
+        for runtime, maps, scores in (
+            ("onnxruntime", outputs["anomaly_map"], outputs["pred_score"]),
+            ("OpenVINO", inferencer.predict(path).anomaly_map, inferencer.predict(path).pred_score),
+        ):
+            message = f"{runtime}, {path.name}"
+            torch.testing.assert_close(torch.from_numpy(maps), expected.anomaly_map, rtol=0, atol=1e-5, msg=message)
+            torch.testing.assert_close(torch.from_numpy(scores), expected.pred_score, rtol=0, atol=1e-5, msg=message)
 
 
 def test_openvino_export_with_a_fixed_input_size_compiles_and_scores_like_the_module(tmp_path, monkeypatch):

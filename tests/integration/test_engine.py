@@ -3,6 +3,7 @@
 
 """Training through anomalib's Engine, head-only checkpoints, and reloading them."""
 
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -249,7 +250,10 @@ def test_an_image_only_target_reports_image_metrics_and_no_pixel_metrics(tiny_cl
         num_workers=0,
     )
     engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
-    results = engine.train(tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0), datamodule=data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = engine.train(tiny_module(tiny_clip_path, stage_one_epochs=1, stage_two_epochs=0), datamodule=data)
+    assert not [warning for warning in caught if "called before the ``update`` method" in str(warning.message)]
     table = pd.read_csv(next((tmp_path / "results").rglob("per_category_metrics.csv")), index_col="category")
     assert list(table.index) == ["head_ct", "skin", "mean"]
     assert not [column for column in table.columns if column.startswith("pixel_")]

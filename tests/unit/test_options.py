@@ -44,7 +44,7 @@ def test_stored_options_of_checkpoints_and_other_files(tmp_path):
     assert stored_options(str(authors)) is None
     picture = tmp_path / "photo.png"
     picture.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
-    with pytest.raises(ValueError, match=r"photo.png' are not a checkpoint.*model.ckpt written by 'anomalib train'"):
+    with pytest.raises(ValueError, match=r"photo.png is not a checkpoint: it is a PNG image. Pass the model.ckpt that"):
         stored_options(str(picture))
 
 

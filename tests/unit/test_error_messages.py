@@ -1,0 +1,102 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The last lines of an error say what is wrong and how to fix it, and never advise running code from a file.
+
+The command line runs in this process (anomalib's ``AnomalibCLI``), as ``anomalib ...`` would run it.
+"""
+
+from pathlib import Path
+
+import pytest
+from anomalib.cli import AnomalibCLI
+from anomalib.engine import Engine
+from anomalib.utils.path import create_versioned_dir
+from PIL import Image
+
+from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.model.backbone import load_clip
+from anomalib_bayes_pfl.parser_errors import summarise
+
+from ..helpers import TINY_ARGUMENTS, TINY_CLI, TINY_CLIP
+
+
+@pytest.fixture
+def png(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(path)
+    return path
+
+
+def _last_line_of_parser_error(capsys, *args: str) -> str:
+    with pytest.raises(SystemExit) as stopped:
+        AnomalibCLI(list(args), run=False)
+    assert stopped.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_parser_errors_end_with_the_option_value_and_reason(capsys):
+    last = _last_line_of_parser_error(capsys, "train", "--model", "BayesPFL", "--model.kshot", "1", "--data", "MVTecAD")
+    assert last == (
+        "In short: --model.kshot 1: BayesPFL has no option 'kshot'; did you mean --model.k_shot? "
+        "(--model.help BayesPFL lists them)"
+    )
+    last = _last_line_of_parser_error(capsys, "train", "--model", "BayesPFL", "--model.k_shot", "-1")
+    assert last == "In short: --model.k_shot -1: Not of type NonNegativeInt: does not conform to restriction v>=0"
+    last = _last_line_of_parser_error(
+        capsys, "test", "--model", "BayesPFL", "--data", "ZeroShotCrossDataset", "--data.target_format", "mvtc"
+    )
+    assert last == "In short: --data.target_format mvtc: expected one of 'mvtec', 'visa', 'folder'"
+
+
+def test_other_parser_errors_are_left_as_they_are():
+    report = (
+        'Parser key "model":\n'
+        "  Problem with given class_path 'anomalib.models.Padim':\n"
+        "    Option 'x' is not accepted\n"
+        "  Given value: NestedArg(key='x', val='1')"
+    )
+    assert summarise(report) is None
+
+
+def _no_unsafe_advice(error: BaseException) -> None:
+    """Nothing printed with the error suggests unpickling: no chained exception, no such words."""
+    assert error.__cause__ is None
+    assert error.__context__ is None
+    assert "weights_only=False" not in str(error)
+
+
+def test_an_image_given_as_clip_weights_is_named(png):
+    expected = r"--model.clip_pretrained .*photo.png is not a checkpoint: it is a PNG image. Pass OpenAI's"
+    with pytest.raises(ValueError, match=expected) as error:
+        load_clip(str(TINY_CLIP), pretrained=str(png))
+    _no_unsafe_advice(error.value)
+
+
+def test_an_image_given_as_prompt_weights_is_named(png):
+    expected = r"--model.prompt_weights .*photo.png is not a checkpoint: it is a PNG image. Pass the model.ckpt"
+    with pytest.raises(ValueError, match=expected) as error:
+        BayesPFL(**TINY_ARGUMENTS, prompt_weights=str(png))
+    _no_unsafe_advice(error.value)
+
+
+def test_an_image_given_as_ckpt_path_is_named_by_export_and_by_every_stage(png, tmp_path):
+    expected = r"--ckpt_path .*photo.png is not a checkpoint: it is a PNG image. Pass the model.ckpt that 'anomalib"
+    with pytest.raises(ValueError, match=expected) as error:
+        BayesPFL.load_from_checkpoint(png)  # what anomalib export --ckpt_path calls
+    _no_unsafe_advice(error.value)
+    image = tmp_path / "part.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(ValueError, match=expected) as error:
+        AnomalibCLI(["predict", "--model", "BayesPFL", *TINY_CLI, f"--ckpt_path={png}", f"--data={image}",
+                     f"--default_root_dir={tmp_path / 'results'}"])  # fmt: skip
+    _no_unsafe_advice(error.value)
+
+
+def test_testing_without_data_says_what_to_give_and_leaves_a_usable_results_folder(tmp_path):
+    engine = Engine(default_root_dir=tmp_path / "results", accelerator="cpu", devices=1, logger=False)
+    with pytest.raises(ValueError, match=r"anomalib test needs images to score: add --data, e.g. --data MVTecAD"):
+        engine.test(BayesPFL(**TINY_ARGUMENTS))
+    latest = tmp_path / "results" / "BayesPFL" / "latest"
+    assert latest.is_symlink()  # anomalib would leave a plain folder, on which a later train fails
+    assert create_versioned_dir(latest.parent).name == "v1"
