@@ -3,45 +3,61 @@
 
 """``anomalib benchmark`` that can also run zero-shot models, and that keeps every job's result.
 
-    python -m anomalib_bayes_pfl.benchmark --config configs/benchmark_zero_shot_mvtec.yaml
+    python -m anomalib_bayes_pfl.benchmark --config configs/benchmark_zero_shot_mvtec.yaml [--memory_limit 12]
 
-anomalib's own ``Benchmark`` pipeline: its config format (``grid`` keys), runners and
-``runs/benchmark/<time>/results.csv``, with its job and job generator replaced, because anomalib 2.7's
+anomalib's benchmark config format (``grid`` keys, one runner per accelerator) and
+``runs/benchmark/<time>/results.csv``, with the jobs run otherwise, because anomalib 2.7's
 
 - passes the datamodule to ``Engine.fit`` as ``train_dataloaders``, so that the Engine validates a zero-shot model
   (BayesPFL with trained prompts, WinClip) with no data and every such job fails;
 - builds the models in the generator, so that one model that cannot be built (WinClip without network access to
   its weights) ends the generator and drops the rows of the jobs that had already finished;
+- writes ``results.csv`` only once every job has finished, and runs the jobs in its own process: one job that dies
+  without raising (the kernel's out-of-memory killer, a signal, a crash in a native library) loses every row;
 - writes no row for a failed job, needs every row to have the same keys, and exits 0 whatever failed.
 
-Here each job builds its own model and datamodule, and a job that fails, while building or running, leaves a row
-with its settings and the error in the ``error`` column. After the results are written, the command prints a short
-table and the CSV path, then names the failed jobs and exits 1 if there are any; their tracebacks are in
-``runs/pipeline.log``.
+Here each job builds its own model and datamodule in a process of its own, whose memory is watched: a job whose
+processes hold more than ``--memory_limit`` GiB is stopped. A job that fails, raises, dies or is stopped leaves a row
+with its settings and the reason in the ``error`` column, and the next job runs. ``results.csv`` is written again as
+each job finishes, so a run that is itself killed keeps every finished row. Each row names its job's log (everything
+the job printed, logged or crashed with) in the ``log`` column, and its peak memory in ``peak_memory_gb``. At the end
+the command prints a short table and the CSV path, then names the failed jobs and exits 1 if there are any.
+
+Memory. Jobs run with glibc's ``MALLOC_TRIM_THRESHOLD_=0`` unless it is set: anomalib's Patchcore coreset selection
+allocates and frees an embedding-sized temporary in each of its thousands of steps, and glibc's allocator kept the
+freed ones, so that one job's resident memory grew by the temporary's size at every step (past 18 GB on the offline
+config). Returning free memory at once keeps it at the job's working size.
 """
 
+import contextlib
 import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.connection import Connection
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
 import pandas as pd
+import psutil
+import torch
 from anomalib.data import get_datamodule
 from anomalib.engine import Engine
 from anomalib.models import get_model
 from anomalib.pipelines import Benchmark
-from anomalib.pipelines.benchmark.generator import BenchmarkJobGenerator
-from anomalib.pipelines.components.base import Job, Runner
 from anomalib.pipelines.components.base.pipeline import log_file
 from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
-from anomalib.pipelines.types import PREV_STAGE_RESULT
 from anomalib.utils.config import flatten_dict
-from anomalib.utils.logging import hide_output, redirect_logs
-from jsonargparse import Namespace
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import seed_everything
 
 logger = logging.getLogger(__name__)
@@ -59,13 +75,22 @@ SETTINGS = r"^(accelerator|seed|model|data)(\.|$)"
 RESULT_COLUMNS = {
     **{name: name for name in ("image_AUROC", "pixel_AUROC", "category_mean_image_AUROC", "category_mean_pixel_AUROC")},
     "job_duration": "seconds",
+    "peak_memory_gb": "GB",
     "error": "error",
 }
+# Each job's memory: a share of this machine's for each job that runs at the same time.
+MEMORY_SHARE = 0.5
+POLL_SECONDS = 0.2
+MODULE = "anomalib_bayes_pfl.benchmark"
+GIB = 2**30
+# glibc returns freed memory to the system at once (see the module docstring); a value set by the user is kept.
+ALLOCATOR_ENVIRONMENT = {"MALLOC_TRIM_THRESHOLD_": "0"}
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: BaseException | str) -> str:
     """The error as one CSV- and table-friendly line."""
-    return " ".join(f"{type(error).__name__}: {error}".split())
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else error
+    return " ".join(text.split())
 
 
 def _job_columns(results: pd.DataFrame) -> dict[str, str]:
@@ -97,32 +122,120 @@ class JobsFailedError(RuntimeError):
         failed = results[results["error"].notna()]
         lines = [f"  {_job_name(row, columns)}: {row['error']}" for _, row in failed.iterrows()]
         super().__init__(
-            f"{len(failed)} of {len(results)} benchmark jobs failed (tracebacks in {log_file}):\n" + "\n".join(lines)
+            f"{len(failed)} of {len(results)} benchmark jobs failed (their logs: the `log` column of the CSV):\n"
+            + "\n".join(lines)
         )
 
 
-class ZeroShotCapableBenchmarkJob(Job):
-    """Fit and test one model on one datamodule of the grid; building them is part of the job, so are its errors."""
+class ResultsTable:
+    """``results.csv``, written again whenever a job's row is added, so that it always holds every finished job.
 
-    name = "benchmark"
+    Rows keep the grid's order whatever order their jobs finish in. The file is replaced in one step (written beside,
+    then renamed), so that a reader, or a run killed while writing, never sees half of it.
+    """
 
-    def __init__(self, accelerator: str, seed: int, config: dict[str, Any]) -> None:
-        super().__init__()
-        self.accelerator = accelerator
-        self.seed = seed
-        self.config = config
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / "results.csv"
+        self.rows: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
 
-    @hide_output
-    def run(self, task_id: int | None = None) -> dict[str, Any]:
-        """The job's row: settings, durations and test metrics, or settings and the error that stopped the job."""
-        settings = {"accelerator": self.accelerator, **flatten_dict(self.config)}
-        try:
-            return {**settings, **self._fit_and_test(task_id)}
-        except Exception as error:
-            logger.exception("Benchmark job %s failed.", settings)
-            return {**settings, "error": _one_line(error)}
+    def add(self, index: int, row: dict[str, Any]) -> None:
+        """Record the row of job ``index`` and write the file."""
+        with self._lock:
+            self.rows[index] = row
+            frame = self.frame()
+            partial = self.path.with_suffix(".csv.partial")
+            frame.to_csv(partial, index=False)
+            partial.replace(self.path)
 
-    def _fit_and_test(self, task_id: int | None) -> dict[str, float]:
+    def frame(self) -> pd.DataFrame:
+        """One row per finished job, in grid order, ``error`` last; models with other metrics leave empty cells."""
+        frame = pd.DataFrame([self.rows[index] for index in sorted(self.rows)])
+        last = [column for column in ("log", "error") if column in frame]
+        return frame.reindex(columns=[*frame.columns.drop(last), "log", "error"])
+
+
+def _tree_memory(process: psutil.Process) -> int:
+    """Anonymous resident memory (tensors, heaps) of a process and its descendants, in bytes.
+
+    File-backed pages (the libraries every worker maps) are shared and can be dropped, so they are not counted.
+    """
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error, OSError):  # a process that has just ended
+            status = Path(f"/proc/{member.pid}/status").read_text()
+            # A process that is ending (a zombie) has no memory left and no RssAnon line.
+            total += sum(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("RssAnon:"))
+    return total
+
+
+def _stop_tree(process: psutil.Process) -> None:
+    """Kill a job's process and every process it started."""
+    members = [process, *process.children(recursive=True)]
+    for member in members:
+        with contextlib.suppress(psutil.Error):
+            member.kill()
+    psutil.wait_procs(members, timeout=10)
+
+
+@dataclass(frozen=True)
+class BenchmarkJob:
+    """One grid point: a model and a datamodule, fitted and tested in a process of its own."""
+
+    index: int
+    accelerator: str
+    seed: int
+    config: dict[str, Any]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The columns that say what the job was: its accelerator and its flattened grid point."""
+        return {"accelerator": self.accelerator, **flatten_dict(self.config)}
+
+    def run(self, device: int | None, folder: Path, memory_limit: float) -> dict[str, Any]:
+        """The job's row: settings, durations, peak memory and test metrics, or settings and why it stopped."""
+        log = folder / "logs" / f"{self.index:03d}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        context = multiprocessing.get_context("forkserver")
+        receiving, sending = context.Pipe(duplex=False)
+        child = context.Process(target=_job_process, args=(self, device, str(log), sending), daemon=True)
+        child.start()
+        sending.close()
+        watched, peak, message, over_limit = psutil.Process(child.pid), 0, None, False
+        while child.is_alive() and message is None:
+            if receiving.poll(POLL_SECONDS):
+                with contextlib.suppress(EOFError):
+                    message = receiving.recv()
+                break
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, _tree_memory(watched))
+            if peak > memory_limit * GIB:
+                over_limit = True
+                _stop_tree(watched)
+        if message is None:  # the child may have sent its row just before it ended
+            with contextlib.suppress(EOFError, OSError):
+                message = receiving.recv() if receiving.poll(0) else None
+        child.join()
+        row = {**self.settings, "peak_memory_gb": round(peak / GIB, 3), "log": str(log)}
+        if message is not None and message[0] == "row":
+            return {**row, **message[1]}
+        if message is not None:
+            reason = message[1]
+        elif over_limit:
+            reason = (
+                f"MemoryError: stopped when its processes held more than the memory limit of {memory_limit:g} GiB "
+                f"(--memory_limit)"
+            )
+        elif child.exitcode is not None and child.exitcode < 0:
+            name = signal.Signals(-child.exitcode).name
+            cause = " (the kernel's out-of-memory killer, or another process)" if name == "SIGKILL" else ""
+            reason = f"JobDied: killed by {name}{cause} without an error of its own"
+        else:
+            reason = f"JobDied: its process ended with exit status {child.exitcode} without a result"
+        logger.error("Benchmark job %d %s failed: %s; its log: %s", self.index, self.settings, reason, log)
+        return {**row, "error": reason}
+
+    def fit_and_test(self, device: int | None) -> dict[str, float]:
         """Durations and test metrics.
 
         The datamodule goes to ``Engine.fit`` by keyword: passed positionally, it becomes ``train_dataloaders``, and
@@ -130,7 +243,7 @@ class ZeroShotCapableBenchmarkJob(Job):
         """
         seed_everything(self.seed)
         model, datamodule = get_model(self.config["model"]), get_datamodule(self.config["data"])
-        devices: str | list[int] = "auto" if task_id is None else [task_id]
+        devices: str | list[int] = "auto" if device is None else [device]
         started = time.time()
         with TemporaryDirectory() as folder:
             engine = Engine(accelerator=self.accelerator, devices=devices, default_root_dir=folder)
@@ -145,40 +258,21 @@ class ZeroShotCapableBenchmarkJob(Job):
             **metrics,
         }
 
-    @staticmethod
-    def collect(results: list[dict[str, Any]]) -> pd.DataFrame:
-        """One row per job, ``error`` last; models with different arguments or metrics leave empty cells."""
-        frame = pd.DataFrame(results)
-        return frame.reindex(columns=[*frame.columns.drop("error", errors="ignore"), "error"])
 
-    @staticmethod
-    def save(results: pd.DataFrame) -> None:
-        """Write ``runs/benchmark/<time>/results.csv`` (every column), then print a short table and the path."""
-        # Microseconds: a second runner (another accelerator) must not overwrite the first one's file.
-        path = Path("runs") / ZeroShotCapableBenchmarkJob.name / datetime.now().strftime("%Y-%m-%d-%H_%M_%S_%f")
-        path.mkdir(parents=True, exist_ok=True)
-        results.to_csv(path / "results.csv", index=False)
-        columns = {**_job_columns(results), **RESULT_COLUMNS}
-        summary = results.filter(items=list(columns)).rename(columns=columns)
-        print(summary.to_string(index=False, na_rep="", float_format="{:.3f}".format, max_colwidth=60))
-        print(f"Results of {len(results)} jobs, all columns: {path / 'results.csv'}")
-
-
-class ZeroShotCapableJobGenerator(BenchmarkJobGenerator):
-    """One :class:`ZeroShotCapableBenchmarkJob` per grid point."""
-
-    @property
-    def job_class(self) -> type:
-        """The job class of this generator."""
-        return ZeroShotCapableBenchmarkJob
-
-    def generate_jobs(
-        self, args: dict, previous_stage_result: PREV_STAGE_RESULT
-    ) -> Generator[ZeroShotCapableBenchmarkJob, None, None]:
-        """The grid's jobs; they build their own models, so that nothing raised here can drop another job's row."""
-        del previous_stage_result  # a single-stage pipeline
-        for config in grid_points(args):
-            yield ZeroShotCapableBenchmarkJob(self.accelerator, config["seed"], config)
+def _job_process(job: BenchmarkJob, device: int | None, log: str, connection: Connection) -> None:
+    """The job's own process: everything it prints or logs goes to ``log``; its row (or its error) to the parent."""
+    with open(log, "a") as output:
+        os.dup2(output.fileno(), sys.stdout.fileno())
+        os.dup2(output.fileno(), sys.stderr.fileno())
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True)
+    logging.captureWarnings(capture=True)
+    try:
+        connection.send(("row", job.fit_and_test(device)))
+    except Exception as error:  # every failure of the job is its row's error
+        traceback.print_exc()
+        connection.send(("error", _one_line(error)))
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _plain(value: Any) -> Any:
@@ -203,29 +297,112 @@ def grid_points(container: dict) -> Iterator[dict]:
             yield config
 
 
+def _devices(accelerator: str) -> list[int | None]:
+    """The device of each job that runs at the same time: one per GPU for ``cuda``, one job at a time on a CPU."""
+    if accelerator not in {"cpu", "cuda"}:
+        msg = f"Unsupported accelerator: {accelerator}; use cpu or cuda."
+        raise ValueError(msg)
+    count = torch.cuda.device_count() if accelerator == "cuda" else 0
+    return list(range(count)) if count > 1 else [None]
+
+
+def _log_to(path: str) -> None:
+    """This process's log lines go to ``path`` once each (anomalib's redirect wrote every line once per logger)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+    logging.root.addHandler(handler)
+    logging.root.setLevel(logging.INFO)
+    logging.captureWarnings(capture=True)
+
+
 class ZeroShotCapableBenchmark(Benchmark):
-    """anomalib's ``Benchmark`` pipeline running :class:`ZeroShotCapableBenchmarkJob` jobs."""
+    """anomalib's benchmark pipeline, each job in a process of its own, its row written as soon as it finishes."""
 
     @staticmethod
-    def _setup_runners(args: dict) -> list[Runner]:
-        runners = Benchmark._setup_runners(args)
-        for runner in runners:
-            runner.generator = ZeroShotCapableJobGenerator(runner.generator.accelerator)
-        return runners
+    def get_parser(parser: ArgumentParser | None = None) -> ArgumentParser:
+        """Anomalib's ``--config``, and the memory limit of each job."""
+        parser = Benchmark.get_parser(parser)
+        total = psutil.virtual_memory().total / GIB
+        parser.add_argument(
+            "--memory_limit",
+            type=float | None,
+            default=None,
+            help=(
+                f"GiB that each job's processes may hold before the job is stopped (its row says so); default: "
+                f"{MEMORY_SHARE:.0%} of this machine's memory ({MEMORY_SHARE * total:.1f} GiB) divided by the number "
+                f"of jobs that run at once (one per GPU)."
+            ),
+        )
+        return parser
 
     def run(self, args: Namespace | None = None) -> None:
-        """Run every runner (one per accelerator); raise :class:`JobsFailedError` once all are done, if a job failed.
-
-        anomalib's loop logs a runner's error and carries on, so that nothing reaches the exit status; here errors
-        outside the jobs propagate.
-        """
+        """Run every job of every accelerator; raise :class:`JobsFailedError` once all are done, if a job failed."""
+        if args is None:
+            args = self.get_parser().parse_args()
         pipeline_args = self._get_args(args)
-        runners = self._setup_runners(pipeline_args)
-        redirect_logs(log_file)
-        job_args = pipeline_args.get(ZeroShotCapableBenchmarkJob.name) or {}
-        results = pd.concat([runner.run(job_args) for runner in runners], ignore_index=True)
+        _log_to(log_file)
+        for name, value in ALLOCATOR_ENVIRONMENT.items():  # read by the job processes' allocator when they start
+            os.environ.setdefault(name, value)
+        # The job processes start from a server that has imported this module (and anomalib) once.
+        multiprocessing.get_context("forkserver").set_forkserver_preload([MODULE])
+        # Microseconds: two runs started in the same second must not share a folder.
+        folder = Path("runs") / "benchmark" / datetime.now().strftime("%Y-%m-%d-%H_%M_%S_%f")
+        folder.mkdir(parents=True)
+        table = ResultsTable(folder)
+        accelerators = pipeline_args["accelerator"]
+        accelerators = accelerators if isinstance(accelerators, list) else [accelerators]
+        job_args = pipeline_args.get("benchmark") or {}
+        configs = list(grid_points(job_args))
+        jobs = [
+            BenchmarkJob(index, accelerator, config["seed"], config)
+            for index, (accelerator, config) in enumerate((a, c) for a in accelerators for c in configs)
+        ]
+        print(f"{len(jobs)} benchmark jobs; results.csv is written as each one finishes: {table.path}", flush=True)
+        for accelerator in accelerators:
+            devices = _devices(accelerator)
+            limit = args.memory_limit or MEMORY_SHARE * psutil.virtual_memory().total / GIB / len(devices)
+            chosen = [job for job in jobs if job.accelerator == accelerator]
+            self._run_jobs(chosen, devices, folder, table, limit, len(jobs))
+        results = table.frame()
+        columns = {**_job_columns(results), **RESULT_COLUMNS}
+        summary = results.filter(items=list(columns)).rename(columns=columns)
+        print(summary.to_string(index=False, na_rep="", float_format="{:.3f}".format, max_colwidth=60))
+        print(f"Results of {len(results)} jobs, all columns: {table.path}")
         if results["error"].notna().any():
             raise JobsFailedError(results)
+
+    @staticmethod
+    def _run_jobs(
+        jobs: list[BenchmarkJob],
+        devices: list[int | None],
+        folder: Path,
+        table: ResultsTable,
+        limit: float,
+        total: int,
+    ) -> None:
+        """Run the jobs, one per device at a time, each adding its row when it ends."""
+        pending = list(jobs)
+        lock = threading.Lock()
+
+        def work(device: int | None) -> None:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    job = pending.pop(0)
+                try:
+                    row = job.run(device, folder, limit)
+                except Exception as error:  # in watching the job: its row says so, and the next job runs
+                    logger.exception("Benchmark job %d could not be run.", job.index)
+                    row = {**job.settings, "error": f"could not be run: {_one_line(error)}"}
+                table.add(job.index, row)
+                outcome = f"failed: {row['error']}" if isinstance(row.get("error"), str) else "done"
+                print(f"[{len(table.rows)}/{total}] job {job.index}: {outcome}", flush=True)
+
+        with ThreadPoolExecutor(max_workers=len(devices)) as executor:
+            for future in [executor.submit(work, device) for device in devices]:
+                future.result()
 
 
 def main() -> None:
@@ -238,4 +415,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # By the module's name, as the job processes import it: their jobs are pickled as its classes.
+    from anomalib_bayes_pfl.benchmark import main as run_benchmark
+
+    run_benchmark()

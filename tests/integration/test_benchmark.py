@@ -4,12 +4,15 @@
 """``python -m anomalib_bayes_pfl.benchmark``: every job keeps its row, failures fail the command, configs run."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from itertools import product
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 import torch
 import yaml
@@ -32,17 +35,24 @@ def mvtec(tmp_path_factory) -> Path:
     return write_tree(tmp_path_factory.mktemp("MVTecAD"), ["bottle", "metal_nut"], seed=1)
 
 
-def run_benchmark(config: dict, cwd: Path) -> tuple[subprocess.CompletedProcess, Path]:
-    """Run the command on ``config`` in ``cwd``; return the process and its results.csv."""
+def _command(config: dict, cwd: Path, *options: str) -> list[str]:
     path = cwd / "benchmark.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return [sys.executable, "-m", "anomalib_bayes_pfl.benchmark", "--config", str(path), *options]
+
+
+# One thread: on a small shared machine, oversubscribed OpenMP threads make Padim's fit many times slower.
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run_benchmark(config: dict, cwd: Path, *options: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """Run the command on ``config`` in ``cwd``; return the process and its results.csv."""
     result = subprocess.run(
-        [sys.executable, "-m", "anomalib_bayes_pfl.benchmark", "--config", str(path)],
+        _command(config, cwd, *options),
         capture_output=True,
         text=True,
         cwd=cwd,
-        # One thread: on a small shared machine, oversubscribed OpenMP threads make Padim's fit many times slower.
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env=ENVIRONMENT,
         timeout=600,
         check=False,
     )
@@ -171,3 +181,96 @@ def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
     bayes_pfl_rows = rows.loc["BayesPFL"]
     for category in ("bottle", "metal_nut"):  # the memory changes the scores
         assert bayes_pfl_rows.loc[(category, 0), "pixel_AUROC"] != bayes_pfl_rows.loc[(category, 4), "pixel_AUROC"]
+
+
+def _tiny_grid(mvtec: Path, categories: list[str]) -> dict:
+    """Tiny BayesPFL jobs (a few seconds each), one per category."""
+    tiny = {**TINY_ARGUMENTS, "stage_one_epochs": 1, "stage_two_epochs": 0, "synthetic_anomalies": 0.5}
+    return {
+        "accelerator": "cpu",
+        "benchmark": {
+            "seed": 0,
+            "model": {"class_path": "BayesPFL", "init_args": tiny},
+            "data": {
+                "class_path": "MVTecAD",
+                "init_args": {"root": str(mvtec), "num_workers": 0, "category": {"grid": categories}},
+            },
+        },
+    }
+
+
+def _wait_for(condition, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _job_processes(benchmark: psutil.Process) -> list[psutil.Process]:
+    """The running jobs' processes: children of the fork server that the benchmark started."""
+    servers = benchmark.children()
+    return [job for server in servers for job in server.children()]
+
+
+def test_a_job_that_dies_without_raising_is_its_row_s_error_and_the_run_goes_on(tmp_path, mvtec):
+    """Killed as the kernel's out-of-memory killer kills, the second job gets a row that says so; the third runs."""
+    categories = ["bottle", "metal_nut", "bottle"]
+    process = subprocess.Popen(
+        _command(_tiny_grid(mvtec, categories), tmp_path), cwd=tmp_path, env=ENVIRONMENT, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    benchmark = psutil.Process(process.pid)
+    _wait_for(lambda: next(tmp_path.rglob("logs/001.log"), None) is not None)
+    _wait_for(lambda: len(_job_processes(benchmark)) == 1)
+    for job in _job_processes(benchmark):
+        job.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr[-3000:]
+    results = pd.read_csv(next(tmp_path.rglob("results.csv")))
+    assert len(results) == 3, stderr[-3000:]
+    assert results.loc[[0, 2], "error"].isna().all(), results["error"]
+    assert results.loc[[0, 2], "image_AUROC"].between(0, 1).all()
+    assert results.loc[1, "error"].startswith("JobDied: killed by SIGKILL (the kernel's out-of-memory killer")
+    assert (tmp_path / results.loc[1, "log"]).is_file()
+    assert stderr.strip().splitlines()[-1].endswith(results.loc[1, "error"])
+    assert (results.loc[[0, 2], "peak_memory_gb"] > 0).all()
+
+
+def test_a_run_killed_part_way_keeps_every_finished_row(tmp_path, mvtec):
+    process = subprocess.Popen(
+        _command(_tiny_grid(mvtec, ["bottle", "metal_nut"] * 3), tmp_path), cwd=tmp_path, env=ENVIRONMENT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    table = tmp_path / "runs"
+
+    def finished() -> int:
+        path = next(table.rglob("results.csv"), None)
+        return len(pd.read_csv(path)) if path is not None else 0
+
+    _wait_for(lambda: finished() >= 2)
+    tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in tree:
+        member.send_signal(signal.SIGKILL)
+    psutil.wait_procs(tree, timeout=30)
+    results = pd.read_csv(next(table.rglob("results.csv")))
+    assert 2 <= len(results) < 6
+    assert results["error"].isna().all()
+    assert results["image_AUROC"].between(0, 1).all()
+    assert list(results["data.init_args.category"]) == (["bottle", "metal_nut"] * 3)[: len(results)]
+
+
+def test_a_job_over_the_memory_limit_is_stopped_and_named(tmp_path, mvtec):
+    result, table = run_benchmark(_tiny_grid(mvtec, ["bottle"]), tmp_path, "--memory_limit", "0.05")
+    assert result.returncode == 1, result.stderr[-3000:]
+    results = pd.read_csv(table)
+    error = results.loc[0, "error"]
+    assert error.startswith("MemoryError: stopped when its processes held more than the memory limit of 0.05 GiB")
+    assert results.loc[0, "peak_memory_gb"] > 0.05
+    assert result.stderr.strip().splitlines()[-1].endswith(error)
+
+
+def test_the_pipeline_log_has_each_line_once(tmp_path, mvtec):
+    result, _ = run_benchmark(_tiny_grid(mvtec, ["bottle"]), tmp_path, "--memory_limit", "0.05")
+    lines = [line for line in (tmp_path / "runs" / "pipeline.log").read_text().splitlines() if line.strip()]
+    assert lines, result.stderr[-3000:]
+    assert len(lines) == len(set(lines))
