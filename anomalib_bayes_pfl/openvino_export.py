@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INT8_CALIBRATION_IMAGES = 300  # NNCF's default subset size
+OPENVINO_REQUIREMENTS = {"openvino": "openvino>=2024.0", "nncf": "nncf>=2.10"}  # as the openvino extra
 CUBIC_COEFFICIENT = -0.5  # torch's antialiased bicubic, like PIL's (not the -0.75 of its plain bicubic)
 
 
@@ -101,7 +102,11 @@ def check_openvino_export(compression_type: CompressionType | None, datamodule: 
     needed = ["openvino"] + (["nncf"] if compression_type not in {None, CompressionType.FP16} else [])
     missing = [package for package in needed if not module_available(package)]
     if missing:
-        msg = f'OpenVINO export needs {" and ".join(missing)}: pip install "anomalib-bayes-pfl[openvino]".'
+        requirements = " ".join(f"'{OPENVINO_REQUIREMENTS[package]}'" for package in missing)
+        msg = (
+            f"OpenVINO export needs {' and '.join(missing)}: pip install {requirements} (or, in this package's "
+            f"repository, pip install '.[openvino]')."
+        )
         raise ModuleNotFoundError(msg)
     if compression_type == CompressionType.INT8_ACQ:
         msg = (

@@ -56,6 +56,7 @@ from .class_names import authors_category_name
 logger = logging.getLogger(__name__)
 
 DatasetFormat = Literal["mvtec", "visa", "folder"]
+DEFAULT_ROOTS = {"auxiliary": "./datasets/visa", "target": "./datasets/MVTecAD"}
 NORMAL_FOLDER = "good"
 MASK_FOLDER = "ground_truth"
 MASK_FOLDER_NAMES = (MASK_FOLDER, "masks", "mask")
@@ -418,17 +419,38 @@ class DataModuleSource:
             datamodule.prepare_data()
 
 
+def _move_datamodules(datamodules: list[AnomalibDataModule], root: str, option: str) -> None:
+    """Give every datamodule of a side the root ``root`` (they must share one, as a config's one dataset does).
+
+    Raises:
+        ValueError: If the datamodules read several roots: then each needs its own, in the config.
+    """
+    roots = sorted({str(datamodule.root) for datamodule in datamodules if hasattr(datamodule, "root")})
+    if len(roots) > 1:
+        msg = (
+            f"{option} {root} replaces the root of every datamodule of its side, and they read several ({roots}); set "
+            f"each one's init_args.root in the config instead."
+        )
+        raise ValueError(msg)
+    for datamodule in datamodules:
+        datamodule.root = Path(root)
+    logger.info("%s: the %d datamodules read %s (the config said %s).", option, len(datamodules), root, roots)
+
+
 class ZeroShotCrossDataset(AnomalibDataModule):
     """Auxiliary dataset for training, target dataset for testing (e.g. VisA -> MVTec AD).
 
     Args:
-        auxiliary_root: Root of the auxiliary dataset; read only when fitting (and, if there, for validation data).
+        auxiliary_root: Root of the auxiliary dataset (``None``: ``./datasets/visa``); read only when fitting (and, if
+            there, for validation data). Given with ``auxiliary_datamodules``, the root of every one of them.
         auxiliary_format: Layout of the auxiliary dataset.
         auxiliary_categories: Auxiliary categories to train on; ``None`` takes every category found.
         auxiliary_normal_dir: ``folder`` format: the normal image folder of each category (``None``: ``good``).
         auxiliary_mask_dir: ``folder`` format: the mask folder of each category (``None``: the one named
             ``ground_truth``, ``masks`` or ``mask``, if any).
-        target_root: Root of the target dataset.
+        target_root: Root of the target dataset (``None``: ``./datasets/MVTecAD``). Given with ``target_datamodules``,
+            the root of every one of them: ``--data.target_root`` moves a shipped config's datamodules to another
+            folder.
         target_format: Layout of the target dataset.
         target_categories: Target categories to evaluate; ``None`` takes every category found.
         target_normal_dir: As ``auxiliary_normal_dir``, for the target.
@@ -473,10 +495,10 @@ class ZeroShotCrossDataset(AnomalibDataModule):
 
     def __init__(
         self,
-        auxiliary_root: str = "./datasets/visa",
+        auxiliary_root: str | None = None,
         auxiliary_format: DatasetFormat = "visa",
         auxiliary_categories: Sequence[str] | None = None,
-        target_root: str = "./datasets/MVTecAD",
+        target_root: str | None = None,
         target_format: DatasetFormat = "mvtec",
         target_categories: Sequence[str] | None = None,
         train_batch_size: int = 8,
@@ -512,12 +534,12 @@ class ZeroShotCrossDataset(AnomalibDataModule):
             test_split_mode=TestSplitMode.FROM_DIR,
             seed=seed,
         )
-        self.auxiliary_root = Path(auxiliary_root)
+        self.auxiliary_root = Path(auxiliary_root or DEFAULT_ROOTS["auxiliary"])
         self.auxiliary_format = auxiliary_format
         self.auxiliary_categories = list(auxiliary_categories) if auxiliary_categories is not None else None
         self.auxiliary_normal_dir = auxiliary_normal_dir
         self.auxiliary_mask_dir = auxiliary_mask_dir
-        self.target_root = Path(target_root)
+        self.target_root = Path(target_root or DEFAULT_ROOTS["target"])
         self.target_format = target_format
         self.target_categories = list(target_categories) if target_categories is not None else None
         self.target_normal_dir = target_normal_dir
@@ -526,6 +548,10 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         self.mosaic_probability = mosaic_probability
         self.auxiliary_datamodules = list(auxiliary_datamodules) if auxiliary_datamodules else None
         self.target_datamodules = list(target_datamodules) if target_datamodules else None
+        for side, root in (("auxiliary", auxiliary_root), ("target", target_root)):
+            datamodules = getattr(self, f"{side}_datamodules")
+            if datamodules and root is not None:
+                _move_datamodules(datamodules, root, f"--data.{side}_root")
         self._image_categories: dict[str, str] = {}
         self._image_datasets: dict[str, str] = {}
         for side in ("auxiliary", "target"):

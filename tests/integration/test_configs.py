@@ -53,7 +53,6 @@ def test_paper_protocol_configs_run(tmp_path, visa_and_mvtec, config, auxiliary,
         "--config",
         str(CONFIGS / config),
         *TINY_MODEL,
-        "--model.tap_layers=null",  # the config's (6, 12, 18, 24) need 24 blocks; the tiny CLIP has 4
         f"--data.auxiliary_root={visa_and_mvtec[auxiliary]}",
         f"--data.target_root={visa_and_mvtec[target]}",
         *TINY_DATA,

@@ -21,7 +21,6 @@ pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 TINY_RUN = (
-    "--model.tap_layers=[1, 2, 3, 4]",
     "--trainer.accelerator=cpu",
     "--data.train_batch_size=4",
     "--data.eval_batch_size=8",
@@ -43,13 +42,15 @@ def _categories(config: dict) -> list[str]:
 
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_the_config_runs_on_the_datasets_layout(tmp_path, target):
+    """As shipped, with the target dataset elsewhere than the config says: one --data.target_root moves them all."""
     name, layout, folder = TARGETS[target]
     config_path = CONFIGS / f"bayes_pfl_mvtec_to_{target}.yaml"
     categories = _categories(yaml.safe_load(config_path.read_text()))
     write_tree(tmp_path / "datasets" / "MVTecAD", ["bottle", "metal_nut"], num_train=0)
     written = ["kos01", "kos02"] if layout == "kolektor" else categories  # Kolektor's items are not categories
-    write_tree(tmp_path / "datasets" / folder, written, layout=layout, seed=1)
-    result = anomalib_cli("train", "--config", str(config_path), *TINY_MODEL, *TINY_RUN, cwd=tmp_path)
+    write_tree(tmp_path / "elsewhere" / folder, written, layout=layout, seed=1)
+    moved = f"--data.target_root=elsewhere/{folder}"
+    result = anomalib_cli("train", "--config", str(config_path), *TINY_MODEL, *TINY_RUN, moved, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(next(tmp_path.rglob("per_category_metrics.csv")), index_col="category")
     expected = {"kolektor": ["Kolektor"], "btech": ["metal1", "wood", "metal2"]}.get(layout, categories)  # authors

@@ -347,3 +347,15 @@ def test_few_shot_candidates_of_target_datamodules_are_their_training_subsets(mv
     own.setup()
     assert sorted(data.few_shot_candidates()) == sorted(own.train_data.samples.image_path)
     assert {data.class_name_of(path) for path in data.few_shot_candidates()} == {"tile_b"}
+
+
+def test_one_root_moves_every_datamodule_of_a_side(mvtec_tree, tmp_path):
+    """A config's datamodules read another folder with one --data.target_root; several roots cannot share it."""
+    config = [MVTecAD(root="./datasets/MVTecAD", category=category) for category in ("tile_a", "tile_b")]
+    data = ZeroShotCrossDataset(target_datamodules=config, target_root=str(mvtec_tree), num_workers=0)
+    assert [Path(datamodule.root) for datamodule in data.target_datamodules] == [mvtec_tree, mvtec_tree]
+    data.setup("test")
+    assert len(data.test_data) == 12
+    mixed = [MVTecAD(root="a", category="tile_a"), MVTecAD(root="b", category="tile_b")]
+    with pytest.raises(ValueError, match=r"--data.target_root .* they read several \(\['a', 'b'\]\); set each"):
+        ZeroShotCrossDataset(target_datamodules=mixed, target_root=str(mvtec_tree))
