@@ -412,10 +412,3 @@ def main() -> None:
     except JobsFailedError as error:
         sys.stdout.flush()  # the table before the failures, also when both streams go to one pipe
         sys.exit(str(error))
-
-
-if __name__ == "__main__":
-    # By the module's name, as the job processes import it: their jobs are pickled as its classes.
-    from anomalib_bayes_pfl.benchmark import main as run_benchmark
-
-    run_benchmark()
