@@ -8,7 +8,8 @@ After ``pip install anomalib-bayes-pfl``, ``anomalib train --model BayesPFL ...`
 """
 
 from .data import ZeroShotCrossDataset
-from .model import BayesPFL, BayesPFLConfig, BayesPFLModel, load_clip
+from .model import BayesPFLConfig, BayesPFLModel, load_clip
+from .model.lightning_model import BayesPFL
 from .parser_errors import install as install_parser_summaries
 from .registration import register
 

@@ -30,8 +30,8 @@ from lightning.pytorch import seed_everything
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
 from anomalib_bayes_pfl.data import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.metrics import CSV_NAME, MEAN_ROW
 from anomalib_bayes_pfl.model import BayesPFL
+from anomalib_bayes_pfl.reporting import CSV_NAME, MEAN_ROW
 
 AUXILIARY_CATEGORIES = ("fabric", "wood_grain", "marble", "cork", "linen")
 TARGET_CATEGORIES = ("slate", "felt", "granite", "terrazzo")

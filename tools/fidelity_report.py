@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST = "tests/unit/test_authors_fidelity.py"
 # (file, the authors' behaviour, the deviation)
 MUTATIONS = {
-    "QuickGELU towers": ("model/options.py", '"clip_quick_gelu": False', '"clip_quick_gelu": True'),
+    "QuickGELU towers": ("settings.py", "clip_quick_gelu: bool = False", "clip_quick_gelu: bool = True"),
     "swapped temperatures": (
         "model/reference_checkpoint.py",
         '("temperature_pixel", "pixel_logit_scale"),\n    ("temperature_image", "image_head.logit_scale"),',
@@ -37,8 +37,8 @@ MUTATIONS = {
     ),
     "bilinear positional resize": (
         "model/backbone.py",
-        'mode="bicubic", antialias=True',
-        'mode="bilinear", antialias=True',
+        'interpolation="bicubic", antialias=True',
+        'interpolation="bilinear", antialias=True',
     ),
     "no causal mask in the text tower": (
         "model/prompts.py",
@@ -75,7 +75,7 @@ def largest_differences() -> None:
         compare(self, name, ours, authors)
 
     test_authors_fidelity.Comparisons.__call__ = recording
-    if pytest.main(["-q", "-p", "no:cacheprovider", str(ROOT / TEST)]) != 0:
+    if pytest.main(["-q", "-p", "no:cacheprovider", "--numprocesses=0", str(ROOT / TEST)]) != 0:
         sys.exit("the fidelity test fails: see above")
     print(f"\n{len(rows)} quantities compared at 1e-5 x max(1, |value|)\n")
     print("| section | rows | largest max abs difference (where) |\n|---|---|---|")
@@ -87,30 +87,35 @@ def largest_differences() -> None:
             print(f"| {section} | {len(chosen)} | {difference:.2g} ({name}; values up to {magnitude:.3g}) |")
 
 
+def failing_quantities(name: str) -> int:
+    """How many of the fixture's quantities fail with deviation ``name`` applied to a copy of the package."""
+    path, authors, deviation = MUTATIONS[name]
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder)
+        shutil.copytree(ROOT / "anomalib_bayes_pfl", copy / "anomalib_bayes_pfl")
+        shutil.copytree(ROOT / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy(ROOT / "pyproject.toml", copy)
+        source = copy / "anomalib_bayes_pfl" / path
+        text = source.read_text()
+        if text.count(authors) != 1:
+            sys.exit(f"{name}: the authors' line is no longer in {path}; update MUTATIONS")
+        source.write_text(text.replace(authors, deviation))
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--numprocesses=0", TEST],
+            cwd=copy,
+            env={**os.environ, "PYTHONPATH": str(copy)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    return sum(int(count) for count in re.findall(r"(\d+) of \d+ quantities differ", result.stdout))
+
+
 def mutation_counts() -> None:
     """Apply each deviation to a copy of the package and count the quantities that fail."""
     print("\n| deviation | quantities that fail |\n|---|---|")
-    for name, (path, authors, deviation) in MUTATIONS.items():
-        with tempfile.TemporaryDirectory() as folder:
-            copy = Path(folder)
-            shutil.copytree(ROOT / "anomalib_bayes_pfl", copy / "anomalib_bayes_pfl")
-            shutil.copytree(ROOT / "tests", copy / "tests", ignore=shutil.ignore_patterns("__pycache__"))
-            shutil.copy(ROOT / "pyproject.toml", copy)
-            source = copy / "anomalib_bayes_pfl" / path
-            text = source.read_text()
-            if text.count(authors) != 1:
-                sys.exit(f"{name}: the authors' line is no longer in {path}; update MUTATIONS")
-            source.write_text(text.replace(authors, deviation))
-            result = subprocess.run(
-                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", TEST],
-                cwd=copy,
-                env={**os.environ, "PYTHONPATH": str(copy)},
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-        failing = sum(int(count) for count in re.findall(r"(\d+) of \d+ quantities differ", result.stdout))
-        print(f"| {name} | {failing} |")
+    for name in MUTATIONS:
+        print(f"| {name} | {failing_quantities(name)} |")
 
 
 if __name__ == "__main__":

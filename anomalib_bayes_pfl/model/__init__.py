@@ -19,13 +19,29 @@ Paper:
 
 See Also:
     :class:`anomalib.models.WinClip`, the zero-shot CLIP model built into anomalib.
+
+The package is the first half of the pipeline, image to scores; ``lightning_model.py`` also composes the second half
+(``calibration/``, ``reporting/``, ``deploy/``), which imports this package. So that none of them imports the
+Lightning module by importing this package, ``BayesPFL`` is loaded when it is first asked for.
 """
+
+from typing import Any
 
 from .backbone import load_clip
 from .config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
-from .lightning_model import BayesPFL
 from .loss import BayesPFLLoss
 from .torch_model import BayesPFLModel
+
+
+def __getattr__(name: str) -> Any:
+    """``anomalib_bayes_pfl.model.BayesPFL``, imported at first use."""
+    if name == "BayesPFL":
+        from .lightning_model import BayesPFL
+
+        return BayesPFL
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)
+
 
 __all__ = [
     "BayesPFL",

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import open_clip
 import torch
 from open_clip.model import CLIP
-from torch.nn import functional as F  # noqa: N812
+from timm.layers import resample_abs_pos_embed
 
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG, TINY_CLIP_NAME
 
@@ -253,16 +253,13 @@ def interpolate_positional_embedding(positional_embedding: torch.Tensor, grid_si
     """Resize a ViT positional embedding ``(1 + G*G, C)`` to ``(1 + grid_size**2, C)``.
 
     Bicubic with antialiasing and ``align_corners=False``, like the authors (model_CLIP.py L276-314), computed in
-    float32 and cast back.
+    float32 and cast back: timm's ``resample_abs_pos_embed``, bit for bit what this package computed itself, which also
+    keeps the resize in exported graphs whatever the example input's size.
     """
-    class_position, patch_positions = positional_embedding[:1], positional_embedding[1:]
-    old_grid = round(patch_positions.shape[0] ** 0.5)
-    if old_grid == grid_size and not torch.compiler.is_exporting():
-        return positional_embedding
-    grid = patch_positions.reshape(1, old_grid, old_grid, -1).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", antialias=True, align_corners=False)
-    patch_positions = grid.permute(0, 2, 3, 1).reshape(grid_size * grid_size, -1).to(positional_embedding.dtype)
-    return torch.cat([class_position, patch_positions], dim=0)
+    resized = resample_abs_pos_embed(
+        positional_embedding.unsqueeze(0), [grid_size, grid_size], interpolation="bicubic", antialias=True
+    )
+    return resized[0]
 
 
 def check_image_tower(clip: CLIP) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+CLIP_PREFIX = "model.clip."  # the frozen CLIP's keys in a Lightning checkpoint
 BAYES_PFL_CHECKPOINT = (
     "the model.ckpt that 'anomalib train --model BayesPFL' wrote (under results/.../weights/lightning/)"
 )
@@ -69,3 +70,22 @@ def read_checkpoint(path: str | Path, option: str, expected: str) -> Any:
     except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, AttributeError, TypeError):
         msg = f"{option} {path} is not a checkpoint: {describe_file(file)}. Pass {expected}."
     raise ValueError(msg)  # outside the except block: torch's message advises unpickling the file, which is unsafe
+
+
+def keep_head_only(checkpoint: dict[str, Any]) -> None:
+    """Leave out the frozen CLIP, which is rebuilt from ``clip_model`` / ``clip_pretrained``, and ``prompt_weights``.
+
+    The head the checkpoint holds replaces the ``prompt_weights`` it may have started from, so that loading it never
+    needs (or reloads) that file.
+    """
+    checkpoint["hyper_parameters"]["prompt_weights"] = None
+    state = checkpoint["state_dict"]
+    for key in [key for key in state if key.startswith(CLIP_PREFIX)]:
+        del state[key]
+
+
+def put_back_clip(checkpoint: dict[str, Any], clip_state: dict[str, Any]) -> None:
+    """Give a head-only checkpoint the frozen CLIP's tensors, for Lightning's strict ``load_state_dict``."""
+    state = checkpoint["state_dict"]
+    for key, value in clip_state.items():
+        state.setdefault(CLIP_PREFIX + key, value)

@@ -1,16 +1,25 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""What anomalib's command line asks of a model but does not hand to it: the seed, and options export drops."""
+"""What anomalib's command line asks of a model but does not hand to it, and what its users should hear instead.
+
+The seed that anomalib 2.7's CLI parses but ignores, the options ``anomalib export --ckpt_path`` drops, a file given as
+``--ckpt_path`` that is not a checkpoint (Lightning's error would advise running code from it), a run without
+``--data``, and a ``latest`` results folder that anomalib would leave as a plain folder. :class:`CommandLineHooks` is a
+base of ``BayesPFL`` that holds the hooks for them.
+"""
 
 import logging
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from anomalib.utils.path import create_versioned_dir
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
+
+from .checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +62,55 @@ def warn_that_export_ignores_model_options() -> None:
             "options are then applied, each with a warning.",
             ", ".join(ignored),
         )
+
+
+def refuse_without_data(what: str) -> NoReturn:
+    """Say what to give to a run that has no images (Lightning's message names a method to implement)."""
+    msg = (
+        f"{what} needs images to score: add --data, e.g. --data MVTecAD --data.root datasets/MVTecAD --data.category "
+        f"bottle, --data ZeroShotCrossDataset --data.target_root <folder> --data.target_format folder, or (anomalib "
+        f"predict) --data <image or folder>."
+    )
+    raise ValueError(msg)
+
+
+class CommandLineHooks:
+    """The hooks of ``BayesPFL`` that speak to a user of the command line."""
+
+    trainer: Trainer
+
+    def check_command_line_checkpoint(self) -> None:
+        """Refuse a ``--ckpt_path`` that is not a checkpoint; Lightning loads it after ``setup``, and says worse."""
+        checkpoint = command_line_checkpoint(self.trainer)
+        if checkpoint is not None:
+            read_checkpoint(checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """Load as anomalib does (``anomalib export --ckpt_path``), after checking that the file is a checkpoint."""
+        read_checkpoint(checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def prepare_data(self) -> None:
+        """Make anomalib's ``latest`` results folder a link to a new version folder where no run has made one yet.
+
+        anomalib's test and predict write into ``<root>/latest``; where no run has made it, it becomes a plain folder,
+        on which every later ``anomalib train`` there fails (``IsADirectoryError``), also after a run that stopped.
+        Lightning's ``prepare_data`` precedes every ``setup``, so nothing is written there yet.
+        """
+        root = Path(self.trainer.default_root_dir)
+        if root.name == "latest" and not root.exists() and not root.is_symlink():
+            create_versioned_dir(root.parent)
+
+    def val_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        refuse_without_data("validation, which anomalib runs before testing a zero- or few-shot model without a "
+                            "checkpoint,")  # fmt: skip
+
+    def test_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        refuse_without_data("anomalib test")
+
+    def predict_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        refuse_without_data("anomalib predict")

@@ -4,9 +4,9 @@
 """Frozen configuration tree of the Bayes-PFL head.
 
 ``BayesPFL`` (the Lightning module) takes a flat list of plain arguments so that jsonargparse and checkpoints
-can handle them; it turns them into a :class:`BayesPFLConfig`, and each sub-module receives only its own part.
-Every default is written once, here. The Lightning signature restates them literally and a unit test checks that
-the two agree.
+can handle them; ``settings.py`` resolves them and turns them into a :class:`BayesPFLConfig`, and each sub-module
+receives only its own part. Every default of the head is written once, here: the options' paper values in
+``settings.py`` are read from these dataclasses (the Lightning arguments default to unset).
 
 Symbols (paper / authors' flags): B ``num_prompts`` (``--prompt_num``), P ``context_len``
 (``--prompt_context_len``), Q ``state_len`` (``--prompt_state_len``), K ``num_flow_steps`` (``--num_flows``),

@@ -1,70 +1,23 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""The home of BayesPFL's thresholds: fixed probability thresholds, or conformal ones with a known false-alarm rate.
+"""Labels from probability thresholds: BayesPFL's post-processor.
 
 Scores are already probabilities, so there is no normalisation (min-max normalisation would also clamp scores
-outside the validation range and tie them), and the thresholds are options of the run or statistics of a few normal
-images of the category, never of its test data. anomalib's post-processor without normalisation labels a score
-``s`` anomalous when ``s > 1 - sensitivity``: the sensitivity is set from the threshold.
-
-Calibrated thresholds (``false_alarm_rate`` = alpha, on n normal calibration images of a category that are not its
-references; Angelopoulos & Bates, "A Gentle Introduction to Conformal Prediction", 2021):
-
-- Image: split conformal. The threshold is the ``ceil((n + 1)(1 - alpha))``-th smallest calibration score, so a
-  further normal image of the category, exchangeable with the calibration images, scores above it with probability
-  at most alpha.
-- Pixel: pixels of one image are not exchangeable, images are. Conformal risk control (Angelopoulos et al.,
-  "Conformal Risk Control", ICLR 2024) on each image's share of pixels above the threshold: the smallest threshold
-  with ``(n * mean share + 1) / (n + 1) <= alpha``. Then the expected share of flagged pixels on a further normal
-  image is at most alpha.
+outside the validation range and tie them). The thresholds are options of the run or statistics of a few normal
+images of the category (``calibration/``), never of its test data. anomalib's post-processor without normalisation
+labels a score ``s`` anomalous when ``s > 1 - sensitivity``: the sensitivity is set from the threshold. Exported
+models label with the thresholds this post-processor holds; the test and predict steps label each image with its own
+category's thresholds (:meth:`ProbabilityPostProcessor.label`).
 """
-
-import math
 
 import torch
 from anomalib.data import Batch
 from anomalib.post_processing import PostProcessor
 
-from .options import PAPER_DEFAULTS
+from anomalib_bayes_pfl.settings import BayesPFLSettings
 
-
-def minimum_calibration_images(false_alarm_rate: float) -> int:
-    """The fewest calibration images for which a conformal threshold at ``false_alarm_rate`` exists."""
-    return math.ceil(1 / false_alarm_rate - 1 - 1e-9)
-
-
-def _check_count(count: int, false_alarm_rate: float) -> None:
-    needed = minimum_calibration_images(false_alarm_rate)
-    if count < needed:
-        msg = (
-            f"a false-alarm rate of {false_alarm_rate} needs at least {needed} normal calibration images per "
-            f"category, got {count}; raise --model.calibration_images (and give that many more normal images) or "
-            f"the false-alarm rate."
-        )
-        raise ValueError(msg)
-
-
-def conformal_image_threshold(scores: torch.Tensor, false_alarm_rate: float) -> float:
-    """Split-conformal threshold on the image scores ``(n,)`` of normal calibration images."""
-    count = scores.numel()
-    _check_count(count, false_alarm_rate)
-    rank = math.ceil((count + 1) * (1 - false_alarm_rate) - 1e-9)
-    return float(scores.flatten().sort().values[rank - 1])
-
-
-def conformal_pixel_threshold(maps: torch.Tensor, false_alarm_rate: float) -> float:
-    """Risk-controlling threshold on the anomaly maps ``(n, H, W)`` of normal calibration images.
-
-    All maps have the same size, so the mean share of flagged pixels is the share among all their pixels: the
-    threshold is the value above which at most ``((n + 1) * alpha - 1) / n`` of them lie.
-    """
-    count = maps.shape[0]
-    _check_count(count, false_alarm_rate)
-    allowed_share = ((count + 1) * false_alarm_rate - 1) / count
-    values = maps.flatten()
-    rank = values.numel() - math.floor(allowed_share * values.numel() + 1e-9)
-    return float(values.kthvalue(max(rank, 1)).values)
+DEFAULTS = BayesPFLSettings()
 
 
 class ProbabilityPostProcessor(PostProcessor):
@@ -72,8 +25,8 @@ class ProbabilityPostProcessor(PostProcessor):
 
     def __init__(
         self,
-        image_threshold: float = PAPER_DEFAULTS["image_threshold"],
-        pixel_threshold: float = PAPER_DEFAULTS["pixel_threshold"],
+        image_threshold: float = DEFAULTS.image_threshold,
+        pixel_threshold: float = DEFAULTS.pixel_threshold,
     ) -> None:
         super().__init__(enable_normalization=False)
         self.set_thresholds(image_threshold, pixel_threshold)

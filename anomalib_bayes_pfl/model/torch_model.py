@@ -55,6 +55,20 @@ class BayesPFLTrainOutput(NamedTuple):
     kl: torch.Tensor
 
 
+class TrainingNoise(NamedTuple):
+    """The standard-normal draws of one training step (one sample per image and per image-agnostic distribution).
+
+    Attributes:
+        image_specific: ``(1, N, D)`` draws for the image-specific distribution.
+        normal: ``(1, D)`` draws for the normal image-agnostic distribution.
+        abnormal: ``(1, D)`` draws for the abnormal one.
+    """
+
+    image_specific: torch.Tensor
+    normal: torch.Tensor
+    abnormal: torch.Tensor
+
+
 class BayesPFLScores(NamedTuple):
     """Evaluation outputs, with the unsmoothed map that the authors' top-k image score reads.
 
@@ -266,17 +280,20 @@ class BayesPFLModel(nn.Module):
         self,
         images: torch.Tensor,
         class_names: Sequence[str] | None = None,
+        noise: TrainingNoise | None = None,
     ) -> InferenceBatch | BayesPFLTrainOutput:
         """Score ``images`` ``(N, 3, H, H)``, or compute the training outputs in training mode.
 
         Args:
             images: Pre-processed images.
             class_names: One class name per image; ``None`` uses ``default_class_name`` for all.
+            noise: Training only: the step's draws (drawn from the global generator when ``None``); a test passes
+                the authors' own to compare with their code.
         """
         if self.training:
             tokens = self.class_tokens(class_names, images)
             features = self.encode_images(images)
-            return self._training_forward(features.global_features, features.patch_tokens, tokens)
+            return self._training_forward(features.global_features, features.patch_tokens, tokens, noise)
         scores = self.score(images, class_names)
         return InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
 
@@ -329,14 +346,17 @@ class BayesPFLModel(nn.Module):
         global_features: torch.Tensor,
         patch_tokens: list[torch.Tensor],
         tokens: ClassTokens,
+        noise: TrainingNoise | None,
     ) -> BayesPFLTrainOutput:
         """One fresh sample per image and per image-agnostic distribution (authors: PFL.py L33-51)."""
-        num_images, embed_dim = global_features.shape
-        noise = (
-            torch.randn(1, num_images, embed_dim, device=global_features.device),
-            torch.randn(1, embed_dim, device=global_features.device),
-            torch.randn(1, embed_dim, device=global_features.device),
-        )
+        if noise is None:
+            num_images, embed_dim = global_features.shape
+            device = global_features.device
+            noise = TrainingNoise(
+                torch.randn(1, num_images, embed_dim, device=device),
+                torch.randn(1, embed_dim, device=device),
+                torch.randn(1, embed_dim, device=device),
+            )
         stage = self.image_head_stage
         # Stage 2 trains the classifier only: nothing before it needs gradients, and no pixel map is needed.
         with torch.set_grad_enabled(stage == 1 and torch.is_grad_enabled()):

@@ -12,7 +12,7 @@ from PIL import Image
 from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
-from ..unit.test_lightning_model import tiny_module
+from ..helpers import tiny_module
 
 
 def _tree(root):

@@ -14,9 +14,9 @@ from anomalib.engine import Engine
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.prediction_writer import PREDICTIONS_CSV
+from anomalib_bayes_pfl.reporting import PREDICTIONS_CSV
 
-from ..unit.test_lightning_model import tiny_module
+from ..helpers import tiny_module
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.augmentation import AuthorsAugmentations
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
-from .test_cli import TINY_MODEL, anomalib_cli
+from ..helpers import TINY_MODEL, anomalib_cli
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 TINY_DATA = ("--data.train_batch_size=4", "--data.eval_batch_size=4", "--data.num_workers=0")

@@ -15,7 +15,7 @@ import yaml
 
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
-from .test_cli import TINY_MODEL, anomalib_cli
+from ..helpers import TINY_MODEL, anomalib_cli
 
 pytestmark = pytest.mark.slow
 

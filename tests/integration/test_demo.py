@@ -9,7 +9,7 @@ import logging
 import pytest
 
 from anomalib_bayes_pfl.demo import run_demo
-from anomalib_bayes_pfl.metrics import CSV_NAME
+from anomalib_bayes_pfl.reporting import CSV_NAME
 
 pytestmark = pytest.mark.slow
 

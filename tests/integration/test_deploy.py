@@ -16,26 +16,9 @@ from lightning.pytorch import Callback, seed_everything
 
 from anomalib_bayes_pfl import BayesPFL
 
-from ..helpers import TINY_CLI, TINY_CLIP, cross_dataset
-from ..unit.test_lightning_model import tiny_module
-from .test_cli import TINY_MODEL, anomalib_cli
+from ..helpers import TINY_CLI, TINY_CLIP, anomalib_cli, cross_data_cli, cross_dataset, tiny_module
 
 pytestmark = pytest.mark.slow
-
-
-def cross_data_cli(tree: Path) -> tuple[str, ...]:
-    """``cross_dataset(tree)`` as anomalib CLI options."""
-    return (
-        "--data=ZeroShotCrossDataset",
-        f"--data.auxiliary_root={tree}",
-        "--data.auxiliary_format=mvtec",
-        "--data.auxiliary_categories=[tile_a, tile_b]",
-        f"--data.target_root={tree}",
-        "--data.target_format=mvtec",
-        "--data.target_categories=[tile_c]",
-        "--data.train_batch_size=2",
-        "--data.num_workers=0",
-    )
 
 
 def _train(root: Path, tree: Path, **kwargs) -> tuple[BayesPFL, list[dict], Path]:
@@ -200,30 +183,6 @@ def test_torch_export_and_inferencer_match_the_checkpoint(tmp_path, mvtec_tree, 
         expected = module(read_image(image_path, as_tensor=True).unsqueeze(0))
     torch.testing.assert_close(prediction.pred_score.flatten(), expected.pred_score.flatten(), rtol=0, atol=1e-6)
     torch.testing.assert_close(prediction.anomaly_map.flatten(), expected.anomaly_map.flatten(), rtol=0, atol=1e-6)
-
-
-def test_two_process_ddp_training_agrees_on_the_head(tmp_path, mvtec_tree):
-    result = anomalib_cli(
-        "train",
-        "--model",
-        "BayesPFL",
-        *TINY_MODEL,
-        *cross_data_cli(mvtec_tree),
-        "--trainer.accelerator=cpu",
-        "--trainer.devices=2",
-        "--trainer.strategy=ddp",
-        "--trainer.callbacks+=tests.helpers.SaveHeadPerRank",
-        f"--trainer.callbacks.folder={tmp_path / 'heads'}",
-        "--default_root_dir=results",
-        cwd=tmp_path,
-        pythonpath=str(Path(__file__).parents[2]),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    heads = [torch.load(tmp_path / "heads" / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
-    for key, value in heads[0].items():
-        if isinstance(value, torch.Tensor):
-            assert torch.equal(value, heads[1][key]), key
-    assert "image_AUROC" in result.stdout
 
 
 def test_onnx_export_for_a_fixed_class_and_size_matches_the_module(tmp_path, mvtec_tree, trained):

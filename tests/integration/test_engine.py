@@ -17,10 +17,9 @@ from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.metrics import PerCategoryMetrics
+from anomalib_bayes_pfl.reporting import PerCategoryMetrics
 
-from ..helpers import cross_dataset
-from ..unit.test_lightning_model import tiny_module
+from ..helpers import cross_dataset, tiny_module
 
 
 def _datamodule(root: Path, category: str = "tile_a") -> MVTecAD:
@@ -68,7 +67,7 @@ def test_normal_only_training_data_gets_announced_synthetic_anomalies(tiny_clip_
     assert "normal images only" in caplog.text
     assert "deviates from the paper's protocol" in caplog.text
     assert module.synthetic_anomalies.generator.probability == 0.5
-    assert module.is_trained
+    assert module.model.is_trained
     assert list((tmp_path / "default").rglob("model.ckpt"))
 
 
@@ -189,7 +188,7 @@ def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tm
     assert batch.gt_mask is None
     assert batch.gt_label.any()
     module.model.train()
-    output = module.model(module.pre_processor.transform(batch.image), module._class_names(batch))
+    output = module.model(module.pre_processor.transform(batch.image), module.class_names_of(batch.image_path))
     terms = module.loss(*output[:2], output.text_embeddings, output.kl, batch.gt_label, None, prompt_index=0, stage=1)
     assert terms.focal == 0
     assert terms.dice == 0
@@ -201,8 +200,8 @@ def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tm
         fallback = tiny_module(tiny_clip_path)
         fallback.model.load_state_dict(module.model.state_dict())
         batch = SimpleNamespace(image=image, image_path=["upload/any.png"])
-        assert named._class_names(batch) == ["widget"]
-        assert fallback._class_names(batch) == ["object"]
+        assert named.class_names_of(batch.image_path) == ["widget"]
+        assert fallback.class_names_of(batch.image_path) == ["object"]
 
 
 def test_thresholds_given_with_a_checkpoint_win_over_the_stored_ones(trained):

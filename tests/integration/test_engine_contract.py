@@ -63,7 +63,7 @@ def test_trained_form_meets_the_contract(trained_checkpoint):
 def test_zero_shot_form_meets_the_contract(trained_checkpoint, mvtec_tree, tmp_path):
     model = BayesPFL(prompt_weights=str(trained_checkpoint))  # every option from the checkpoint
     assert model.learning_type == LearningType.ZERO_SHOT
-    assert model.options["image_size"] == 64
+    assert model.settings.image_size == 64
     checkpoint = _run_contract(model, mvtec_tree, tmp_path)
     # The checkpoint holds the head: loading it (as export --ckpt_path does) needs no prompt-weights file.
     assert torch.load(checkpoint, weights_only=True)["hyper_parameters"]["prompt_weights"] is None

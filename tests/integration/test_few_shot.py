@@ -16,12 +16,11 @@ from anomalib.engine import Engine
 from lightning.pytorch import seed_everything
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
+from anomalib_bayes_pfl.calibration.images import FEW_SHOT_IMAGES_CSV
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.few_shot import FEW_SHOT_IMAGES_CSV
-from anomalib_bayes_pfl.metrics import CSV_NAME, MEAN_ROW
+from anomalib_bayes_pfl.reporting import CSV_NAME, MEAN_ROW
 
-from ..helpers import cross_dataset
-from ..unit.test_lightning_model import tiny_module
+from ..helpers import cross_dataset, tiny_module
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
-from ..helpers import TINY_ARGUMENTS
-from ..unit.test_lightning_model import tiny_module
+from ..helpers import TINY_ARGUMENTS, tiny_module
 
 NUM_GOOD, NUM_BAD = 3, 3
 

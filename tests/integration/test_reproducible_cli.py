@@ -17,17 +17,16 @@ from anomalib.deploy import TorchInferencer
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.metrics import CSV_NAME
+from anomalib_bayes_pfl.reporting import CSV_NAME
 
-from .test_cli import TINY_MODEL, anomalib_cli
-from .test_deploy import cross_data_cli
+from ..helpers import TINY_MODEL, anomalib_cli, cross_data_cli
 
 pytestmark = pytest.mark.slow
 
 SEEDED = ("--seed_everything=42", "--model.num_prompts=2", "--model.num_flow_steps=2", "--model.stage_one_epochs=2")
 
 
-def _train(cwd: Path, tree: Path, *extra: str) -> tuple[pd.DataFrame, Path]:
+def _train(cwd: Path, tree: Path, *extra: str, pythonpath: str | None = None) -> tuple[pd.DataFrame, Path]:
     cwd.mkdir(exist_ok=True)
     result = anomalib_cli(
         "train",
@@ -39,6 +38,7 @@ def _train(cwd: Path, tree: Path, *extra: str) -> tuple[pd.DataFrame, Path]:
         "--default_root_dir=results",
         *extra,
         cwd=cwd,
+        pythonpath=pythonpath,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return _table(cwd / "results"), next((cwd / "results").rglob("model.ckpt"))
@@ -87,7 +87,7 @@ def test_predict_and_export_take_everything_from_the_checkpoint(tmp_path, mvtec_
     assert result.returncode == 0, result.stderr[-3000:]
     predicted = pd.read_csv(next(tmp_path.rglob("predictions.csv"))).sort_values("image_path")
     module = BayesPFL.load_from_checkpoint(checkpoint).eval()
-    assert (module.options["image_size"], module.options["num_samples"]) == (64, 2)
+    assert (module.settings.image_size, module.settings.num_samples) == (64, 2)
     raw = torch.stack([read_image(path, as_tensor=True) for path in sorted(images.glob("*.png"))])
     with torch.no_grad():
         expected = module(raw)  # an exported model's forward: the class name 'object', as nothing names one
@@ -138,12 +138,24 @@ def test_same_seed_same_table_with_workers_and_from_a_config_file(tmp_path, mvte
     pd.testing.assert_frame_equal(from_config, table, check_exact=True)
 
 
-def test_two_process_test_phase_scores_every_image_once(tmp_path):
-    """5 target images on 2 processes: the distributed sampler pads one duplicate, which must not be counted."""
+def test_two_processes_train_one_head_and_score_every_image_once(tmp_path):
+    """Both processes end training with the same head. 5 target images on 2 processes: the distributed sampler pads
+    one duplicate, which must not be counted."""
     tree = write_tree(tmp_path / "data", ["tile_a", "tile_b", "tile_c"], num_test_good=3, num_test_defect=2)
     distributed, checkpoint = _train(
-        tmp_path / "ddp", tree, "--data.eval_batch_size=2", "--trainer.devices=2", "--trainer.strategy=ddp"
+        tmp_path / "ddp",
+        tree,
+        "--data.eval_batch_size=2",
+        "--trainer.devices=2",
+        "--trainer.strategy=ddp",
+        "--trainer.callbacks+=tests.helpers.SaveHeadPerRank",
+        f"--trainer.callbacks.folder={tmp_path / 'heads'}",
+        pythonpath=str(Path(__file__).parents[2]),
     )
+    heads = [torch.load(tmp_path / "heads" / f"rank{rank}.pt", weights_only=False) for rank in (0, 1)]
+    for key, value in heads[0].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, heads[1][key]), key
     single, _ = _test(tmp_path / "single", checkpoint, tree, "--trainer.devices=1")
     assert distributed.loc["tile_c", "images"] == single.loc["tile_c", "images"] == 5
     # The same images and scores; pixel metrics sum over pixels in the gathered order, hence not bit for bit.

@@ -14,13 +14,9 @@ from anomalib.engine import Engine
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from anomalib_bayes_pfl.metrics import CSV_NAME
-from anomalib_bayes_pfl.prediction_writer import PREDICTIONS_CSV
-from anomalib_bayes_pfl.visualization import UncertaintyVisualizer
+from anomalib_bayes_pfl.reporting import CSV_NAME, PREDICTIONS_CSV, UncertaintyVisualizer
 
-from ..helpers import cross_dataset
-from ..unit.test_lightning_model import tiny_module
-from ..unit.test_review import _sparsification_by_hand
+from ..helpers import cross_dataset, sparsification_by_hand, tiny_module
 
 REVIEW_FRACTION = 0.25  # 6 test images per category: the most uncertain one is marked
 BANNER = (200, 0, 0)
@@ -77,7 +73,7 @@ def test_table_judges_the_uncertainty_as_computed_by_hand(reviewed_run):
         expected = (decided_alone.pred_label != decided_alone.label).mean()
         assert row.image_error_rate_unreviewed == pytest.approx(expected)
         assert row.image_ece == pytest.approx(_ece_by_hand(rows.probability.to_numpy(), rows.label.to_numpy()))
-        ause, random_ause = _sparsification_by_hand(
+        ause, random_ause = sparsification_by_hand(
             rows.uncertainty.tolist(), (rows.probability - rows.label).abs().tolist()
         )
         assert (row.image_ause, row.image_ause_random) == pytest.approx((ause, random_ause), abs=1e-6)

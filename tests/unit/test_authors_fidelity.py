@@ -18,11 +18,13 @@ import torch
 from anomalib.data import ImageBatch
 
 from anomalib_bayes_pfl import BayesPFL
-from anomalib_bayes_pfl.model import flows, lightning_model, torch_model
+from anomalib_bayes_pfl.model import flows
 from anomalib_bayes_pfl.model.backbone import ImageFeatures, interpolate_positional_embedding
 from anomalib_bayes_pfl.model.loss import dice_loss, focal_loss, orthogonality_loss
 from anomalib_bayes_pfl.model.reference_checkpoint import REFERENCE_KEY, convert_reference_state_dict
 from anomalib_bayes_pfl.model.scoring import smooth, upsample
+from anomalib_bayes_pfl.model.torch_model import TrainingNoise
+from anomalib_bayes_pfl.model.training import training_loss
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "authors_reference"
 TOLERANCE = 1e-5
@@ -196,20 +198,11 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
     compare = Comparisons()
     model = module.model.train()
     model.image_head_stage = stage
-    draws = iter(
-        [
-            reference[f"train_s{stage}_eps_isd"].unsqueeze(0),
-            reference[f"train_s{stage}_eps_normal"],
-            reference[f"train_s{stage}_eps_abnormal"],
-        ]
+    noise = TrainingNoise(  # the authors' own draws, injected: no generator is patched
+        reference[f"train_s{stage}_eps_isd"].unsqueeze(0),
+        reference[f"train_s{stage}_eps_normal"],
+        reference[f"train_s{stage}_eps_abnormal"],
     )
-
-    def recorded_randn(*size: int, **kwargs) -> torch.Tensor:
-        draw = next(draws)
-        assert tuple(draw.shape) == tuple(size), f"draw of shape {size}, recorded {tuple(draw.shape)}"
-        return draw.clone()
-
-    monkeypatch.setattr(torch_model.torch, "randn", recorded_randn)
     recorder = FlowRecorder(model, monkeypatch)
     features: list[torch.Tensor] = []
     encode_images = model.encode_images
@@ -221,8 +214,6 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
 
     monkeypatch.setattr(model, "encode_images", recording_encode_images)
     prompt_index = reference[f"train_s{stage}_prompt_index"]
-    monkeypatch.setattr(lightning_model.torch, "randint", lambda high, size: torch.tensor([prompt_index]))
-    monkeypatch.setattr(module, "_class_names", lambda batch: reference["train_class_names"])
     masks = reference["train_masks"].float()
     batch = ImageBatch(
         image=reference["train_images"].float(),
@@ -231,7 +222,9 @@ def test_training_step_matches_the_authors(reference, module, monkeypatch, stage
         mask_path=["mask.png", ""],  # the anomalous image has a mask file
     )
     model.zero_grad()
-    output, terms = module.training_loss(batch, stage)  # the module's own training path, minus the optimiser
+    output, terms = training_loss(  # the module's own training path, minus the optimiser
+        model, module.loss, batch, reference["train_class_names"], stage, noise=noise, prompt_index=int(prompt_index)
+    )
     monkeypatch.undo()
     recorder.remove()
     terms.total.backward()

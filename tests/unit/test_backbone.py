@@ -47,7 +47,7 @@ def test_larger_input_interpolates_positions(tiny_clip):
     features = encode_image_taps(tiny_clip, torch.randn(1, 3, 64, 64), (1, 2, 3, 4))
     assert [tuple(t.shape) for t in features.patch_tokens] == [(1, 64, 64)] * 4
     positions = tiny_clip.visual.positional_embedding
-    assert interpolate_positional_embedding(positions, 4) is positions
+    assert torch.equal(interpolate_positional_embedding(positions, 4), positions)
     resized = interpolate_positional_embedding(positions, 8)
     assert resized.shape == (65, 64)
     torch.testing.assert_close(resized[0], positions[0])

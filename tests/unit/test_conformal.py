@@ -15,12 +15,12 @@ import pytest
 import torch
 from anomalib.data.utils import read_image
 
-from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.model.post_processor import (
+from anomalib_bayes_pfl.calibration.conformal import (
     conformal_image_threshold,
     conformal_pixel_threshold,
     minimum_calibration_images,
 )
+from anomalib_bayes_pfl.data.synthetic import write_tree
 from anomalib_bayes_pfl.model.references import CategoryReferences, memory_tokens
 
 SPLITS = 2000

@@ -49,6 +49,26 @@ def test_parser_errors_end_with_the_option_value_and_reason(capsys):
     assert last == "In short: --data.target_format mvtc: expected one of 'mvtec', 'visa', 'folder'"
 
 
+@pytest.mark.parametrize(
+    ("subcommand", "option", "restriction"),
+    [
+        ("train", "image_threshold=1.5", "does not conform to restriction v>0 and v<1"),
+        ("test", "review_fraction=1", "v>=0 and v<1"),
+        ("test", "uncertainty=entropy", "'mutual_information', 'std'"),
+    ],
+)
+def test_out_of_range_values_are_refused_by_the_parser_with_their_name(capsys, subcommand, option, restriction):
+    """A short parser error (exit 2) naming the option and its range, not a traceback from inside the model."""
+    with pytest.raises(SystemExit) as stopped:
+        AnomalibCLI([subcommand, "--model", "BayesPFL", *TINY_CLI, f"--model.{option}"], run=False)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    last_lines = "\n".join(error.splitlines()[-12:])
+    assert f'Parser key "{option.split("=")[0]}"' in last_lines, last_lines
+    assert restriction in last_lines, last_lines
+    assert "Traceback" not in error
+
+
 def test_other_parser_errors_are_left_as_they_are():
     report = (
         'Parser key "model":\n'

@@ -13,34 +13,35 @@ from anomalib.data import ImageBatch
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.data.validation import DataCheck
-from anomalib_bayes_pfl.model.config import BayesPFLConfig, FlowConfig, PromptConfig, ScoringConfig
-from anomalib_bayes_pfl.model.options import PAPER_DEFAULTS, is_unset
+from anomalib_bayes_pfl.settings import BayesPFLSettings, is_unset
 
-from ..helpers import TINY_ARGUMENTS
-
-
-def tiny_module(tiny_clip_path: str, **kwargs) -> BayesPFL:
-    return BayesPFL(**{**TINY_ARGUMENTS, "clip_model": tiny_clip_path, **kwargs})
+from ..helpers import tiny_module
 
 
 def test_scoring_options_are_unset_and_resolve_to_the_paper():
     """Unset options are left to a checkpoint; without one they take the paper's values, and nothing is built."""
     parameters = inspect.signature(BayesPFL).parameters
-    assert all(is_unset(name, parameters[name].default) for name in PAPER_DEFAULTS)
+    assert all(is_unset(name, parameters[name].default) for name in BayesPFLSettings.option_names())
     module = BayesPFL()  # the default ViT-L-14-336 would need a download: nothing may be built yet
     assert not module.is_built
-    assert module.options == PAPER_DEFAULTS
+    assert module.settings == BayesPFLSettings()
+    assert module.settings.given == frozenset()
     assert module.pre_processor.transform.transforms[0].size == [518, 518]
-    prompt, flow, scoring, config = PromptConfig(), FlowConfig(), ScoringConfig(), BayesPFLConfig()
-    assert (module.options["num_prompts"], module.options["prompt_context_len"]) == (prompt.num_prompts, 5)
-    assert (module.options["prompt_state_len"], module.options["num_flow_steps"]) == (prompt.state_len, 10)
-    assert module.options["image_specific_distribution"] == flow.image_specific
-    assert (module.options["num_samples"], module.options["smoothing_sigma"]) == (scoring.num_samples, 8.0)
-    assert (module.options["eval_seed"], module.options["image_size"]) == (scoring.eval_seed, 518)
-    assert module.options["residual_attention"] == config.residual_attention
-    assert module.options["clip_model"] == "ViT-L-14-336"
-    assert module.options["clip_quick_gelu"] is False
-    assert (module.options["image_threshold"], module.options["pixel_threshold"]) == (0.5, 0.5)
+    # The authors' values (their train.py / test.py flags and the paper's Sec. 4.1), written out, not read from code.
+    settings = module.settings
+    assert (settings.clip_model, settings.clip_pretrained, settings.clip_quick_gelu) == (
+        "ViT-L-14-336",
+        "openai",
+        False,
+    )
+    assert (settings.image_size, settings.tap_layers) == (518, None)  # None: the quarter points, 6, 12, 18, 24
+    assert (settings.num_prompts, settings.prompt_context_len, settings.prompt_state_len) == (3, 5, 5)
+    assert (settings.num_flow_steps, settings.num_samples) == (10, 10)
+    assert (settings.smoothing_sigma, settings.eval_seed) == (8.0, 333)
+    assert (settings.image_specific_distribution, settings.image_agnostic_distribution) == (True, True)
+    assert settings.residual_attention is True
+    assert (settings.image_threshold, settings.pixel_threshold) == (0.5, 0.5)
+    assert (settings.k_shot, settings.false_alarm_rate, settings.review_fraction) == (0, None, 0.0)
 
 
 def test_untrained_head_is_one_class(tiny_clip_path):
@@ -72,16 +73,16 @@ def test_one_rule_names_category_and_class_name_of_every_image(tiny_clip_path, m
     batch = ImageBatch(image=torch.zeros(3, 3, 64, 64), image_path=paths)
     loose = module.image_categories(batch.image_path, 3)  # anomalib predict on files: no datamodule
     assert [name.category for name in loose] == ["metal_nut", "pcb1", "object"]
-    assert module._class_names(batch) == ["metal_nut", "pcb1", "object"]
+    assert module.class_names_of(batch.image_path) == ["metal_nut", "pcb1", "object"]
     assert [name.dataset for name in loose] == ["", "", ""]
     monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="widget")))
     module._trainer = object()
-    assert module._class_names(batch) == ["metal_nut", "pcb1", "widget"]
+    assert module.class_names_of(batch.image_path) == ["metal_nut", "pcb1", "widget"]
     lookup = {paths[2]: "gear"}.get
     monkeypatch.setattr(
         BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(category="", class_name_of=lookup))
     )
-    assert module._class_names(batch) == ["metal_nut", "pcb1", "gear"]
+    assert module.class_names_of(batch.image_path) == ["metal_nut", "pcb1", "gear"]
     btech = ImageBatch(image=torch.zeros(2, 3, 64, 64), image_path=["BTech/01/test/ko/0.bmp", "BTech/02/test/ok/1.bmp"])
     monkeypatch.setattr(BayesPFL, "trainer", SimpleNamespace(datamodule=SimpleNamespace(name="BTech", category="01")))
     names = module.image_categories(btech.image_path, 2)
@@ -89,10 +90,10 @@ def test_one_rule_names_category_and_class_name_of_every_image(tiny_clip_path, m
         ("BTech", "metal1", "metal1"),  # anomalib's BTech, by the authors' names, in the table as in the prompts
         ("BTech", "wood", "wood"),
     ]
-    module.class_name = "gear box"
+    module.settings = BayesPFLSettings(class_name="gear box")
     module._trainer = None
     names = module.image_categories(batch.image_path, 3)
-    assert module._class_names(batch) == ["gear box"] * 3
+    assert module.class_names_of(batch.image_path) == ["gear box"] * 3
     assert [name.category for name in names] == ["metal_nut", "pcb1", "gear box"]  # the category stays the data's
 
 
@@ -111,7 +112,7 @@ def test_nan_images_are_named_by_the_data_check_of_every_stage(tiny_clip_path):
 
 
 def test_epochs_must_be_positive(tiny_clip_path):
-    with pytest.raises(ValueError, match="stage_one_epochs=0 and stage_two_epochs=0"):
+    with pytest.raises(ValueError, match="stage_one_epochs=0, stage_two_epochs=0: both >= 0, one positive"):
         tiny_module(tiny_clip_path, stage_one_epochs=0, stage_two_epochs=0)
 
 

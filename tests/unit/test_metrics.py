@@ -11,7 +11,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.metrics import MEAN_ROW, PerCategoryMetrics
+from anomalib_bayes_pfl.reporting import MEAN_ROW, PerCategoryMetrics
+from anomalib_bayes_pfl.settings import BayesPFLSettings
 
 # image path -> (dataset, category)
 IMAGES = {
@@ -23,7 +24,7 @@ IMAGES = {
 
 
 def _trainer(tmp_path):
-    return SimpleNamespace(world_size=1, global_rank=0, default_root_dir=tmp_path)
+    return SimpleNamespace(world_size=1, global_rank=0, default_root_dir=tmp_path, test_dataloaders=[])
 
 
 def _batch(paths: list[str], *, masks: bool) -> BayesPFLBatch:
@@ -47,7 +48,7 @@ def _batch(paths: list[str], *, masks: bool) -> BayesPFLBatch:
 
 
 def _table(tmp_path, batches: list[BayesPFLBatch]):
-    callback, trainer = PerCategoryMetrics(), _trainer(tmp_path)
+    callback, trainer = PerCategoryMetrics(lambda paths: [], BayesPFLSettings), _trainer(tmp_path)
     module = SimpleNamespace(image_score="probability", log=lambda *args, **kwargs: None)
     callback.on_test_start(trainer, module)
     for batch in batches:

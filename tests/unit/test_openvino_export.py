@@ -11,11 +11,12 @@ from anomalib.data import MVTecAD
 from anomalib.deploy import CompressionType
 from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
 
-from anomalib_bayes_pfl import ZeroShotCrossDataset, openvino_export
-from anomalib_bayes_pfl.openvino_export import MatrixResize, calibration_image_paths, resize_by_matrices
+from anomalib_bayes_pfl import ZeroShotCrossDataset
+from anomalib_bayes_pfl.deploy import openvino as openvino_export
+from anomalib_bayes_pfl.deploy.openvino import calibration_image_paths
+from anomalib_bayes_pfl.deploy.resize import MatrixResize, resize_by_matrices
 
-from ..helpers import cross_dataset
-from .test_lightning_model import tiny_module
+from ..helpers import cross_dataset, tiny_module
 
 
 @pytest.mark.parametrize(("height", "width"), [(64, 64), (100, 37), (30, 50), (700, 500), (517, 519)])

@@ -6,7 +6,9 @@
 import pytest
 import torch
 
-from anomalib_bayes_pfl.review import review_flags, sparsification, warn_if_uninformative
+from anomalib_bayes_pfl.reporting.review import review_flags, sparsification, warn_if_uninformative
+
+from ..helpers import sparsification_by_hand
 
 
 def test_review_marks_the_most_uncertain_share():
@@ -25,25 +27,11 @@ def test_review_marks_do_not_depend_on_order_and_leave_ties_at_the_cut_out():
     assert not review_flags(torch.zeros(20), 0.5).any()  # samples that all agree: nothing to review
 
 
-def _sparsification_by_hand(uncertainty: list[float], error: list[float]) -> tuple[float, float]:
-    """Remove one image at a time (distinct uncertainties), most uncertain or largest error first."""
-    count = len(error)
-    by_uncertainty = [e for _, e in sorted(zip(uncertainty, error, strict=True), reverse=True)]
-    by_error = sorted(error, reverse=True)
-    model = [sum(by_uncertainty[k:]) / (count - k) for k in range(count)]
-    oracle = [sum(by_error[k:]) / (count - k) for k in range(count)]
-    mean = sum(error) / count
-    return (
-        sum(m - o for m, o in zip(model, oracle, strict=True)) / count,
-        sum(mean - o for o in oracle) / count,
-    )
-
-
 def test_sparsification_matches_the_step_by_step_definition():
     generator = torch.Generator().manual_seed(1)
     uncertainty, error = torch.rand(25, generator=generator), torch.rand(25, generator=generator)
     result = sparsification(uncertainty, error)
-    expected = _sparsification_by_hand(uncertainty.tolist(), error.tolist())
+    expected = sparsification_by_hand(uncertainty.tolist(), error.tolist())
     assert result.ause == pytest.approx(expected[0], abs=1e-12)
     assert result.random_ause == pytest.approx(expected[1], abs=1e-12)
     assert result.ause > 0

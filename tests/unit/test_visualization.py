@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from anomalib_bayes_pfl.visualization import HEADER_HEIGHT, render_uncertainty, uncertainty_title
+from anomalib_bayes_pfl.reporting.visualization import HEADER_HEIGHT, render_uncertainty, uncertainty_title
 
 
 def test_the_uncertainty_map_is_drawn_over_the_image(tmp_path):

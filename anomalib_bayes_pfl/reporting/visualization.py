@@ -15,7 +15,7 @@ a red banner (the marks are ranks within a category, ``review.py``).
 """
 
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_MAXIMUM
-from anomalib_bayes_pfl.review import grouped_review_flags
+from anomalib_bayes_pfl.settings import BayesPFLSettings
+
+from .review import grouped_review_flags
 
 logger = logging.getLogger(__name__)
 
@@ -122,8 +124,9 @@ def stamp_review_banner(path: Path) -> None:
 class UncertaintyVisualizer(ImageVisualizer):
     """anomalib's image visualizer, plus each image's uncertainty map and, with review, the review banners."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, settings: Callable[[], BayesPFLSettings] = BayesPFLSettings, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.settings = settings  # the run's options when it is used: the uncertainty measure and the review share
         # Each visualised image's category, uncertainty and files, for the review marks at the end of the run.
         self.written: list[tuple[Hashable, float, list[Path]]] = []
 
@@ -157,7 +160,7 @@ class UncertaintyVisualizer(ImageVisualizer):
         if outputs.uncertainty_map is None or not outputs.image_path:
             return
         datamodule = getattr(trainer, "datamodule", None)
-        measure = pl_module.options["uncertainty"]
+        measure = self.settings().uncertainty
         keys = list(zip(outputs.dataset, outputs.category, strict=True))
         for item, key in zip(outputs, keys, strict=True):
             visualisation = generate_output_filename(
@@ -178,9 +181,9 @@ class UncertaintyVisualizer(ImageVisualizer):
             files = [file for file in (visualisation, uncertainty_file) if file.is_file()]
             self.written.append((key, float(item.uncertainty), files))
 
-    def _stamp_marked(self, pl_module: LightningModule) -> int:
+    def _stamp_marked(self) -> int:
         """Put the review banner on the images marked ``needs_review``; return how many images got one."""
-        fraction = pl_module.options["review_fraction"]
+        fraction = self.settings().review_fraction
         if not fraction or not self.written:
             return 0
         keys, uncertainties, files = zip(*self.written, strict=True)
@@ -192,8 +195,8 @@ class UncertaintyVisualizer(ImageVisualizer):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Mark the images to review, now that every image is scored, and say where (test writes no table of them)."""
-        del trainer
-        marked = self._stamp_marked(pl_module)
+        del trainer, pl_module
+        marked = self._stamp_marked()
         if marked:
             print(
                 f"{marked} images marked needs_review: their visualisations under {self.output_dir} have a red banner"
@@ -201,5 +204,5 @@ class UncertaintyVisualizer(ImageVisualizer):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Mark the images to review (predictions.csv lists them)."""
-        del trainer
-        self._stamp_marked(pl_module)
+        del trainer, pl_module
+        self._stamp_marked()

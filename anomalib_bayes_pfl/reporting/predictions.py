@@ -8,7 +8,7 @@ batch, so that an interrupted run keeps what it scored. With ``review_fraction``
 added once every image is scored (``review.py``): only each row's category and uncertainty are kept until then.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.data.class_names import log_categories
+from anomalib_bayes_pfl.data.class_names import image_categories, log_categories
 from anomalib_bayes_pfl.data.validation import loader_files
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_UNITS
-from anomalib_bayes_pfl.review import grouped_review_flags, indices_by_group, warn_if_uninformative
+from anomalib_bayes_pfl.settings import BayesPFLSettings
+
+from .review import grouped_review_flags, indices_by_group, warn_if_uninformative
 
 PREDICTIONS_CSV = "predictions.csv"
 COLUMNS = ["image_path", "category", "class_name", "pred_score", "pred_label", "uncertainty"]
@@ -33,16 +35,19 @@ class PredictionTable(BasePredictionWriter):
     With several processes each writes its own share, ``predictions_rank<r>.csv``, and marks its own share for review.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Callable[[], BayesPFLSettings] = BayesPFLSettings) -> None:
         super().__init__(write_interval="batch")
+        self.settings = settings
         self.path: Path | None = None
         self.categories: list[tuple[str, str]] = []
         self.uncertainties: list[torch.Tensor] = []
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the table with its header; say which category each image gets."""
+        del pl_module
         images = loader_files(trainer.predict_dataloaders)
-        log_categories(pl_module.image_categories(images, len(images)))
+        class_name, datamodule = self.settings().class_name, getattr(trainer, "datamodule", None)
+        log_categories(image_categories(images, len(images), class_name=class_name, datamodule=datamodule))
         name = PREDICTIONS_CSV if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
         self.path = Path(trainer.default_root_dir) / name
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,10 +87,10 @@ class PredictionTable(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Add the review marks, and say where the table is."""
-        del trainer
+        del trainer, pl_module
         rows = len(self.categories)
-        fraction = pl_module.options["review_fraction"]
-        name = pl_module.options["uncertainty"]
+        settings = self.settings()
+        fraction, name = settings.review_fraction, settings.uncertainty
         written = f"Scores, labels and uncertainties ({name}, {UNCERTAINTY_UNITS[name]}) of {rows} images written to"
         uncertainties = torch.cat(self.uncertainties) if rows else torch.zeros(0)
         for (_, category), members in indices_by_group(self.categories).items():

@@ -1,0 +1,78 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""One evaluation step: a batch of images in, the scored and labelled ``BayesPFLBatch`` out.
+
+Each image's dataset, category, class name and thresholds are set here, once, for everything that reports on it.
+"""
+
+import dataclasses
+
+import torch
+from anomalib.data import Batch
+from torch import nn
+
+from anomalib_bayes_pfl.batch import BayesPFLBatch
+from anomalib_bayes_pfl.data.class_names import ImageCategory
+from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
+from anomalib_bayes_pfl.reporting.paper_score import paper_map_scores
+from anomalib_bayes_pfl.settings import BayesPFLSettings
+
+from .thresholds import thresholds_of
+
+
+def score_and_label(
+    batch: Batch,
+    model: BayesPFLModel,
+    settings: BayesPFLSettings,
+    names: list[ImageCategory],
+    post_processor: nn.Module | None,
+    *,
+    few_shot: bool = True,
+    uncertainty: bool = True,
+) -> BayesPFLBatch:
+    """Score ``batch`` (pre-processed images) with each image's class name and label it with its thresholds.
+
+    Args:
+        batch: The batch to score.
+        model: The torch model.
+        settings: The run's options.
+        names: Each image's dataset, category and class name.
+        post_processor: BayesPFL's post-processor labels the images; another one is left to anomalib.
+        few_shot: Fuse the references' memory, where the model has one.
+        uncertainty: Measure the prompt samples' disagreement (``settings.uncertainty``).
+    """
+    class_names = [name.class_name for name in names]
+    image_thresholds, pixel_thresholds = thresholds_of(model.references, settings, class_names)
+    fields = {
+        "dataset": [name.dataset for name in names],
+        "category": [name.category for name in names],
+        "class_name": class_names,
+        "image_threshold": image_thresholds,
+        "pixel_threshold": pixel_thresholds,
+    }
+    if not len(batch):  # a process's share of a distributed test set can end in an empty batch
+        image = batch.image
+        empty_maps = image.new_zeros(0, *image.shape[-2:])
+        batch.update(pred_score=image.new_zeros(0), anomaly_map=empty_maps)
+        extras = {"uncertainty": image.new_zeros(0), "uncertainty_map": empty_maps} if uncertainty else {}
+        return _as_bayes_pfl_batch(batch, **fields, **extras)
+    measure = settings.uncertainty if uncertainty else None
+    scores = model.score(batch.image, class_names, few_shot=few_shot and model.few_shot, uncertainty=measure)
+    batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
+    if isinstance(post_processor, ProbabilityPostProcessor):
+        post_processor.label(batch, image_thresholds, pixel_thresholds)
+    paper = paper_map_scores(scores.raw_anomaly_map, class_names) if settings.image_score == "paper" else None
+    return _as_bayes_pfl_batch(
+        batch,
+        **fields,
+        uncertainty=scores.uncertainty,
+        uncertainty_map=scores.uncertainty_map,
+        paper_map_score=paper,
+    )
+
+
+def _as_bayes_pfl_batch(batch: Batch, **extras: torch.Tensor | list[str] | None) -> BayesPFLBatch:
+    fields = {field.name: getattr(batch, field.name) for field in dataclasses.fields(batch)}
+    return BayesPFLBatch(**fields, **extras)

@@ -1,0 +1,14 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Deployment: torch, ONNX and OpenVINO exports that score like the checkpoint, and their checks.
+
+``export.py`` wraps anomalib's exports (one class name per exported model, said or refused), ``resize.py`` writes the
+pre-processor's resize so that every runtime computes it alike, ``openvino.py`` holds OpenVINO's packages, INT8
+calibration images and precision.
+"""
+
+from .export import ExportMixin, check_exportable
+from .resize import MatrixResize, resize_by_matrices
+
+__all__ = ["ExportMixin", "MatrixResize", "check_exportable", "resize_by_matrices"]

@@ -1,0 +1,62 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""What the Lightning module builds from its options: the pre-processor and the torch model.
+
+The torch model is built at first use, once the options are known: ``anomalib test|predict --ckpt_path X`` then
+builds the CLIP and head that X was trained with, never the defaults of an unset command line.
+"""
+
+import logging
+
+import torch
+from anomalib.pre_processing import PreProcessor
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+
+from anomalib_bayes_pfl.settings import BayesPFLSettings
+
+from .backbone import load_clip
+from .reference_checkpoint import load_head_weights
+from .torch_model import BayesPFLModel
+
+logger = logging.getLogger(__name__)
+
+
+def clip_pre_processor(image_size: tuple[int, int] | None = None) -> PreProcessor:
+    """Resize to a square with antialiased bicubic interpolation (aspect ratio not kept), then CLIP's normalisation."""
+    return PreProcessor(
+        transform=Compose(
+            [
+                Resize(image_size or (518, 518), interpolation=InterpolationMode.BICUBIC, antialias=True),
+                Normalize(mean=list(OPENAI_DATASET_MEAN), std=list(OPENAI_DATASET_STD)),
+            ]
+        ),
+    )
+
+
+def set_image_size(pre_processor: PreProcessor, image_size: int) -> None:
+    """Resize to ``image_size`` from now on, in place: the datamodule resizes in its workers with this transform.
+
+    Exported models keep the antialiasing (anomalib's export transform would drop it).
+    """
+    for resize in (step for step in pre_processor.transform.transforms if isinstance(step, Resize)):
+        resize.size = [image_size] * 2
+    pre_processor.export_transform = pre_processor.transform
+
+
+def build_model(
+    settings: BayesPFLSettings, *, iad_log_det_per_batch: bool, prompt_weights: str | None
+) -> BayesPFLModel:
+    """The frozen CLIP and the head of ``settings``, with ``prompt_weights`` loaded if given."""
+    # Builds may happen inside Lightning's inference-mode loops; the head must stay trainable and loadable.
+    with torch.inference_mode(False):
+        clip = load_clip(settings.clip_model, settings.clip_pretrained, quick_gelu=settings.clip_quick_gelu)
+        model = BayesPFLModel(
+            settings.head_config(iad_log_det_per_batch=iad_log_det_per_batch), clip, clip_name=settings.clip_model
+        )
+        if prompt_weights is not None:
+            load_head_weights(model, prompt_weights)
+            logger.info("Loaded trained Bayes-PFL head from %s; it is not trained again.", prompt_weights)
+    model.few_shot = settings.k_shot > 0
+    return model

@@ -1,0 +1,26 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""Reporting: what a run writes and prints about the scored batches, read from the batches themselves.
+
+``metrics.py`` keeps per-category metrics and ``table.py`` makes the per-category table of a test run;
+``predictions.py`` writes ``predictions.csv`` of a predict run; ``visualization.py`` draws each image's uncertainty
+and the review banners; ``review.py`` decides which images a person should see; ``paper_score.py`` is the authors'
+transductive image score, for comparison with published numbers.
+"""
+
+from .metrics import ApplicableMetricsEvaluator, PerCategoryMetrics, zero_shot_metrics
+from .predictions import PREDICTIONS_CSV, PredictionTable
+from .table import CSV_NAME, MEAN_ROW
+from .visualization import UncertaintyVisualizer
+
+__all__ = [
+    "CSV_NAME",
+    "MEAN_ROW",
+    "PREDICTIONS_CSV",
+    "ApplicableMetricsEvaluator",
+    "PerCategoryMetrics",
+    "PredictionTable",
+    "UncertaintyVisualizer",
+    "zero_shot_metrics",
+]
