@@ -3,9 +3,12 @@
 
 """Test helpers: the tiny CLIP, tiny modules and head configurations, the command line in a fresh process."""
 
+import multiprocessing
 import os
+import runpy
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +47,9 @@ TINY_MODEL = (
 )
 # The script of the environment running the tests, whether or not that environment is activated.
 ANOMALIB = str(Path(sys.executable).with_name("anomalib"))
+# Command-line runs fork from a server that imported anomalib (and, through the autoload hook, this plugin) once.
+_CLI_PROCESSES = multiprocessing.get_context("forkserver")
+_CLI_PROCESSES.set_forkserver_preload(["anomalib.cli.cli"])
 
 
 def tiny_module(tiny_clip_path: str | Path = TINY_CLIP, **kwargs) -> BayesPFL:
@@ -52,13 +58,69 @@ def tiny_module(tiny_clip_path: str | Path = TINY_CLIP, **kwargs) -> BayesPFL:
 
 
 def anomalib_cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:
-    """``anomalib <args>`` in a fresh process, as a user runs it (the autoload hook on)."""
+    """``anomalib <args>`` in a process of its own, as a user runs it (the autoload hook on).
+
+    The process forks from a server that has imported anomalib once (about 10 s saved per run) and runs the
+    ``anomalib`` script there: its own working directory, output and exit status, nothing shared with the test.
+    With ``pythonpath`` the script runs in a new interpreter instead, as a multi-process (DDP) run needs: its other
+    ranks start the script again.
+    """
+    if pythonpath is None:
+        return forked_main(None, *args, cwd=cwd)
     environment = {key: value for key, value in os.environ.items() if key != "ANOMALIB_BAYES_PFL_NO_AUTOLOAD"}
-    if pythonpath is not None:
-        environment["PYTHONPATH"] = pythonpath
+    environment["PYTHONPATH"] = pythonpath
     return subprocess.run(
         [ANOMALIB, *args], capture_output=True, text=True, cwd=cwd, env=environment, timeout=600, check=False
     )
+
+
+def forked_main(
+    module: str | None, *args: str, cwd: Path, environment: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m module args`` (``anomalib args`` for ``None``), forked from the server that imported anomalib."""
+    with tempfile.TemporaryDirectory() as folder:
+        stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
+        child = _CLI_PROCESSES.Process(
+            target=_main_in_this_process, args=(module, list(args), str(cwd), str(stdout), str(stderr), environment)
+        )
+        child.start()
+        child.join(timeout=600)
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+        output = [path.read_text(errors="replace") for path in (stdout, stderr)]
+    return subprocess.CompletedProcess([module or "anomalib", *args], child.exitcode, *output)
+
+
+def _main_in_this_process(
+    module: str | None, args: list[str], cwd: str, stdout: str, stderr: str, environment: dict[str, str] | None
+) -> None:
+    """Run ``module`` (or the ``anomalib`` script) as ``__main__``, its output into two files; exit with its status."""
+    os.chdir(cwd)
+    os.environ.pop("ANOMALIB_BAYES_PFL_NO_AUTOLOAD", None)
+    os.environ.update(environment or {})
+    for descriptor, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), descriptor)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - the process ends with its exit below
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.argv = [ANOMALIB if module is None else module, *args]
+    try:
+        if module is None:
+            from anomalib.cli.cli import main
+
+            sys.exit(main())
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        sys.exit(0)
+    except SystemExit as stop:  # as the interpreter ends: a message is printed and means status 1
+        if stop.code is not None and not isinstance(stop.code, int):
+            print(stop.code, file=sys.stderr)
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    except BaseException:  # reported as the interpreter reports it, with its exit status 1
+        sys.excepthook(*sys.exc_info())
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def cross_data_cli(tree: Path) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from anomalib.engine import Engine
 from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
-from ..helpers import TINY_ARGUMENTS, TINY_CLIP, tiny_module
+from ..helpers import TINY_ARGUMENTS, TINY_CLIP, forked_main, tiny_module
 
 pytestmark = pytest.mark.slow
 
@@ -46,15 +46,8 @@ ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 def run_benchmark(config: dict, cwd: Path, *options: str) -> tuple[subprocess.CompletedProcess, Path]:
     """Run the command on ``config`` in ``cwd``; return the process and its results.csv."""
-    result = subprocess.run(
-        _command(config, cwd, *options),
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=ENVIRONMENT,
-        timeout=600,
-        check=False,
-    )
+    _, _, module, *arguments = _command(config, cwd, *options)
+    result = forked_main(module, *arguments, cwd=cwd, environment={"OMP_NUM_THREADS": "1"})
     tables = list((cwd / "runs").rglob("results.csv"))
     assert len(tables) == 1, result.stdout[-3000:] + result.stderr[-3000:]
     assert str(tables[0].relative_to(cwd)) in result.stdout  # the path is printed
