@@ -14,6 +14,8 @@ from anomalib_bayes_pfl.data.synthetic import write_tree
 
 from ..helpers import tiny_module
 
+pytestmark = pytest.mark.slow  # end-to-end training through the Engine
+
 
 def _tree(root):
     write_tree(root / "aux", ["tile_a", "tile_b"], num_train=0)

@@ -21,6 +21,8 @@ from anomalib_bayes_pfl.reporting import PerCategoryMetrics
 
 from ..helpers import cross_dataset, tiny_module
 
+pytestmark = pytest.mark.slow  # end-to-end training through the Engine
+
 
 def _datamodule(root: Path, category: str = "tile_a") -> MVTecAD:
     return MVTecAD(root=root, category=category, train_batch_size=2, eval_batch_size=3, num_workers=0)

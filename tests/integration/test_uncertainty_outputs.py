@@ -18,6 +18,8 @@ from anomalib_bayes_pfl.reporting import CSV_NAME, PREDICTIONS_CSV, UncertaintyV
 
 from ..helpers import cross_dataset, sparsification_by_hand, tiny_module
 
+pytestmark = pytest.mark.slow  # end-to-end training through the Engine
+
 REVIEW_FRACTION = 0.25  # 6 test images per category: the most uncertain one is marked
 BANNER = (200, 0, 0)
 
