@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from anomalib.utils.path import generate_output_filename
-from anomalib.visualization import ImageVisualizer
+from anomalib.visualization import ImageVisualizer, visualize_image_item
 from lightning.pytorch import LightningModule, Trainer
 from matplotlib import colormaps
 from PIL import Image, ImageDraw, ImageFont
@@ -42,6 +42,7 @@ HEADER_HEIGHT = 34
 OVERLAY_OPACITY = 0.5  # of the uncertainty colours over the grey image
 REVIEW_BANNER = "NEEDS REVIEW"
 BANNER_COLOUR = (200, 0, 0)
+PNG_COMPRESSION = 1  # zlib level: about 4 times faster to write than the default 6, files about 20 % larger
 MEASURE_TITLES = {"std": "std of the probability", "mutual_information": "mutual information (bits)"}
 
 
@@ -118,7 +119,7 @@ def stamp_review_banner(path: Path) -> None:
     draw = ImageDraw.Draw(stamped)
     font = ImageFont.load_default(size=int(height * 0.7))
     draw.text((8, image.height + height * 0.1), REVIEW_BANNER, fill="white", font=font)
-    stamped.save(path)
+    stamped.save(path, compress_level=PNG_COMPRESSION)
 
 
 class UncertaintyVisualizer(ImageVisualizer):
@@ -154,21 +155,37 @@ class UncertaintyVisualizer(ImageVisualizer):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        """Write anomalib's visualisation of each image, then its uncertainty image beside it."""
-        del batch
-        super().on_test_batch_end(trainer, pl_module, outputs, outputs, batch_idx, dataloader_idx)
-        if outputs.uncertainty_map is None or not outputs.image_path:
-            return
+        """Write anomalib's visualisation of each image, where anomalib writes it, then its uncertainty image beside it.
+
+        The files are anomalib's pixels, compressed at ``PNG_COMPRESSION``: zlib's default level 6 took a third of a
+        test run's time.
+        """
+        del pl_module, batch, batch_idx, dataloader_idx
+        if self.output_dir is None:
+            self.output_dir = Path(trainer.default_root_dir) / "images"
         datamodule = getattr(trainer, "datamodule", None)
         measure = self.settings().uncertainty
         keys = list(zip(outputs.dataset, outputs.category, strict=True))
         for item, key in zip(outputs, keys, strict=True):
             visualisation = generate_output_filename(
-                input_path=item.image_path,
+                input_path=item.image_path or "",
                 output_path=self.output_dir,
                 dataset_name=getattr(datamodule, "name", None),
                 category=getattr(datamodule, "category", None),
             )
+            image = visualize_image_item(
+                item,
+                fields=self.fields,
+                overlay_fields=self.overlay_fields,
+                field_size=self.field_size,
+                fields_config=self.fields_config,
+                overlay_fields_config=self.overlay_fields_config,
+                text_config=self.text_config,
+            )
+            if image is not None:
+                image.save(visualisation, compress_level=PNG_COMPRESSION)
+            if item.uncertainty_map is None or not item.image_path:
+                continue
             uncertainty_file = visualisation.with_name(f"{visualisation.stem}_uncertainty.png")
             render_uncertainty(
                 item.uncertainty_map,
@@ -177,7 +194,7 @@ class UncertaintyVisualizer(ImageVisualizer):
                 measure,
                 self.field_size,
                 item.image_path,
-            ).save(uncertainty_file)
+            ).save(uncertainty_file, compress_level=PNG_COMPRESSION)
             files = [file for file in (visualisation, uncertainty_file) if file.is_file()]
             self.written.append((key, float(item.uncertainty), files))
 
