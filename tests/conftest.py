@@ -3,8 +3,13 @@
 
 """Shared fixtures: a tiny random CLIP, tiny head configurations and synthetic dataset trees. No network."""
 
+import os
 import socket
 from pathlib import Path
+
+# One OpenMP thread per test process (a user's own setting wins): xdist already runs a process per core, and a thread
+# per core in each of them oversubscribes the machine (the suite took 853 s with them, 794 s without, on 2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 import torch
@@ -12,7 +17,25 @@ import torch
 from anomalib_bayes_pfl.data.synthetic import write_tree
 from anomalib_bayes_pfl.model import BayesPFLModel, load_clip
 
-from .helpers import TINY_CLIP, tiny_config
+from .helpers import TINY_CLIP, tiny_config, train_tiny
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also where torch was imported before this file
+
+# The longest modules, about 90-150 s each on 2 cores. xdist hands each worker whole modules, so the suite ends when
+# the last one started ends: these start first, then the other slow modules, then the quick ones fill the gaps.
+LONGEST_MODULES = ("test_demo.py", "test_benchmark.py", "test_benchmark_scripts.py", "test_deploy.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest modules first, then the other slow ones; otherwise in the order collected (the sort is stable)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name in LONGEST_MODULES:
+            return LONGEST_MODULES.index(name)
+        return len(LONGEST_MODULES) + (item.get_closest_marker("slow") is None)
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(autouse=True)
@@ -56,3 +79,10 @@ def tiny_model(tiny_clip) -> BayesPFLModel:
 @pytest.fixture(scope="session")
 def mvtec_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tree(tmp_path_factory.mktemp("mvtec"), ["tile_a", "tile_b", "tile_c"])
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mvtec_tree) -> tuple:
+    """One tiny training run (``helpers.train_tiny``) for the tests that only need a trained model: module, Engine
+    results and checkpoint. Tests must not change the module."""
+    return train_tiny(tmp_path_factory.mktemp("trained_run"), mvtec_tree)

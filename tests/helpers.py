@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from anomalib.engine import Engine
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
 from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
@@ -57,6 +58,18 @@ def tiny_module(tiny_clip_path: str | Path = TINY_CLIP, **kwargs) -> BayesPFL:
     return BayesPFL(**{**TINY_ARGUMENTS, "clip_model": str(tiny_clip_path), **kwargs})
 
 
+def train_tiny(root: Path, tree: Path) -> tuple[BayesPFL, list[dict], Path]:
+    """Train the tiny model (seed 7, two epochs of stage 1, one of stage 2) on ``cross_dataset(tree)`` in ``root``.
+
+    Returns the module, the Engine's test results and the checkpoint.
+    """
+    seed_everything(7)
+    module = tiny_module(stage_one_epochs=2, stage_two_epochs=1)
+    engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
+    results = engine.train(module, datamodule=cross_dataset(tree))
+    return module, results, next(root.rglob("model.ckpt"))
+
+
 def anomalib_cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subprocess.CompletedProcess:
     """``anomalib <args>`` in a process of its own, as a user runs it (the autoload hook on).
 
@@ -77,7 +90,8 @@ def anomalib_cli(*args: str, cwd: Path, pythonpath: str | None = None) -> subpro
 def forked_main(
     module: str | None, *args: str, cwd: Path, environment: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """``python -m module args`` (``anomalib args`` for ``None``), forked from the server that imported anomalib."""
+    """``python -m module args`` (``anomalib args`` for ``None``, ``python module args`` for a ``.py`` file), forked
+    from the server that imported anomalib."""
     with tempfile.TemporaryDirectory() as folder:
         stdout, stderr = Path(folder) / "stdout", Path(folder) / "stderr"
         child = _CLI_PROCESSES.Process(
@@ -109,7 +123,11 @@ def _main_in_this_process(
             from anomalib.cli.cli import main
 
             sys.exit(main())
-        runpy.run_module(module, run_name="__main__", alter_sys=True)
+        if module.endswith(".py"):  # a script, with its folder on the path as Python puts it
+            sys.path.insert(0, str(Path(module).parent))
+            runpy.run_path(module, run_name="__main__")
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
         sys.exit(0)
     except SystemExit as stop:  # as the interpreter ends: a message is printed and means status 1
         if stop.code is not None and not isinstance(stop.code, int):

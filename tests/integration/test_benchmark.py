@@ -87,7 +87,7 @@ def test_failed_jobs_keep_every_row_and_fail_the_command(tmp_path, mvtec):
         (model["class_path"], category) for model, category in product(models, categories)
     ]
     works = results.index < len(categories)
-    assert results.loc[works, "error"].isna().all(), results.loc[works, "error"]
+    assert results.loc[works, "error"].isna().all(), results.loc[works, "error"].tolist()
     assert results.loc[works, METRICS].apply(lambda metric: metric.between(0, 1)).all().all()
     failed = results[~works]
     assert failed["error"].str.len().gt(0).all()

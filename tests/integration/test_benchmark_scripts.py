@@ -4,13 +4,11 @@
 """The scripts in benchmarks/ run and print their figures (on the tiny CLIP; their timings are not judged here)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from ..helpers import TINY_CLIP
+from ..helpers import TINY_CLIP, forked_main
 
 pytestmark = pytest.mark.slow
 
@@ -26,8 +24,8 @@ BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
     ],
 )
 def test_benchmark_prints_its_figures(script, figures):
-    command = [sys.executable, script, f"--clip_model={TINY_CLIP}", "--image_size=64", "--repeats=1", "--threads=1"]
-    result = subprocess.run(command, cwd=BENCHMARKS, capture_output=True, text=True, timeout=600, check=False)
+    options = [f"--clip_model={TINY_CLIP}", "--image_size=64", "--repeats=1", "--threads=1"]
+    result = forked_main(str(BENCHMARKS / script), *options, cwd=BENCHMARKS)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line["figure"]: line for line in map(json.loads, result.stdout.splitlines())}
     assert figures <= set(lines)
@@ -37,18 +35,19 @@ def test_benchmark_prints_its_figures(script, figures):
 def test_deployment_benchmark_compares_the_exact_runtimes_with_the_same_weights():
     """Exports run in other processes: the exact runtimes agreeing with torch shows they built the same model.
 
-    The grid is narrowed to ONNX, OpenVINO FP32 and FP16; the INT8 export is checked in ``test_deploy.py``.
+    The grid is narrowed to ONNX and OpenVINO FP16 (each export takes about 20 s even for the tiny model); OpenVINO
+    FP32 and INT8 exports are checked in ``test_deploy.py``.
     """
-    command = [sys.executable, "bench_deploy.py", f"--clip_model={TINY_CLIP}", "--image_size=64", "--num_samples=2"]
-    command += ["--repeats=1", "--threads=1", "--exports=[onnx, openvino_fp32, openvino_fp16]"]
-    result = subprocess.run(command, cwd=BENCHMARKS, capture_output=True, text=True, timeout=900, check=False)
+    options = [f"--clip_model={TINY_CLIP}", "--image_size=64", "--num_samples=2", "--repeats=1", "--threads=1"]
+    options.append("--exports=[onnx, openvino_fp16]")
+    result = forked_main(str(BENCHMARKS / "bench_deploy.py"), *options, cwd=BENCHMARKS)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line["figure"]: line for line in map(json.loads, result.stdout.splitlines())}
-    exports = {"export_onnx", "export_openvino_fp32", "export_openvino_fp16"}
+    exports = {"export_onnx", "export_openvino_fp16"}
     assert exports <= set(lines)
-    assert "export_openvino_int8" not in lines
+    assert not {"export_openvino_fp32", "export_openvino_int8", "latency_openvino_fp32"} & set(lines)
     assert all(lines[name]["peak_memory_gib"] > 0 for name in exports)
-    for exact in ("latency_onnxruntime_fp32", "latency_openvino_fp32"):
-        assert lines[exact]["max_map_difference"] < 1e-4
-        assert lines[exact]["max_probability_difference"] < 1e-5
+    assert lines["latency_onnxruntime_fp32"]["max_map_difference"] < 1e-4
+    assert lines["latency_onnxruntime_fp32"]["max_probability_difference"] < 1e-5
+    assert lines["latency_openvino_fp16"]["max_probability_difference"] < 0.05  # half precision, the same model
     assert {"latency_torch_bf16", "latency_openvino_fp16"} <= set(lines)

@@ -46,17 +46,6 @@ def _scores(module: BayesPFL, datamodule: MVTecAD) -> tuple[torch.Tensor, torch.
     return torch.cat(scores), torch.cat(maps)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_clip_path, mvtec_tree):
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("results")
-    module = tiny_module(tiny_clip_path, stage_one_epochs=2, stage_two_epochs=1)
-    engine = Engine(default_root_dir=root, accelerator="cpu", devices=1, logger=False)
-    engine.train(module, datamodule=cross_dataset(mvtec_tree))
-    checkpoint = next(root.rglob("model.ckpt"))
-    return module, checkpoint
-
-
 def test_normal_only_training_data_gets_announced_synthetic_anomalies(tiny_clip_path, mvtec_tree, tmp_path, caplog):
     """A one-class datamodule (anomalib's benchmarks) trains on synthetic anomalies, with a warning; 0 refuses it."""
     engine = Engine(default_root_dir=tmp_path / "refused", accelerator="cpu", devices=1, logger=False)
@@ -82,14 +71,14 @@ def test_synthetic_anomalies_asked_for_are_announced_too(tiny_clip_path, mvtec_t
     assert module.learning_type == LearningType.ZERO_SHOT
 
 
-def test_training_runs_both_stages_and_becomes_zero_shot(trained):
-    module, _ = trained
+def test_training_runs_both_stages_and_becomes_zero_shot(trained_run):
+    module, _, _ = trained_run
     assert module.learning_type == LearningType.ZERO_SHOT
     assert module.model.image_head_stage == 2
 
 
-def test_checkpoint_is_head_only_and_small(trained):
-    module, checkpoint = trained
+def test_checkpoint_is_head_only_and_small(trained_run):
+    module, _, checkpoint = trained_run
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     state = saved["state_dict"]
     assert not any(key.startswith("model.clip.") for key in state)
@@ -100,8 +89,8 @@ def test_checkpoint_is_head_only_and_small(trained):
     assert head == sum(p.numel() for n, p in module.model.named_parameters() if not n.startswith("clip."))
 
 
-def test_checkpoint_round_trip_gives_identical_scores(trained, mvtec_tree):
-    module, checkpoint = trained
+def test_checkpoint_round_trip_gives_identical_scores(trained_run, mvtec_tree):
+    module, _, checkpoint = trained_run
     reloaded = BayesPFL.load_from_checkpoint(checkpoint)
     assert reloaded.learning_type == LearningType.ZERO_SHOT
     expected_scores, expected_maps = _scores(module, _datamodule(mvtec_tree))
@@ -110,8 +99,8 @@ def test_checkpoint_round_trip_gives_identical_scores(trained, mvtec_tree):
     torch.testing.assert_close(maps, expected_maps, rtol=0, atol=0)
 
 
-def test_prompt_weights_make_a_zero_shot_model(trained, tiny_clip_path, mvtec_tree, tmp_path):
-    module, checkpoint = trained
+def test_prompt_weights_make_a_zero_shot_model(trained_run, tiny_clip_path, mvtec_tree, tmp_path):
+    module, _, checkpoint = trained_run
     zero_shot = tiny_module(tiny_clip_path, prompt_weights=str(checkpoint))
     assert zero_shot.learning_type == LearningType.ZERO_SHOT
     torch.testing.assert_close(
@@ -206,8 +195,8 @@ def test_own_folder_data_without_masks_trains_on_image_labels(tiny_clip_path, tm
         assert fallback.class_names_of(batch.image_path) == ["object"]
 
 
-def test_thresholds_given_with_a_checkpoint_win_over_the_stored_ones(trained):
-    _, checkpoint = trained
+def test_thresholds_given_with_a_checkpoint_win_over_the_stored_ones(trained_run):
+    _, _, checkpoint = trained_run
     reloaded = BayesPFL.load_from_checkpoint(checkpoint, image_threshold=0.3, pixel_threshold=0.8)
     assert reloaded.post_processor.image_sensitivity == pytest.approx(0.7)
     assert reloaded.post_processor.pixel_sensitivity == pytest.approx(0.2)

@@ -5,6 +5,7 @@
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -218,11 +219,14 @@ def few_shot_checkpoint(head, tiny_clip_path, tree, tmp_path_factory) -> Path:
     return next(root.rglob("model.ckpt"))
 
 
-@pytest.mark.parametrize("export_type", ["torch", "onnx", "openvino"])
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime", "openvino"])
 def test_exported_model_scores_and_labels_with_its_class_references(
-    few_shot_checkpoint, tree, tmp_path, export_type, monkeypatch
+    few_shot_checkpoint, tree, tmp_path, runtime, request, monkeypatch
 ):
-    """Exported for one class name, the model fuses that class's references and labels with its thresholds."""
+    """Exported for one class name, the model fuses that class's references and labels with its thresholds.
+
+    The ONNX file is exported once (``tile_d_onnx``); onnxruntime and OpenVINO (reading the file) each run it.
+    """
     from anomalib.data.utils import read_image
 
     module = BayesPFL(class_name="tile_d", prompt_weights=str(few_shot_checkpoint)).eval()
@@ -230,38 +234,65 @@ def test_exported_model_scores_and_labels_with_its_class_references(
     assert module.post_processor.thresholds == pytest.approx((stored.image_threshold, stored.pixel_threshold))
     paths = sorted((tree / "tile_d" / "test").rglob("*.png"))[:3]
     images = torch.stack([read_image(path, as_tensor=True) for path in paths])
-    if export_type == "torch":
-        exported = torch.load(module.to_torch(tmp_path), weights_only=False)["model"].eval()
-    elif export_type == "openvino":
-        from anomalib.deploy import OpenVINOInferencer  # in the test extra
-
-        monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its cache folder into the working directory
-        inferencer = OpenVINOInferencer(
-            module.to_openvino(tmp_path), device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"}
-        )
+    if runtime == "torch":
+        run = _torch_runner(module.to_torch(tmp_path))
     else:
-        import onnxruntime as ort  # in the test extra
-
-        session = ort.InferenceSession(str(module.to_onnx(tmp_path, input_size=(64, 64), opset_version=18)))
-        names = [output.name for output in session.get_outputs()]
-    fields = ("pred_score", "anomaly_map", "pred_label", "pred_mask")
+        monkeypatch.chdir(tmp_path)  # OpenVINOInferencer writes its cache folder into the working directory
+        run = _onnx_runner(request.getfixturevalue("tile_d_onnx"), runtime)
     for batch in (images[:1], images):  # the batch size stays dynamic
-        if export_type == "torch":
-            with torch.no_grad():
-                output = exported(batch)
-            outputs = {name: getattr(output, name) for name in fields}
-        elif export_type == "openvino":
-            prediction = inferencer.predict(batch)
-            outputs = {name: torch.from_numpy(getattr(prediction, name)) for name in fields}
-        else:
-            values = session.run(None, {"input": batch.numpy()})
-            outputs = {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
+        outputs = run(batch)
         with torch.no_grad():
             expected = module.model.score(module.pre_processor.transform(batch), ["tile_d"] * len(batch), few_shot=True)
-        torch.testing.assert_close(outputs["pred_score"], expected.pred_score, rtol=0, atol=1e-5)
+        torch.testing.assert_close(outputs["pred_score"].flatten(), expected.pred_score, rtol=0, atol=1e-5)
         torch.testing.assert_close(outputs["anomaly_map"].squeeze(1), expected.anomaly_map, rtol=0, atol=1e-5)
         assert torch.equal(outputs["pred_label"].flatten(), expected.pred_score > stored.image_threshold)
         assert torch.equal(outputs["pred_mask"].squeeze(1), expected.anomaly_map > stored.pixel_threshold)
+
+
+EXPORTED_FIELDS = ("pred_score", "anomaly_map", "pred_label", "pred_mask")
+
+
+@pytest.fixture(scope="module")
+def tile_d_onnx(few_shot_checkpoint, tmp_path_factory) -> Path:
+    """The few-shot checkpoint exported to ONNX for tile_d at 64 px."""
+    module = BayesPFL(class_name="tile_d", prompt_weights=str(few_shot_checkpoint)).eval()
+    return module.to_onnx(tmp_path_factory.mktemp("tile_d_onnx"), input_size=(64, 64), opset_version=18)
+
+
+def _torch_runner(exported: Path) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The exported torch model: a function from images to the exported fields."""
+    model = torch.load(exported, weights_only=False)["model"].eval()
+
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            output = model(images)
+        return {name: getattr(output, name) for name in EXPORTED_FIELDS}
+
+    return run
+
+
+def _onnx_runner(onnx_file: Path, runtime: str) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+    """The ONNX file in onnxruntime or in anomalib's OpenVINOInferencer: a function from images to the fields."""
+    if runtime == "openvino":
+        from anomalib.deploy import OpenVINOInferencer  # in the test extra
+
+        inferencer = OpenVINOInferencer(onnx_file, device="CPU", config={"INFERENCE_PRECISION_HINT": "f32"})
+
+        def predict(images: torch.Tensor) -> dict[str, torch.Tensor]:
+            prediction = inferencer.predict(images)
+            return {name: torch.from_numpy(getattr(prediction, name)) for name in EXPORTED_FIELDS}
+
+        return predict
+    import onnxruntime as ort  # in the test extra
+
+    session = ort.InferenceSession(str(onnx_file))
+    names = [output.name for output in session.get_outputs()]
+
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = session.run(None, {"input": images.numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(names, values, strict=True)}
+
+    return run
 
 
 @pytest.mark.parametrize("export", ["to_torch", "to_openvino"])
