@@ -52,8 +52,8 @@ def check_exportable(model: BayesPFLModel, settings: BayesPFLSettings, threshold
     """
     stored = sorted(model.references.categories)
     fix = (
-        "Export one model per class name with --model.prompt_weights <checkpoint> --model.class_name <name> "
-        "(anomalib export --ckpt_path ignores --model.* options)."
+        "Export one model per class name with --model.class_name <name> (beside --ckpt_path or "
+        "--model.prompt_weights <checkpoint>)."
     )
     if settings.class_name is None and len(stored) > 1:
         msg = f"the head stores few-shot references or calibrated thresholds for {stored}, and an exported model "

@@ -3,10 +3,10 @@
 
 """What anomalib's command line asks of a model but does not hand to it, and what its users should hear instead.
 
-The seed that anomalib 2.7's CLI parses but ignores, the options ``anomalib export --ckpt_path`` drops, a file given as
-``--ckpt_path`` that is not a checkpoint (Lightning's error would advise running code from it), a run without
-``--data``, and a ``latest`` results folder that anomalib would leave as a plain folder. :class:`CommandLineHooks` is a
-base of ``BayesPFL`` that holds the hooks for them.
+The seed that anomalib 2.7's CLI parses but ignores, the options ``anomalib export --ckpt_path`` drops (applied
+here), a file given as ``--ckpt_path`` that is not a checkpoint (Lightning's error would advise running code from it),
+a run without ``--data``, and a ``latest`` results folder that anomalib would leave as a plain folder.
+:class:`CommandLineHooks` is a base of ``BayesPFL`` that holds the hooks for them.
 """
 
 import logging
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from anomalib.utils.path import create_versioned_dir
+from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
 
@@ -49,19 +50,32 @@ def seed_from_command_line(trainer: Trainer) -> None:
         seed_everything(int(seed), workers=True)  # logs "Seed set to <seed>": pass it again to repeat the run
 
 
-def warn_that_export_ignores_model_options() -> None:
-    """``anomalib export --ckpt_path`` builds a new model from the checkpoint alone: say which options it drops.
+def export_model_options(model_class: type) -> dict[str, Any]:
+    """The ``--model.*`` options of the running ``anomalib export``, typed by ``model_class``'s signature.
 
-    Its command-line model is discarded (anomalib calls ``load_from_checkpoint``), so only the arguments tell.
+    With ``--ckpt_path``, anomalib rebuilds the model from the checkpoint (``load_from_checkpoint``) and drops them, so
+    only the arguments tell. The module applies them as ``test`` and ``predict`` do: each with a warning, or refused
+    when the trained head cannot take it. Outside ``anomalib export`` there are none.
     """
-    ignored = [argument.split("=")[0] for argument in sys.argv[2:] if argument.startswith("--model.")]
-    if Path(sys.argv[0]).name == "anomalib" and sys.argv[1:2] == ["export"] and ignored:
-        logger.warning(
-            "anomalib export --ckpt_path rebuilds BayesPFL from the checkpoint's own options and ignores %s. To "
-            "export with other options, pass the checkpoint as --model.prompt_weights instead of --ckpt_path: the "
-            "options are then applied, each with a warning.",
-            ", ".join(ignored),
-        )
+    if Path(sys.argv[0]).name != "anomalib" or sys.argv[1:2] != ["export"]:
+        return {}
+    arguments, names = [], []
+    rest = sys.argv[2:]
+    for index, argument in enumerate(rest):
+        if not argument.startswith("--model."):
+            continue
+        name, separator, value = argument.removeprefix("--model.").partition("=")
+        if not separator:  # --model.name value
+            value = rest[index + 1] if index + 1 < len(rest) else ""
+        name = name.removeprefix("init_args.")
+        arguments.append(f"--model.{name}={value}")
+        names.append(name)
+    if not names:
+        return {}
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(model_class, "model")
+    parsed = parser.parse_args(arguments)
+    return {name: parsed[f"model.{name}"] for name in names}
 
 
 def refuse_without_data(what: str) -> NoReturn:

@@ -18,7 +18,7 @@ from anomalib_bayes_pfl.data.class_names import ImageCategory, image_categories
 from anomalib_bayes_pfl.settings import BayesPFLSettings, same_option
 
 from .building import build_model, set_image_size
-from .command_line import warn_that_export_ignores_model_options
+from .command_line import export_model_options
 from .torch_model import BayesPFLModel
 
 
@@ -67,10 +67,12 @@ class ResolvedModel:
     def _apply_checkpoint_options(self, checkpoint: Mapping[str, Any]) -> None:
         """Resolve the options again, a checkpoint's stored ones filling those left unset; rebuild if they differ."""
         stored = checkpoint.get("hyper_parameters") or {}
-        if self._trainer is None:  # load_from_checkpoint (anomalib export): the arguments are the checkpoint's own
-            warn_that_export_ignores_model_options()
-            given = self._given_options.items()
-            self._given_options = {name: value for name, value in given if not same_option(stored.get(name), value)}
+        if self._trainer is None:  # load_from_checkpoint: the arguments are the checkpoint's own and the caller's
+            given = {**self._given_options, **export_model_options(type(self))}  # and those anomalib export drops
+            options = {name: value for name, value in given.items() if name in BayesPFLSettings.option_names()}
+            self._given_options = {
+                name: value for name, value in options.items() if not same_option(stored.get(name), value)
+            }
         source = f"checkpoint {getattr(self._trainer, 'ckpt_path', None) or ''}".strip()
         settings = BayesPFLSettings.resolve(self._given_options, stored, source)
         rebuild = settings.differs_in_scores_from(self.settings)

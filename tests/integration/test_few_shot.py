@@ -337,7 +337,7 @@ def test_a_calibrated_few_shot_checkpoint_exports_from_the_checkpoint_alone(few_
     assert torch.equal(output.pred_label.flatten(), expected.pred_score > stored.image_threshold)
     assert torch.equal(output.pred_mask.squeeze(1), expected.anomaly_map > stored.pixel_threshold)
     with pytest.raises(
-        ValueError, match=r"for \['tile_c', 'tile_d'\].*--model.prompt_weights <checkpoint> --model.class"
+        ValueError, match=r"for \['tile_c', 'tile_d'\].*one model per class name with --model.class_name <name>"
     ):
         engine.export(model=BayesPFL(), export_type=ExportType.TORCH, ckpt_path=few_shot_checkpoint)
 

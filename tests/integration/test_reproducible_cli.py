@@ -78,7 +78,9 @@ def test_checkpoint_alone_scores_like_the_run_that_wrote_it(tmp_path, mvtec_tree
     assert "instead of" not in log  # nothing was overridden
 
 
-def test_predict_and_export_take_everything_from_the_checkpoint(tmp_path, mvtec_tree, seeded_run, monkeypatch):
+def test_predict_and_export_take_the_checkpoint_s_options_and_export_applies_its_own(
+    tmp_path, mvtec_tree, seeded_run, monkeypatch
+):
     _, checkpoint = seeded_run
     images = mvtec_tree / "tile_c" / "test" / "defect"
     result = anomalib_cli(
@@ -107,11 +109,26 @@ def test_predict_and_export_take_everything_from_the_checkpoint(tmp_path, mvtec_
         cwd=tmp_path / "export",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "ignores --model.class_name" in " ".join(result.stderr.split())  # anomalib drops it: never silently
+    # anomalib drops --model.* with --ckpt_path; the model applies them itself, and says so
+    assert "class_name: using 'tile_c' from the command line instead of None" in " ".join(result.stderr.split())
     inferencer = TorchInferencer(path=next((tmp_path / "export").rglob("model.pt")), device="cpu")
     exported = inferencer.predict(str(sorted(images.glob("*.png"))[0]))
-    torch.testing.assert_close(exported.pred_score.flatten(), expected.pred_score[:1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(exported.pred_score.flatten(), as_tile_c.pred_score[:1], rtol=0, atol=1e-6)
+    assert not torch.allclose(as_tile_c.pred_score[:1], expected.pred_score[:1])  # the class name changes the score
     assert not exported.pred_score.requires_grad
+    refused = anomalib_cli(
+        "export",
+        "--model=BayesPFL",
+        "--model.num_prompts",
+        "3",
+        f"--ckpt_path={checkpoint}",
+        "--export_type=torch",
+        "--default_root_dir=refused",
+        cwd=tmp_path / "export",
+    )
+    assert refused.returncode != 0
+    assert "num_prompts: 2 there, 3 given" in " ".join(" ".join(refused.stderr.strip().splitlines()[-4:]).split())
+    assert not list((tmp_path / "export" / "refused").rglob("model.pt"))  # no artifact for other options
 
 
 def test_explicit_options_are_applied_with_a_warning_or_refused(tmp_path, mvtec_tree, seeded_run):
