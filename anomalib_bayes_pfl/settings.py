@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 AUTO = "auto"
 # Options that change what a run reports beside the scores, never a score: a value given now replaces the stored one
 # as a matter of course (logged, not warned).
-REPORT_OPTIONS = frozenset({"uncertainty", "review_fraction"})
+REPORT_OPTIONS = frozenset({"uncertainty", "review_fraction", "review_rate", "export_uncertainty"})
 # Options that shape the head's tensors: a trained head cannot be scored under other values.
 HEAD_SHAPE_OPTIONS = frozenset(
     {"clip_model", "tap_layers", "num_prompts", "prompt_context_len", "prompt_state_len", "num_flow_steps"}
@@ -74,9 +74,12 @@ class BayesPFLSettings:
     k_shot: int = 0
     few_shot_source: str | None = None
     false_alarm_rate: float | None = None
+    false_alarm_confidence: float | None = None
     calibration_images: int = 32
     uncertainty: UncertaintyMeasure = "std"
     review_fraction: float = 0.0
+    review_rate: float | None = None
+    export_uncertainty: bool = False
     given: frozenset[str] = frozenset()
     stored_in: str | None = None
 
@@ -86,7 +89,8 @@ class BayesPFLSettings:
             if getattr(self, name) < minimum:
                 msg = f"{name} must be at least {minimum}, got {getattr(self, name)}."
                 raise ValueError(msg)
-        for name, zero_allowed in (("false_alarm_rate", False), ("review_fraction", True)):
+        rates = ("false_alarm_rate", "false_alarm_confidence", "review_rate")
+        for name, zero_allowed in (*((rate, False) for rate in rates), ("review_fraction", True)):
             rate = getattr(self, name)
             if rate is None:
                 continue
@@ -145,6 +149,7 @@ class BayesPFLSettings:
                 kept["false_alarm_rate"],
             )
             values["false_alarm_rate"] = None
+        values.update(_one_review_rule(explicit, kept))
         if values.get("tap_layers") is not None:
             values["tap_layers"] = tuple(values["tap_layers"])
         return cls(**values, given=frozenset(explicit), stored_in=source if stored is not None else None)
@@ -155,8 +160,13 @@ class BayesPFLSettings:
             return "the command line"
         return self.stored_in if self.stored_in is not None else PAPER
 
+    @property
+    def calibrates(self) -> bool:
+        """Whether the run calibrates thresholds on normal images: for false alarms, for review, or both."""
+        return self.false_alarm_rate is not None or self.review_rate is not None
+
     def check_labels(self) -> None:
-        """Refuse fixed thresholds given with a false-alarm rate: only one of them can set the labels.
+        """Refuse options that contradict each other: two rules for one label, or a confidence with no rate.
 
         Called when a run starts, not when the model is built: anomalib's command line would bury the message in a
         type-validation report.
@@ -166,6 +176,19 @@ class BayesPFLSettings:
             msg = (
                 f"--model.{fixed[0]} and --model.false_alarm_rate {self.false_alarm_rate} cannot both set the labels; "
                 f"leave out one of them."
+            )
+            raise ValueError(msg)
+        if self.review_rate is not None and self.review_fraction:
+            msg = (
+                f"--model.review_rate {self.review_rate} (each part on its own) and --model.review_fraction "
+                f"{self.review_fraction} (a share of each category's run) cannot both mark images for review; leave "
+                f"out one of them."
+            )
+            raise ValueError(msg)
+        if self.false_alarm_confidence is not None and not self.calibrates:
+            msg = (
+                f"--model.false_alarm_confidence {self.false_alarm_confidence} holds for a calibrated rate: add "
+                f"--model.false_alarm_rate and / or --model.review_rate, or leave it out."
             )
             raise ValueError(msg)
 
@@ -197,6 +220,17 @@ class BayesPFLSettings:
 
 
 PAPER_DEFAULTS: dict[str, Any] = BayesPFLSettings().hyperparameters()
+
+
+def _one_review_rule(explicit: Mapping[str, Any], kept: Mapping[str, Any]) -> dict[str, Any]:
+    """A review rule given now replaces the other one stored with a head (both given are refused later)."""
+    if explicit.get("review_rate") is not None and kept.get("review_fraction") and "review_fraction" not in explicit:
+        logger.info("--model.review_rate given: the review_fraction stored with the head is not used.")
+        return {"review_fraction": 0.0}
+    if explicit.get("review_fraction") and kept.get("review_rate") is not None and "review_rate" not in explicit:
+        logger.info("--model.review_fraction given: the review_rate stored with the head is not used.")
+        return {"review_rate": None}
+    return {}
 
 
 def is_unset(name: str, value: Any) -> bool:

@@ -8,7 +8,7 @@
 image, and ``labels.py`` scores and labels a batch with them.
 """
 
-from .conformal import check_calibration, conformal_image_threshold, conformal_pixel_threshold
+from .conformal import check_calibration, conformal_pixel_threshold, conformal_threshold
 from .labels import score_and_label
 from .preparation import FewShotPreparation, prepare_references
 from .thresholds import export_class_name, reference_settings, thresholds_of
@@ -16,8 +16,8 @@ from .thresholds import export_class_name, reference_settings, thresholds_of
 __all__ = [
     "FewShotPreparation",
     "check_calibration",
-    "conformal_image_threshold",
     "conformal_pixel_threshold",
+    "conformal_threshold",
     "export_class_name",
     "prepare_references",
     "reference_settings",

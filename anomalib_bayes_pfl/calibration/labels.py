@@ -44,31 +44,44 @@ def score_and_label(
         uncertainty: Measure the prompt samples' disagreement (``settings.uncertainty``).
     """
     class_names = [name.class_name for name in names]
-    image_thresholds, pixel_thresholds = thresholds_of(model.references, settings, class_names)
+    thresholds = thresholds_of(model.references, settings, class_names)
+    reviews = uncertainty and thresholds.review is not None
     fields = {
         "dataset": [name.dataset for name in names],
         "category": [name.category for name in names],
         "class_name": class_names,
-        "image_threshold": image_thresholds,
-        "pixel_threshold": pixel_thresholds,
+        "image_threshold": thresholds.image,
+        "pixel_threshold": thresholds.pixel,
+        "review_threshold": thresholds.review if reviews else None,
     }
     if not len(batch):  # a process's share of a distributed test set can end in an empty batch
         image = batch.image
         empty_maps = image.new_zeros(0, *image.shape[-2:])
         batch.update(pred_score=image.new_zeros(0), anomaly_map=empty_maps)
         extras = {"uncertainty": image.new_zeros(0), "uncertainty_map": empty_maps} if uncertainty else {}
+        if reviews:
+            extras["needs_review"] = torch.zeros(0, dtype=torch.bool, device=image.device)
         return _as_bayes_pfl_batch(batch, **fields, **extras)
     measure = settings.uncertainty if uncertainty else None
     scores = model.score(batch.image, class_names, few_shot=few_shot and model.few_shot, uncertainty=measure)
     batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
     if isinstance(post_processor, ProbabilityPostProcessor):
-        post_processor.label(batch, image_thresholds, pixel_thresholds)
+        post_processor.label(batch, thresholds.image, thresholds.pixel)
     paper = paper_map_scores(scores.raw_anomaly_map, class_names) if settings.image_score == "paper" else None
+    needs_review = None
+    if reviews:
+        missing = torch.isnan(thresholds.review).tolist()
+        uncalibrated = sorted({name for name, absent in zip(class_names, missing, strict=True) if absent})
+        if uncalibrated:
+            msg = f"class names {uncalibrated} have no calibrated review threshold: review_rate needs one per category."
+            raise RuntimeError(msg)
+        needs_review = ProbabilityPostProcessor.review(scores.uncertainty, thresholds.review)
     return _as_bayes_pfl_batch(
         batch,
         **fields,
         uncertainty=scores.uncertainty,
         uncertainty_map=scores.uncertainty_map,
+        needs_review=needs_review,
         paper_map_score=paper,
     )
 

@@ -3,13 +3,15 @@
 
 """Few-shot references and calibrated thresholds, prepared before a run scores its first image.
 
-With ``k_shot > 0`` or a ``false_alarm_rate``, :func:`prepare_references` finds every category a run will score. For
-each one without references made under the same options (a loaded checkpoint's are reused), it draws normal images
-of that category, never test images (``images.py``). The references' patch tokens (the same frozen CLIP pass) become
-the category's memory; the calibration images are scored with it, and the conformal rules (``conformal.py``) turn
-their scores into the category's thresholds. Both are saved with the head in the checkpoints written afterwards.
-Stored references or calibration images that a later run scores are drawn again: no image is compared with itself.
-The log names a few of each category's images; ``few_shot_images.csv`` in the run's folder lists them all.
+With ``k_shot > 0``, a ``false_alarm_rate`` or a ``review_rate``, :func:`prepare_references` finds every category a
+run will score. For each one without references made under the same options (a loaded checkpoint's are reused), it
+draws normal images of that category, never test images (``images.py``). The references' patch tokens (the same
+frozen CLIP pass) become the category's memory; the calibration images are scored with it, and the conformal rules
+(``conformal.py``) turn their scores and uncertainties into the category's thresholds. A category with fewer normal
+images than ``calibration_images`` asks for, but enough for the rates, calibrates on all of them, with a warning.
+Both are saved with the head in the checkpoints written afterwards. Stored references or calibration images that a
+later run scores are drawn again: no image is compared with itself. The log names a few of each category's images;
+``few_shot_images.csv`` in the run's folder lists them all.
 
 It works on the torch model, the run's options and the pre-processing transform: no Lightning module.
 """
@@ -28,7 +30,13 @@ from anomalib_bayes_pfl.model.references import CategoryReferences, memory_token
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
-from .conformal import conformal_image_threshold, conformal_pixel_threshold
+from .conformal import (
+    calibrated_rates,
+    conformal_pixel_threshold,
+    conformal_threshold,
+    minimum_calibration_images,
+    promise,
+)
 from .images import (
     FEW_SHOT_IMAGES_CSV,
     ScoredImages,
@@ -69,7 +77,7 @@ def prepare_references(
         datamodule: The run's datamodule (its training split holds candidates), or ``None`` for loose files.
         folder: Where ``few_shot_images.csv`` lists the images (``None``: not written, e.g. on other processes).
     """
-    if not settings.k_shot and settings.false_alarm_rate is None:
+    if not settings.k_shot and not settings.calibrates:
         return
     categories = sorted(set(class_names_of(scored_images)))
     scored = ScoredImages(scored_images)
@@ -131,8 +139,8 @@ def _prepare_category(
     where: str,
     transform: Transform | None,
 ) -> None:
-    k_shot, false_alarm_rate = settings.k_shot, settings.false_alarm_rate
-    calibration_count = settings.calibration_images if false_alarm_rate is not None else 0
+    k_shot = settings.k_shot
+    calibration_count = _calibration_count(settings, category, len(candidates))
     try:
         references, calibration = draw(candidates, k_shot, calibration_count, settings.eval_seed)
     except ValueError as error:
@@ -142,7 +150,7 @@ def _prepare_category(
             f"category '{category}' needs {error} normal images ({k_shot} references + {calibration_count} "
             f"calibration images), and {where} holds {len(candidates)}. Give a folder of its normal images with "
             f"--model.few_shot_source (one sub-folder per category for several), or lower --model.k_shot / "
-            f"--model.calibration_images.{hint}"
+            f"--model.calibration_images{_fewest(settings)}.{hint}"
         )
         raise ValueError(msg) from None
     check_image_files((path, None) for path in [*references, *calibration])
@@ -152,13 +160,6 @@ def _prepare_category(
         tokens = memory_tokens([torch.cat(layer) for layer in zip(*patch_tokens, strict=True)])
     stored = CategoryReferences(tokens, dict(wanted), references, calibration)
     model.references.set(category, stored)
-    if calibration:
-        scored = _batches(model, calibration, transform)
-        scores = [model.score(images, [category] * len(images)) for images in scored]
-        image_scores = torch.cat([score.pred_score for score in scores]).cpu()
-        maps = torch.cat([score.anomaly_map for score in scores]).cpu()
-        stored.image_threshold = conformal_image_threshold(image_scores, false_alarm_rate)
-        stored.pixel_threshold = conformal_pixel_threshold(maps, false_alarm_rate)
     logger.info(
         "Category '%s': %d reference image(s) (%s) drawn with eval_seed %d from %s.",
         category,
@@ -168,16 +169,77 @@ def _prepare_category(
         where,
     )
     if calibration:
-        logger.info(
-            "Category '%s': image threshold %.6f, pixel threshold %.6f for a false-alarm rate of %s, calibrated on "
-            "%d normal image(s) (%s).",
+        _calibrate(model, settings, category, stored, _batches(model, calibration, transform))
+
+
+def _calibration_count(settings: BayesPFLSettings, category: str, candidates: int) -> int:
+    """How many calibration images to draw: ``calibration_images``, or all there are when they suffice for the rates."""
+    if not settings.calibrates:
+        return 0
+    available = candidates - settings.k_shot
+    needed = fewest_calibration_images(settings)
+    if needed <= available < settings.calibration_images:
+        logger.warning(
+            "Category '%s' has %d normal images besides its %d references, fewer than calibration_images=%d: "
+            "calibrating on all %d (the rates need at least %d). More images give thresholds closer to the rates.",
             category,
-            stored.image_threshold,
-            stored.pixel_threshold,
-            false_alarm_rate,
-            len(calibration),
-            short_list(calibration),
+            available,
+            settings.k_shot,
+            settings.calibration_images,
+            available,
+            needed,
         )
+        return available
+    return settings.calibration_images
+
+
+def fewest_calibration_images(settings: BayesPFLSettings) -> int:
+    """The fewest calibration images that serve every rate the run calibrates (the pixel threshold's too)."""
+    return max(
+        minimum_calibration_images(rate, confidence)
+        for rate in calibrated_rates(settings).values()
+        for confidence in (settings.false_alarm_confidence, None)
+    )
+
+
+def _fewest(settings: BayesPFLSettings) -> str:
+    """The fewest calibration images, as a clause of a message (none without calibration)."""
+    return f" (to no fewer than {fewest_calibration_images(settings)})" if settings.calibrates else ""
+
+
+def _calibrate(
+    model: BayesPFLModel,
+    settings: BayesPFLSettings,
+    category: str,
+    stored: CategoryReferences,
+    batches: list[torch.Tensor],
+) -> None:
+    """Score the calibration images of ``category`` and set its thresholds from their scores and uncertainties."""
+    measure = settings.uncertainty if settings.review_rate is not None else None
+    scores = [model.score(images, [category] * len(images), uncertainty=measure) for images in batches]
+    confidence = settings.false_alarm_confidence
+    calibrated = []
+    if settings.false_alarm_rate is not None:
+        rate = settings.false_alarm_rate
+        stored.image_threshold = conformal_threshold(torch.cat([s.pred_score for s in scores]).cpu(), rate, confidence)
+        stored.pixel_threshold = conformal_pixel_threshold(torch.cat([s.anomaly_map for s in scores]).cpu(), rate)
+        calibrated.append(
+            f"image threshold {stored.image_threshold:.6f} for {promise('false-alarm rate', rate, confidence)}, "
+            f"pixel threshold {stored.pixel_threshold:.6f} for an expected share of flagged pixels of {rate}"
+        )
+    if settings.review_rate is not None:
+        rate, name = settings.review_rate, "review rate"
+        uncertainties = torch.cat([s.uncertainty for s in scores]).cpu()
+        stored.review_threshold = conformal_threshold(uncertainties, rate, confidence, name)
+        measured = f"{stored.review_threshold:.6g} ({settings.uncertainty})"
+        calibrated.append(f"review threshold {measured} for {promise(name, rate, confidence)}")
+    logger.info(
+        "Category '%s': %s, calibrated on %d normal image(s) (%s).",
+        category,
+        "; ".join(calibrated),
+        len(stored.calibration_images),
+        short_list(stored.calibration_images),
+    )
 
 
 def _batches(model: BayesPFLModel, paths: list[str], transform: Transform | None) -> list[torch.Tensor]:

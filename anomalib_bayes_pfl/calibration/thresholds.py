@@ -4,13 +4,14 @@
 """Which thresholds label an image, which class name an exported model scores, and when stored references serve.
 
 One home for each rule: an image's thresholds are its category's calibrated ones when the run calibrates and the
-category has them, else the options' fixed ones; an exported model scores its ``class_name``, else the one category the
-head stores references or thresholds for, else ``object``.
+category has them, else the options' fixed ones; its review threshold, with ``review_rate``, is its category's
+calibrated one; an exported model scores its ``class_name``, else the one category the head stores references or
+thresholds for, else ``object``.
 """
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -19,10 +20,25 @@ from anomalib_bayes_pfl.model.references import ReferenceMemory
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
 
+class Thresholds(NamedTuple):
+    """Each image's thresholds, ``(N,)`` float64.
+
+    Attributes:
+        image: Above it, the image probability labels the image anomalous.
+        pixel: Above it, a pixel of the anomaly map is labelled anomalous.
+        review: Above it, the image uncertainty marks the image ``needs_review`` (NaN where its category has not
+            been calibrated yet); ``None`` without ``review_rate``.
+    """
+
+    image: torch.Tensor
+    pixel: torch.Tensor
+    review: torch.Tensor | None
+
+
 def thresholds_of(
     references: ReferenceMemory | None, settings: BayesPFLSettings, class_names: Sequence[str]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image and pixel threshold ``(N,)`` of each class name: its calibrated ones, else the options'.
+) -> Thresholds:
+    """The thresholds of each class name: its calibrated ones, else the options'.
 
     Args:
         references: The head's stored references and thresholds (``None`` before the head is built).
@@ -30,14 +46,19 @@ def thresholds_of(
         class_names: One class name per image.
     """
     fixed = (settings.image_threshold, settings.pixel_threshold)
-    calibrated = settings.false_alarm_rate is not None and references is not None
-    pairs = []
-    for name in class_names:
-        stored = references.get(name) if calibrated else None
-        has_thresholds = stored is not None and stored.image_threshold is not None
-        pairs.append((stored.image_threshold, stored.pixel_threshold) if has_thresholds else fixed)
+    stored = [references.get(name) if references is not None else None for name in class_names]
+    pairs = [
+        (category.image_threshold, category.pixel_threshold)
+        if settings.false_alarm_rate is not None and category is not None and category.image_threshold is not None
+        else fixed
+        for category in stored
+    ]
     image, pixel = torch.tensor(pairs, dtype=torch.float64).reshape(-1, 2).unbind(dim=1)
-    return image, pixel
+    if settings.review_rate is None:
+        return Thresholds(image, pixel, None)
+    review = [category.review_threshold if category is not None else None for category in stored]
+    review = torch.tensor([float("nan") if value is None else value for value in review], dtype=torch.float64)
+    return Thresholds(image, pixel, review)
 
 
 def export_class_name(references: ReferenceMemory | None, settings: BayesPFLSettings) -> str:
@@ -58,8 +79,12 @@ def reference_settings(settings: BayesPFLSettings) -> dict[str, Any]:
     The source folder counts only when it is given now: a checkpoint's references serve without it.
     """
     names = ["k_shot", "eval_seed", "image_size"]
+    if settings.calibrates:
+        names += ["calibration_images", "false_alarm_confidence"]
     if settings.false_alarm_rate is not None:
-        names += ["false_alarm_rate", "calibration_images"]
+        names += ["false_alarm_rate"]
+    if settings.review_rate is not None:
+        names += ["review_rate", "uncertainty"]
     stored = {name: getattr(settings, name) for name in names}
     if "few_shot_source" in settings.given and settings.few_shot_source is not None:
         stored["few_shot_source"] = str(Path(settings.few_shot_source).expanduser().resolve())

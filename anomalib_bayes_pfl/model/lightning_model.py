@@ -47,8 +47,8 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
     """Bayes-PFL: zero-shot anomaly detection with prompt flows over a frozen CLIP.
 
     Train once on an annotated auxiliary dataset, then detect and segment defects in unseen categories. Every scoring
-    option (``clip_model`` to ``review_fraction``, but the training ones) defaults to unset: a checkpoint that is loaded
-    (``--ckpt_path`` or ``prompt_weights``) supplies it, otherwise the paper's value in ``settings.py`` applies.
+    option (``clip_model`` to ``export_uncertainty``, but the training ones) defaults to unset: a checkpoint that is
+    loaded (``--ckpt_path`` or ``prompt_weights``) supplies it, otherwise the paper's value in ``settings.py`` applies.
 
     Args:
         clip_model: open_clip model name (``ViT-L-14-336``), ``bayes-pfl-tiny``, or an open_clip model-config JSON.
@@ -87,9 +87,14 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         k_shot: Normal reference images per category, fused with the prompt scores as WinCLIP+ does (0: zero-shot).
         few_shot_source: Folder of normal images for references and calibration; ``None``: the training split.
         false_alarm_rate: Calibrate each category's thresholds for this share of normal images labelled anomalous.
+        false_alarm_confidence: Hold the calibrated rates (false alarms, review) for the thresholds shipped with this
+            probability over the draw of calibration images; ``None``: on average over draws.
         calibration_images: Normal images per category that calibrate the thresholds.
         uncertainty: How the B * R prompt samples' disagreement is measured: ``std`` or ``mutual_information``.
         review_fraction: Mark at most this share of each category's images, the most uncertain, ``needs_review``.
+        review_rate: Mark each image ``needs_review`` whose uncertainty exceeds its category's threshold, calibrated
+            so that this share of normal parts is sent to a person.
+        export_uncertainty: Exported models also return the uncertainty, its map and (with ``review_rate``) the mark.
         pre_processor: ``True``: bicubic resize to ``image_size`` and CLIP's normalisation.
         post_processor: ``True``: labels from the probability thresholds.
         evaluator: ``True``: image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
@@ -138,9 +143,12 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         k_shot: NonNegativeInt | None = None,
         few_shot_source: str | None = None,
         false_alarm_rate: OpenUnitInterval | None = None,
+        false_alarm_confidence: OpenUnitInterval | None = None,
         calibration_images: PositiveInt | None = None,
         uncertainty: UncertaintyMeasure | None = None,
         review_fraction: ReviewFraction | None = None,
+        review_rate: OpenUnitInterval | None = None,
+        export_uncertainty: bool | None = None,
         pre_processor: PreProcessor | bool = True,
         post_processor: PostProcessor | bool = True,
         evaluator: Evaluator | bool = True,

@@ -8,7 +8,8 @@ outside the validation range and tie them). The thresholds are options of the ru
 images of the category (``calibration/``), never of its test data. anomalib's post-processor without normalisation
 labels a score ``s`` anomalous when ``s > 1 - sensitivity``: the sensitivity is set from the threshold. Exported
 models label with the thresholds this post-processor holds; the test and predict steps label each image with its own
-category's thresholds (:meth:`ProbabilityPostProcessor.label`).
+category's thresholds (:meth:`ProbabilityPostProcessor.label`). The review mark is a label of the image uncertainty
+(:meth:`ProbabilityPostProcessor.review`), with its category's calibrated review threshold.
 """
 
 import torch
@@ -31,7 +32,11 @@ class ProbabilityPostProcessor(PostProcessor):
         super().__init__(enable_normalization=False)
         self.set_thresholds(image_threshold, pixel_threshold)
 
-    def set_thresholds(self, image_threshold: float, pixel_threshold: float) -> None:
+    review_threshold: float | None = None  # exported models mark review above it (``review_rate``)
+
+    def set_thresholds(
+        self, image_threshold: float, pixel_threshold: float, review_threshold: float | None = None
+    ) -> None:
         """Label with these thresholds from now on (a loaded checkpoint or the command line supplies them)."""
         for name, value in (("image_threshold", image_threshold), ("pixel_threshold", pixel_threshold)):
             if not 0.0 < value < 1.0:
@@ -39,6 +44,7 @@ class ProbabilityPostProcessor(PostProcessor):
                 raise ValueError(msg)
         self.image_sensitivity = 1.0 - image_threshold
         self.pixel_sensitivity = 1.0 - pixel_threshold
+        self.review_threshold = review_threshold
 
     @property
     def thresholds(self) -> tuple[float, float]:
@@ -53,3 +59,8 @@ class ProbabilityPostProcessor(PostProcessor):
         """
         batch.pred_label = batch.pred_score > image_thresholds.to(batch.pred_score)
         batch.pred_mask = batch.anomaly_map > pixel_thresholds.to(batch.anomaly_map).view(-1, 1, 1)
+
+    @staticmethod
+    def review(uncertainty: torch.Tensor, review_thresholds: torch.Tensor | float) -> torch.Tensor:
+        """Whether each image needs review: its uncertainty is strictly above its (category's) review threshold."""
+        return uncertainty > torch.as_tensor(review_thresholds).to(uncertainty)

@@ -40,6 +40,7 @@ class CategoryReferences:
         calibration_images: Paths of the calibration images, for the record.
         image_threshold: Calibrated image threshold, or ``None``.
         pixel_threshold: Calibrated pixel threshold, or ``None``.
+        review_threshold: Calibrated threshold of the image uncertainty for review, or ``None``.
     """
 
     patch_tokens: list[torch.Tensor]
@@ -48,6 +49,7 @@ class CategoryReferences:
     calibration_images: list[str] = field(default_factory=list)
     image_threshold: float | None = None
     pixel_threshold: float | None = None
+    review_threshold: float | None = None
 
 
 class ReferenceMemory:
@@ -153,6 +155,7 @@ class ReferenceMemory:
                 "calibration_images": list(references.calibration_images),
                 "image_threshold": references.image_threshold,
                 "pixel_threshold": references.pixel_threshold,
+                "review_threshold": references.review_threshold,
             }
             for category, references in self.categories.items()
         }

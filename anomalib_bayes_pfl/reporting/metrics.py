@@ -51,7 +51,7 @@ COUNTS = (
     "judged_pixels",
 )
 # Each image's values that the image-level columns read.
-VALUES = ("probability", "label", "pred_label", "uncertainty", "map")
+VALUES = ("probability", "label", "pred_label", "uncertainty", "needs_review", "map")
 Key = tuple[str, str]
 
 
@@ -126,23 +126,26 @@ class CategoryValues(Metric):
 
 
 class CategoryThresholds(Metric):
-    """The image and pixel thresholds that labelled a category (every image of it has the same)."""
+    """The image, pixel and review thresholds that labelled a category (every image of it has the same)."""
 
     full_state_update = False
 
     def __init__(self) -> None:
         super().__init__()
-        for name in ("image", "pixel"):
+        for name in ("image", "pixel", "review"):
             self.add_state(name, default=torch.tensor(float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
 
-    def update(self, image: torch.Tensor, pixel: torch.Tensor) -> None:
+    def update(self, image: torch.Tensor, pixel: torch.Tensor, review: torch.Tensor | None) -> None:
         """Record the thresholds of some images of the category."""
         self.image = torch.maximum(self.image, image.max().to(self.image))
         self.pixel = torch.maximum(self.pixel, pixel.max().to(self.pixel))
+        if review is not None:
+            self.review = torch.maximum(self.review, review.max().to(self.review))
 
-    def compute(self) -> tuple[float, float]:
-        """The image and the pixel threshold."""
-        return float(self.image), float(self.pixel)
+    def compute(self) -> tuple[float, ...]:
+        """The image and the pixel threshold, and the review threshold where there is one."""
+        review = () if torch.isinf(self.review) else (float(self.review),)
+        return float(self.image), float(self.pixel), *review
 
 
 class CategoryMetrics:
@@ -190,13 +193,16 @@ class CategoryMetrics:
             self.wrong_pixels.update(uncertainty_map.flatten(), wrong.long())
             counts |= {"wrong_pixels": int(wrong.sum()), "judged_pixels": wrong.numel()}
         self.counts.update(**counts)
-        self.thresholds.update(batch.image_threshold[index], batch.pixel_threshold[index])
+        review = batch.review_threshold[index] if batch.review_threshold is not None and len(index) else None
+        self.thresholds.update(batch.image_threshold[index], batch.pixel_threshold[index], review)
         if batch.gt_label is not None:
             values = {"probability": subset["pred_score"], "label": subset["gt_label"]}
             if pred_label is not None:
                 values["pred_label"] = pred_label
             if batch.uncertainty is not None:
                 values["uncertainty"] = pick(batch.uncertainty)
+            if batch.needs_review is not None:
+                values["needs_review"] = pick(batch.needs_review)
             if batch.paper_map_score is not None:
                 values["map"] = pick(batch.paper_map_score)
             self.values.update(**values)

@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 CSV_NAME = "per_category_metrics.csv"
 MEAN_ROW = "mean"
-THRESHOLD_COLUMNS = ("image_threshold", "pixel_threshold")
+THRESHOLD_COLUMNS = ("image_threshold", "pixel_threshold", "review_threshold")
 ECE_BINS = 15
 
 
@@ -50,14 +50,14 @@ class CategoryResults:
         scores: anomalib's metrics (image AUROC, AP, F1Max; pixel AUROC, AUPRO, AP), updated with its images.
         counts: Its images and pixels by what they are and how they were labelled (``metrics.COUNTS``).
         values: Each image's ``probability``, ``label`` and, where given, ``pred_label``, ``uncertainty``, ``map``.
-        thresholds: The image and pixel thresholds that labelled it.
+        thresholds: The image and pixel thresholds that labelled it, and its review threshold where it has one.
         wrong_pixels: Each pixel's uncertainty against whether its label is wrong.
     """
 
     scores: list[AnomalibMetric]
     counts: dict[str, int]
     values: dict[str, torch.Tensor]
-    thresholds: tuple[float, float]
+    thresholds: tuple[float, ...]
     wrong_pixels: BinaryAUROC
 
 
@@ -109,7 +109,7 @@ def category_row(dataset: str, name: str, results: CategoryResults, review_fract
         if value is None:
             undefined.setdefault(reason or "no values", []).append(metric.name)
     # Pixel labels, like pixel metrics, are judged only against masks.
-    thresholds = dict(zip(THRESHOLD_COLUMNS, results.thresholds, strict=True))
+    thresholds = dict(zip(THRESHOLD_COLUMNS, results.thresholds, strict=False))
     row.update({column: value for column, value in thresholds.items() if masked or not column.startswith("pixel_")})
     if counts["labelled_images"]:  # the model labelled the images
         rates = {
@@ -158,8 +158,10 @@ def uncertainty_columns(
       Calibration of Modern Neural Networks", ICML 2017): the gap between the probability and the share of
       anomalous images, averaged over bins by their share of images. It depends on the share of anomalous test
       images, which a production line does not share.
-    - ``image_error_rate``: the share of images labelled wrongly; with ``review_fraction``, ``review_share`` (the
-      share marked ``needs_review``) and ``image_error_rate_unreviewed``, that of the images decided alone.
+    - ``image_error_rate``: the share of images labelled wrongly; with review (``review_rate``, or
+      ``review_fraction``), ``review_share`` (the share marked ``needs_review``), ``review_share_normal`` and
+      ``review_share_anomalous`` (the same among normal and among anomalous images: ``review_rate`` calibrates the
+      first) and ``image_error_rate_unreviewed``, the error rate of the images the model decides alone.
     """
     values = results.values
     if "uncertainty" not in values:
@@ -180,10 +182,21 @@ def uncertainty_columns(
         return
     errors = (values["pred_label"].bool() != label.bool()).double()
     row["image_error_rate"] = float(errors.mean())
-    if review_fraction:
+    if "needs_review" in values:
+        reviewed = values["needs_review"].bool()
+    elif review_fraction:
         reviewed = review_flags(uncertainty, review_fraction)
-        row["review_share"] = float(reviewed.double().mean())
-        row["image_error_rate_unreviewed"] = float(errors[~reviewed].mean())
+    else:
+        return
+    row["review_share"] = float(reviewed.double().mean())
+    for kind, members in (("normal", label == 0), ("anomalous", label == 1)):
+        row[f"review_share_{kind}"] = float(reviewed[members].double().mean()) if members.any() else float("nan")
+        if not members.any():
+            undefined.setdefault(f"it has no {kind} test image", []).append(f"review_share_{kind}")
+    decided_alone = ~reviewed
+    row["image_error_rate_unreviewed"] = float(errors[decided_alone].mean()) if decided_alone.any() else float("nan")
+    if not decided_alone.any():
+        undefined.setdefault("every image is marked for review", []).append("image_error_rate_unreviewed")
 
 
 def row_names(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:

@@ -82,3 +82,35 @@ def test_values_out_of_range_are_refused_by_name():
     for name, value in (("k_shot", -1), ("false_alarm_rate", 1.0), ("review_fraction", 1.0), ("uncertainty", "x")):
         with pytest.raises(ValueError, match=name):
             BayesPFLSettings.resolve({**UNSET, name: value})
+
+
+def test_one_review_rule_at_a_time_and_a_confidence_needs_a_rate(caplog):
+    """review_rate (per part) and review_fraction (a share of a run) cannot both mark; one given replaces the other
+    stored with a head; a confidence with nothing calibrated would change nothing, so it is refused."""
+    both = BayesPFLSettings.resolve({**UNSET, "review_rate": 0.1, "review_fraction": 0.2})
+    with pytest.raises(ValueError, match=r"--model.review_rate 0.1 .*--model.review_fraction 0.2 .*cannot both mark"):
+        both.check_labels()
+    stored = {**PAPER_DEFAULTS, "review_fraction": 0.2}
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        resolved = BayesPFLSettings.resolve({**UNSET, "review_rate": 0.1}, stored, "checkpoint c.ckpt")
+    assert (resolved.review_rate, resolved.review_fraction) == (0.1, 0.0)
+    resolved.check_labels()
+    assert "the review_fraction stored with the head is not used" in caplog.text
+    stored = {**PAPER_DEFAULTS, "review_rate": 0.1}
+    resolved = BayesPFLSettings.resolve({**UNSET, "review_fraction": 0.2}, stored, "checkpoint c.ckpt")
+    assert (resolved.review_rate, resolved.review_fraction) == (None, 0.2)
+    alone = BayesPFLSettings.resolve({**UNSET, "false_alarm_confidence": 0.9})
+    with pytest.raises(ValueError, match=r"false_alarm_confidence 0.9 holds for a calibrated rate: add"):
+        alone.check_labels()
+    with pytest.raises(ValueError, match=r"review_rate must be a number in \(0, 1\), got 1.5"):
+        BayesPFLSettings(review_rate=1.5)
+
+
+def test_too_few_calibration_images_for_a_confidence_are_refused_before_scoring():
+    from anomalib_bayes_pfl.calibration import check_calibration
+
+    settings = BayesPFLSettings(review_rate=0.1, false_alarm_confidence=0.9, calibration_images=21)
+    with pytest.raises(ValueError, match=r"review rate of 0.1 with confidence 0.9 needs at least 22 calibration .*"
+                       r"pass --model.calibration_images 22"):  # fmt: skip
+        check_calibration(settings)
+    check_calibration(BayesPFLSettings(review_rate=0.1, false_alarm_confidence=0.9, calibration_images=22))
