@@ -1,11 +1,17 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""``predictions.csv``: every predicted image's path, category, class name, score, label and uncertainty.
+"""``predictions.csv``: every predicted image's path, category, class name, score, label, uncertainty and review mark.
 
 anomalib's visualizer writes images; a table is what a production line reads back. Rows are appended batch by
-batch, so that an interrupted run keeps what it scored. With ``review_fraction``, the ``needs_review`` column is
-added once every image is scored (``review.py``): only each row's category and uncertainty are kept until then.
+batch, so that an interrupted run keeps what it scored. With ``review_rate`` each row's ``needs_review`` is written
+with it (the image's own uncertainty against its category's calibrated threshold). With ``review_fraction`` the
+column is added once every image is scored (``review.py``), as a rank within each category of the whole run.
+
+With several processes, each appends its rows, with their place in the dataset, to ``predictions_rank<r>.csv``; at
+the end the first process gathers them into one ``predictions.csv`` in the dataset's order (the distributed
+sampler's padded repeats dropped), decides ``review_fraction``'s marks over all images, and removes the parts: the
+same file as one process writes.
 """
 
 from collections.abc import Callable, Sequence
@@ -27,32 +33,35 @@ from .review import grouped_review_flags, indices_by_group, warn_if_uninformativ
 
 PREDICTIONS_CSV = "predictions.csv"
 COLUMNS = ["image_path", "category", "class_name", "pred_score", "pred_label", "uncertainty"]
+REVIEW_COLUMN = "needs_review"
+# What each process's part adds, for the gathering: the image's place in the dataset and its dataset.
+PART_COLUMNS = ["sample_index", "dataset"]
 
 
 class PredictionTable(BasePredictionWriter):
-    """Write the image path, category, score, post-processed label and uncertainty of every predicted image.
-
-    With several processes each writes its own share, ``predictions_rank<r>.csv``, and marks its own share for review.
-    """
+    """Write the image path, category, score, post-processed label, uncertainty and review mark of every image."""
 
     def __init__(self, settings: Callable[[], BayesPFLSettings] = BayesPFLSettings) -> None:
         super().__init__(write_interval="batch")
         self.settings = settings
         self.path: Path | None = None
-        self.categories: list[tuple[str, str]] = []
-        self.uncertainties: list[torch.Tensor] = []
+        self.part: Path | None = None
+        self.datasets: list[str] = []  # each row's dataset: with its category, the review group
+        self.written = 0
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Start the table with its header; say which category each image gets."""
+        """Start the table (this process's part, with several) with its header; say which category each image gets."""
         del pl_module
         images = loader_files(trainer.predict_dataloaders)
         class_name, datamodule = self.settings().class_name, getattr(trainer, "datamodule", None)
         log_categories(image_categories(images, len(images), class_name=class_name, datamodule=datamodule))
-        name = PREDICTIONS_CSV if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv"
-        self.path = Path(trainer.default_root_dir) / name
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(columns=COLUMNS).to_csv(self.path, index=False)
-        self.categories, self.uncertainties = [], []
+        folder = Path(trainer.default_root_dir)
+        self.path = folder / PREDICTIONS_CSV
+        self.part = self.path if trainer.world_size == 1 else folder / f"predictions_rank{trainer.global_rank}.csv"
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        columns = COLUMNS + ([REVIEW_COLUMN] if self.settings().review_rate is not None else [])
+        pd.DataFrame(columns=(PART_COLUMNS if self.part != self.path else []) + columns).to_csv(self.part, index=False)
+        self.datasets, self.written = [], 0
 
     def write_on_batch_end(
         self,
@@ -65,12 +74,10 @@ class PredictionTable(BasePredictionWriter):
         dataloader_idx: int,
     ) -> None:
         """Append the batch's rows."""
-        del trainer, pl_module, batch_indices, batch, batch_idx, dataloader_idx
+        del trainer, pl_module, batch, batch_idx, dataloader_idx
         count = len(prediction.pred_score)
         paths = prediction.image_path or [None] * count
         labels = prediction.pred_label.int().tolist() if prediction.pred_label is not None else [None] * count
-        uncertainty = prediction.uncertainty.detach().cpu()
-        categories = list(zip(prediction.dataset, prediction.category, strict=True))
         table = pd.DataFrame(
             {
                 "image_path": paths,
@@ -78,37 +85,68 @@ class PredictionTable(BasePredictionWriter):
                 "class_name": prediction.class_name,
                 "pred_score": prediction.pred_score.tolist(),
                 "pred_label": pd.array(labels, dtype="Int64"),
-                "uncertainty": uncertainty.tolist(),
+                "uncertainty": prediction.uncertainty.detach().cpu().tolist(),
             }
         )
-        table.to_csv(self.path, mode="a", header=False, index=False)
-        self.categories += categories
-        self.uncertainties.append(uncertainty)
+        if prediction.needs_review is not None:
+            table[REVIEW_COLUMN] = prediction.needs_review.cpu().tolist()
+        if self.part != self.path:
+            indices = list(batch_indices) if batch_indices else range(self.written, self.written + count)
+            table.insert(0, "sample_index", indices)
+            table.insert(1, "dataset", prediction.dataset)
+        self.datasets += prediction.dataset
+        self.written += count
+        table.to_csv(self.part, mode="a", header=False, index=False)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Add the review marks, and say where the table is."""
-        del trainer, pl_module
-        rows = len(self.categories)
+        """Gather the parts (with several processes), add ``review_fraction``'s marks, and say where the table is."""
+        del pl_module
         settings = self.settings()
-        fraction, name = settings.review_fraction, settings.uncertainty
-        written = f"Scores, labels and uncertainties ({name}, {UNCERTAINTY_UNITS[name]}) of {rows} images written to"
-        uncertainties = torch.cat(self.uncertainties) if rows else torch.zeros(0)
-        for (_, category), members in indices_by_group(self.categories).items():
-            warn_if_uninformative(category, uncertainties[members], fraction)
-        if not fraction:
-            print(f"{written} {self.path}")
-            return
-        flags = grouped_review_flags(self.categories, uncertainties, fraction)
-        table = pd.read_csv(
-            self.path,
-            dtype={"pred_label": "Int64"},
-            keep_default_na=False,
-            na_values=[""],
-            float_precision="round_trip",
-        )
-        table["needs_review"] = flags.tolist()
-        table.to_csv(self.path, index=False)
-        print(
-            f"{written} {self.path}; {int(flags.sum())} marked needs_review (the most uncertain, at most {fraction:g} "
-            f"of each category)."
-        )
+        if self.part != self.path:
+            trainer.strategy.barrier()  # every part is complete
+            if not trainer.is_global_zero:
+                return
+            table, datasets = _gathered(self.path.parent, trainer.world_size)
+        else:
+            table, datasets = _read(self.path), self.datasets
+        groups = list(zip(datasets, table.category, strict=True))
+        uncertainties = torch.tensor(table.uncertainty.to_numpy(dtype=float))
+        for (_, category), members in indices_by_group(groups).items():
+            warn_if_uninformative(category, uncertainties[members], settings.review_fraction)
+        if settings.review_fraction:
+            table[REVIEW_COLUMN] = grouped_review_flags(groups, uncertainties, settings.review_fraction).tolist()
+        if settings.review_fraction or self.part != self.path:
+            table.to_csv(self.path, index=False)
+        name = settings.uncertainty
+        summary = f"Scores, labels and uncertainties ({name}, {UNCERTAINTY_UNITS[name]}) of {len(table)} images "
+        summary += f"written to {self.path}"
+        if REVIEW_COLUMN in table:
+            rule = (
+                f"the most uncertain, at most {settings.review_fraction:g} of each category"
+                if settings.review_fraction
+                else f"uncertainty above its category's threshold for a review rate of {settings.review_rate:g}"
+            )
+            summary += f"; {int(table[REVIEW_COLUMN].sum())} marked needs_review ({rule})."
+        print(summary)
+
+
+def _read(path: Path) -> pd.DataFrame:
+    """A table written here, read back with every value as written (labels may be empty, paths too)."""
+    return pd.read_csv(
+        path,
+        dtype={"pred_label": "Int64", "dataset": str, "image_path": str},
+        keep_default_na=False,
+        na_values={"pred_label": [""]},
+        float_precision="round_trip",
+    )
+
+
+def _gathered(folder: Path, world_size: int) -> tuple[pd.DataFrame, list[str]]:
+    """Every process's part in one table in the dataset's order, each image once; the parts are removed."""
+    parts = [folder / f"predictions_rank{rank}.csv" for rank in range(world_size)]
+    table = pd.concat([_read(part) for part in parts], ignore_index=True)
+    table = table.drop_duplicates("sample_index").sort_values("sample_index", kind="stable")
+    datasets = table.pop("dataset").tolist()
+    for part in parts:
+        part.unlink()
+    return table.drop(columns="sample_index").reset_index(drop=True), datasets

@@ -10,8 +10,9 @@ The colour scale is the same for every image and run: a log scale over the top f
 orders of magnitude below their maximum; lower values take the bottom colour. The colour map (``inferno``) differs
 from the anomaly map's, so the two are not confused.
 
-With ``review_fraction``, once the run has scored every image, both images of each one marked ``needs_review`` get
-a red banner (the marks are ranks within a category, ``review.py``).
+Both images of each image marked ``needs_review`` get a red banner: with ``review_rate`` when they are written (the
+mark is the image's own), with ``review_fraction`` once the run has scored every image (the marks are ranks within a
+category over every process's images, ``review.py``; the first process stamps them all).
 """
 
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed
 from anomalib.utils.path import generate_output_filename
 from anomalib.visualization import ImageVisualizer, visualize_image_item
 from lightning.pytorch import LightningModule, Trainer
@@ -130,11 +132,12 @@ class UncertaintyVisualizer(ImageVisualizer):
         self.settings = settings  # the run's options when it is used: the uncertainty measure and the review share
         # Each visualised image's category, uncertainty and files, for the review marks at the end of the run.
         self.written: list[tuple[Hashable, float, list[Path]]] = []
+        self.marked = 0  # images marked on their own (review_rate), banners stamped as they are written
 
     def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Forget the images of an earlier run; say so when its files are still where this run writes."""
         del pl_module
-        self.written = []
+        self.written, self.marked = [], 0
         folder = Path(self.output_dir or Path(trainer.default_root_dir) / "images")
         if folder.is_dir() and next(folder.rglob("*.png"), None) is not None:
             logger.warning(
@@ -196,14 +199,28 @@ class UncertaintyVisualizer(ImageVisualizer):
                 item.image_path,
             ).save(uncertainty_file, compress_level=PNG_COMPRESSION)
             files = [file for file in (visualisation, uncertainty_file) if file.is_file()]
+            if item.needs_review is not None:
+                self.marked += int(item.needs_review)
+                for path in files if item.needs_review else []:
+                    stamp_review_banner(path)
             self.written.append((key, float(item.uncertainty), files))
 
-    def _stamp_marked(self) -> int:
+    def _stamp_marked(self, trainer: Trainer) -> int:
         """Put the review banner on the images marked ``needs_review``; return how many images got one."""
         fraction = self.settings().review_fraction
-        if not fraction or not self.written:
+        if not fraction:
+            return self.marked
+        written = self.written
+        if trainer.world_size > 1:  # ranks over every process's images, as one process would make them
+            shares: list[Any] = [None] * trainer.world_size
+            torch.distributed.all_gather_object(shares, written)
+            if not trainer.is_global_zero:
+                return 0
+            unique = {tuple(files): (key, value, files) for share in shares for key, value, files in share}
+            written = list(unique.values())  # the sampler's padded repeats once
+        if not written:
             return 0
-        keys, uncertainties, files = zip(*self.written, strict=True)
+        keys, uncertainties, files = zip(*written, strict=True)
         flags = grouped_review_flags(keys, torch.tensor(uncertainties), fraction)
         for flagged, paths in zip(flags.tolist(), files, strict=True):
             for path in paths if flagged else []:
@@ -212,8 +229,8 @@ class UncertaintyVisualizer(ImageVisualizer):
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Mark the images to review, now that every image is scored, and say where (test writes no table of them)."""
-        del trainer, pl_module
-        marked = self._stamp_marked()
+        del pl_module
+        marked = self._stamp_marked(trainer)
         if marked:
             print(
                 f"{marked} images marked needs_review: their visualisations under {self.output_dir} have a red banner"
@@ -221,5 +238,5 @@ class UncertaintyVisualizer(ImageVisualizer):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Mark the images to review (predictions.csv lists them)."""
-        del trainer, pl_module
-        self._stamp_marked()
+        del pl_module
+        self._stamp_marked(trainer)

@@ -180,3 +180,40 @@ def test_two_processes_train_one_head_and_score_every_image_once(tmp_path):
     images = list((tmp_path / "ddp" / "results").rglob("images/**/*.png"))
     assert len([image for image in images if not image.stem.endswith("_uncertainty")]) == 5
     assert len(images) == 10  # each with its uncertainty image beside it
+
+
+def test_two_processes_predict_one_table_with_the_review_marks_of_one_process(tmp_path, mvtec_tree, seeded_run):
+    """5 loose files on 2 processes (one padded repeat): one predictions.csv, the rows, scores and review_fraction's
+    marks of a one-process run, in its order; no part is left behind."""
+    _, checkpoint = seeded_run
+    images = tmp_path / "parts"
+    images.mkdir()
+    for number, path in enumerate(sorted((mvtec_tree / "tile_c" / "test").rglob("*.png"))[:5]):
+        (images / f"part_{number}.png").write_bytes(path.read_bytes())
+    tables = {}
+    for name, extra, pythonpath in [
+        ("single", ["--trainer.devices=1"], None),
+        ("ddp", ["--trainer.devices=2", "--trainer.strategy=ddp"], str(Path(__file__).parents[2])),
+    ]:
+        (tmp_path / name).mkdir()
+        result = anomalib_cli(
+            "predict",
+            "--model=BayesPFL",
+            f"--ckpt_path={checkpoint}",
+            "--model.review_fraction=0.4",
+            "--data",
+            str(images),
+            "--trainer.accelerator=cpu",
+            "--default_root_dir=out",
+            *extra,
+            cwd=tmp_path / name,
+            pythonpath=pythonpath,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        written = list((tmp_path / name / "out").rglob("predictions*.csv"))
+        assert [path.name for path in written] == ["predictions.csv"]
+        tables[name] = pd.read_csv(written[0])
+    single, distributed = tables["single"], tables["ddp"]
+    assert len(distributed) == 5
+    assert single.needs_review.sum() == 2  # floor(0.4 * 5), decided over all five images
+    pd.testing.assert_frame_equal(distributed, single, check_exact=False, rtol=0, atol=1e-6)
