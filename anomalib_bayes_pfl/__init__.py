@@ -8,6 +8,7 @@ After ``pip install anomalib-bayes-pfl``, ``anomalib train --model BayesPFL ...`
 """
 
 from .data import ZeroShotCrossDataset
+from .deploy import BayesPFLInferencer
 from .model import BayesPFLConfig, BayesPFLModel, load_clip
 from .model.lightning_model import BayesPFL
 from .parser_errors import install as install_parser_summaries
@@ -19,4 +20,12 @@ register("BayesPFL", BayesPFL)
 register("ZeroShotCrossDataset", ZeroShotCrossDataset, namespace="anomalib.data")
 install_parser_summaries()
 
-__all__ = ["BayesPFL", "BayesPFLConfig", "BayesPFLModel", "ZeroShotCrossDataset", "__version__", "load_clip"]
+__all__ = [
+    "BayesPFL",
+    "BayesPFLConfig",
+    "BayesPFLInferencer",
+    "BayesPFLModel",
+    "ZeroShotCrossDataset",
+    "__version__",
+    "load_clip",
+]

@@ -17,8 +17,12 @@ values) and prints JSON lines:
   ``repeats`` rounds after ``warmup``. Each line has the largest difference of the anomaly map and of the image
   probability from torch fp32 over ``num_images`` raw images of different sizes, and the ratio of torch fp32's
   latency to its own (the speed-up).
+- With ``--uncertainty true``, each runtime also runs a model exported with ``export_uncertainty`` (and a review
+  threshold, so the review mark is computed too), read by ``BayesPFLInferencer`` for ONNX and OpenVINO, beside the
+  default export read the same way; ``uncertainty_cost_*`` is the ratio of the two latencies, in the same rounds.
 
     python benchmarks/bench_deploy.py --threads 2
+    python benchmarks/bench_deploy.py --threads 2 --exports '[onnx, openvino_fp32]' --uncertainty true
 """
 
 import json
@@ -40,18 +44,35 @@ import torch
 from bench_speed import interleaved_times, seconds_of, set_up
 from jsonargparse import CLI
 
-from anomalib_bayes_pfl import BayesPFL, ZeroShotCrossDataset
+from anomalib_bayes_pfl import BayesPFL, BayesPFLInferencer, ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.model.references import CategoryReferences
 
 Export = Literal["build", "onnx", "openvino_fp32", "openvino_fp16", "openvino_int8"]
 EXPORTS: tuple[Export, ...] = get_args(Export)
 MODEL_SEED = 0  # every process builds the same random weights
+UNCERTAINTY = "uncertainty"  # the sub-folder and name suffix of the exports with uncertainty
+REVIEW_THRESHOLD = 0.01  # any value: the export then compares each image's uncertainty with it
+ONNX_FILE = "weights/onnx/model.onnx"
+FP32_IR = "fp32/weights/openvino/model.xml"
 
 
-def build(clip_model: str, image_size: int, num_samples: int, threads: int, **options: object) -> BayesPFL:
-    """The benchmark's model in eval mode, with the same random weights in every process."""
+def build(
+    clip_model: str, image_size: int, num_samples: int, threads: int, *, uncertainty: bool = False, **options: object
+) -> BayesPFL:
+    """The benchmark's model in eval mode, with the same random weights in every process.
+
+    With ``uncertainty`` it returns the uncertainty, its map and the review mark, as an export with
+    ``export_uncertainty`` and a calibrated ``review_rate`` does.
+    """
     torch.manual_seed(MODEL_SEED)
-    return set_up(clip_model, image_size, num_samples, 1, "cpu", threads, **options).module.eval()
+    if uncertainty:
+        options |= {"export_uncertainty": True, "review_rate": 0.1}
+    module = set_up(clip_model, image_size, num_samples, 1, "cpu", threads, **options).module.eval()
+    if uncertainty:
+        module.model.references.set("object", CategoryReferences([], {}, review_threshold=REVIEW_THRESHOLD))
+        module.apply_export_thresholds()
+    return module
 
 
 def export(
@@ -63,11 +84,12 @@ def export(
     image_size: int = 518,
     num_samples: int = 10,
     threads: int = 2,
+    uncertainty: bool = False,
 ) -> None:
     """Build the model and export it as ``kind`` into ``folder`` (run in a child process), printing the seconds."""
     from anomalib.deploy import CompressionType
 
-    module = build(clip_model, image_size, num_samples, threads)
+    module = build(clip_model, image_size, num_samples, threads, uncertainty=uncertainty)
     started = time.perf_counter()
     if kind == "onnx":
         module.to_onnx(folder, opset_version=18)
@@ -111,6 +133,17 @@ def _raw_images(count: int, generator: torch.Generator) -> list[torch.Tensor]:
     """Random RGB images in [0, 1] of different sizes, none of them the model's."""
     sizes = [(700, 900), (1024, 1024), (480, 640), (600, 400)]
     return [torch.rand(1, 3, *sizes[index % len(sizes)], generator=generator) for index in range(count)]
+
+
+def _inferencer_runner(path: Path, threads: int) -> Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
+    """An ONNX file or IR read by ``BayesPFLInferencer`` (OpenVINO, f32), which also reads the uncertainty outputs."""
+    inferencer = BayesPFLInferencer(path, config={"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"})
+
+    def run(image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        prediction = inferencer.predict(image)
+        return prediction.anomaly_map, prediction.pred_score
+
+    return run
 
 
 def _torch_runner(module: BayesPFL) -> Callable[[torch.Tensor], tuple[np.ndarray, np.ndarray]]:
@@ -164,10 +197,12 @@ def main(
     num_images: int = 2,
     calibration_images: int = 16,
     exports: tuple[Export, ...] = EXPORTS,
+    uncertainty: bool = False,
 ) -> None:
     """Export in child processes, then time every runtime on the same raw images and print JSON lines.
 
     ``exports`` narrows the grid (for a quick check): torch always runs, and each runtime runs when its export did.
+    ``uncertainty`` adds the exports with uncertainty outputs (ONNX and OpenVINO FP32) and their cost.
     """
     import openvino as ov
 
@@ -189,6 +224,12 @@ def main(
         for kind in exports:
             figures = _exported(kind, folder, calibration_root, calibration_images, **model)
             print(json.dumps({"figure": f"export_{kind}", **figures}), flush=True)
+        with_uncertainty = [kind for kind in exports if uncertainty and kind in {"onnx", "openvino_fp32"}]
+        for kind in with_uncertainty:
+            (folder / UNCERTAINTY).mkdir(exist_ok=True)
+            figures = _exported(kind, folder / UNCERTAINTY, calibration_root, calibration_images, **model,
+                                uncertainty=True)  # fmt: skip
+            print(json.dumps({"figure": f"export_{kind}_{UNCERTAINTY}", **figures}), flush=True)
 
         os.chdir(folder)  # OpenVINOInferencer writes its cache folder into the working directory
         torch.set_num_threads(threads)
@@ -198,15 +239,28 @@ def main(
             "torch_bf16": _torch_runner(build(clip_model, image_size, num_samples, threads, clip_precision="bf16")),
         }
         if "onnx" in exports:
-            runners["onnxruntime_fp32"] = _onnx_runner(next(folder.rglob("*.onnx")), threads)
+            runners["onnxruntime_fp32"] = _onnx_runner(folder / ONNX_FILE, threads)
         if "openvino_fp32" in exports:
-            ir = folder / "fp32/weights/openvino/model.xml"
+            ir = folder / FP32_IR
             runners["openvino_fp32"] = _openvino_runner(ir, threads, "f32")
             runners[f"openvino_fp32_{cpu_precision}"] = _openvino_runner(ir, threads, None)
         for precision in ("fp16", "int8"):
             if f"openvino_{precision}" in exports:
                 ir = folder / f"{precision}/weights/openvino/model.xml"
                 runners[f"openvino_{precision}"] = _openvino_runner(ir, threads, None)
+        with_outputs_of = {}  # each runtime's runner without uncertainty outputs, and the same runtime's with them
+        if uncertainty:
+            with_outputs_of["torch_fp32"] = f"torch_fp32_{UNCERTAINTY}"
+            runners[with_outputs_of["torch_fp32"]] = _torch_runner(build(**model, uncertainty=True))
+        if "onnx" in with_uncertainty:
+            with_outputs_of["onnxruntime_fp32"] = f"onnxruntime_fp32_{UNCERTAINTY}"
+            runners[with_outputs_of["onnxruntime_fp32"]] = _onnx_runner(folder / UNCERTAINTY / ONNX_FILE, threads)
+        if "openvino_fp32" in with_uncertainty:  # both read by BayesPFLInferencer (anomalib's reads four fields)
+            with_outputs_of["openvino_fp32_inferencer"] = f"openvino_fp32_inferencer_{UNCERTAINTY}"
+            runners["openvino_fp32_inferencer"] = _inferencer_runner(folder / FP32_IR, threads)
+            runners[with_outputs_of["openvino_fp32_inferencer"]] = _inferencer_runner(
+                folder / UNCERTAINTY / FP32_IR, threads
+            )
         images = _raw_images(num_images, torch.Generator().manual_seed(0))
         outputs = {name: [run(image) for image in images] for name, run in runners.items()}
         cpu = torch.device("cpu")
@@ -224,6 +278,9 @@ def main(
             "max_probability_difference": float(max(np.abs(ours[1] - theirs[1]).max() for ours, theirs in pairs)),
         }
         print(json.dumps(line), flush=True)
+    for name, with_outputs in with_outputs_of.items():
+        ratio = statistics.median(times[with_outputs]) / statistics.median(times[name])
+        print(json.dumps({"figure": f"uncertainty_cost_{name}", "ratio": round(ratio, 3)}), flush=True)
 
 
 if __name__ == "__main__":

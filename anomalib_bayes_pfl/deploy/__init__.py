@@ -3,12 +3,21 @@
 
 """Deployment: torch, ONNX and OpenVINO exports that score like the checkpoint, and their checks.
 
-``export.py`` wraps anomalib's exports (one class name per exported model, said or refused), ``resize.py`` writes the
+``export.py`` wraps anomalib's exports (one class name per exported model, said or refused), ``inferencer.py`` runs
+an export with its uncertainty and decides per part, ``resize.py`` writes the
 pre-processor's resize so that every runtime computes it alike, ``openvino.py`` holds OpenVINO's packages, INT8
 calibration images and precision.
 """
 
 from .export import ExportMixin, check_exportable
+from .inferencer import BayesPFLInferencer, BayesPFLPrediction
 from .resize import MatrixResize, resize_by_matrices
 
-__all__ = ["ExportMixin", "MatrixResize", "check_exportable", "resize_by_matrices"]
+__all__ = [
+    "BayesPFLInferencer",
+    "BayesPFLPrediction",
+    "ExportMixin",
+    "MatrixResize",
+    "check_exportable",
+    "resize_by_matrices",
+]

@@ -5,8 +5,11 @@
 
 An exported model sees tensors only, so it scores one class name, with that class's references and thresholds
 (``calibration/thresholds.py`` names it): the export says which, or refuses when the name has no references or a
-checkpoint of several parts names none. ONNX files, and the OpenVINO IRs made from them, resize by matrix products
-(``resize.py``) at opset 18. INT8 calibrates on training images only (``openvino.py``).
+checkpoint of several parts names none. By default it returns anomalib's four fields, which anomalib's inferencers
+read; with ``export_uncertainty`` it also returns the uncertainty, its map and, with ``review_rate``, the review mark
+(:class:`~anomalib_bayes_pfl.batch.BayesPFLInferenceBatch`, read by ``inferencer.py``). ONNX files, and the
+OpenVINO IRs made from them, resize by matrix products (``resize.py``) at opset 18. INT8 calibrates on training
+images only (``openvino.py``).
 
 :class:`ExportMixin` is a base of ``BayesPFL`` before anomalib's module, whose exports it wraps: it uses the
 module's ``model``, ``is_built``, ``settings``, ``pre_processor`` and ``post_processor``, and keeps the
@@ -14,13 +17,16 @@ post-processor, which labels exported models, at the exported class name's thres
 """
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalib.data import AnomalibDataModule
+import torch
+from anomalib.data import AnomalibDataModule, InferenceBatch
 from anomalib.deploy import CompressionType
 
+from anomalib_bayes_pfl.batch import BayesPFLInferenceBatch
 from anomalib_bayes_pfl.calibration.thresholds import export_class_name, thresholds_of
 from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
@@ -43,12 +49,17 @@ logger = logging.getLogger(__name__)
 ONNX_OPSET = 18
 
 
-def check_exportable(model: BayesPFLModel, settings: BayesPFLSettings, thresholds: tuple[float, float] | None) -> None:
+def check_exportable(
+    model: BayesPFLModel,
+    settings: BayesPFLSettings,
+    thresholds: tuple[float, float] | None,
+    review_threshold: float | None = None,
+) -> None:
     """Say which class name, shots, size and thresholds an export bakes in, or refuse what it cannot score.
 
     Raises:
-        ValueError: If the head stores several categories and no class name says which, or the class name has
-            no references while the model is few-shot.
+        ValueError: If the head stores several categories and no class name says which, the class name has no
+            references while the model is few-shot, or no calibrated review threshold while the export marks review.
     """
     stored = sorted(model.references.categories)
     fix = (
@@ -64,19 +75,31 @@ def check_exportable(model: BayesPFLModel, settings: BayesPFLSettings, threshold
         msg = f"the model is {settings.k_shot}-shot and has no references for class name '{name}' "
         msg += f"(it has them for {stored}). {fix}"
         raise ValueError(msg)
+    if settings.export_uncertainty and settings.review_rate is not None and review_threshold is None:
+        msg = (
+            f"--model.review_rate {settings.review_rate}: the head stores no review threshold for class name "
+            f"'{name}', so the exported model could not mark review. Calibrate it first: run anomalib train (or "
+            f"test) with --model.prompt_weights <head> --model.review_rate {settings.review_rate} on data holding "
+            f"normal images of '{name}', then export the checkpoint it writes."
+        )
+        raise ValueError(msg)
     if settings.class_name is None and not stored:
         logger.warning(
             "No class name given or stored: the exported model scores every image as '%s'. Export one model per "
             "part with --model.class_name <part> (and the checkpoint as --model.prompt_weights).",
             name,
         )
+    outputs = f"uncertainty ({settings.uncertainty})" if settings.export_uncertainty else "no uncertainty"
+    if settings.export_uncertainty and review_threshold is not None:
+        outputs += f", review above {review_threshold:.4g}"
     logger.info(
-        "Exporting BayesPFL for class name '%s'%s: %d-shot, %d px, image / pixel thresholds %s.",
+        "Exporting BayesPFL for class name '%s'%s: %d-shot, %d px, image / pixel thresholds %s, %s.",
         name,
         " (the one category the head stores)" if settings.class_name is None and stored else "",
         settings.k_shot,
         settings.image_size,
         " / ".join(f"{value:.4g}" for value in thresholds) if thresholds else "none",
+        outputs,
     )
 
 
@@ -92,8 +115,11 @@ class ExportMixin:
         if self.is_built:
             self.model.default_class_name = name
         if isinstance(self.post_processor, ProbabilityPostProcessor):
-            image, pixel = thresholds_of(references, self.settings, [name])
-            self.post_processor.set_thresholds(float(image), float(pixel))
+            thresholds = thresholds_of(references, self.settings, [name])
+            review = float(thresholds.review) if thresholds.review is not None else math.nan
+            self.post_processor.set_thresholds(
+                float(thresholds.image), float(thresholds.pixel), None if math.isnan(review) else review
+            )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load the state, then label exported models with the thresholds it holds (a checkpoint's references)."""
@@ -102,7 +128,25 @@ class ExportMixin:
         return result
 
     def _check_exportable(self) -> None:
-        check_exportable(self.model, self.settings, getattr(self.post_processor, "thresholds", None))
+        check_exportable(self.model, self.settings, getattr(self.post_processor, "thresholds", None),
+                         getattr(self.post_processor, "review_threshold", None))  # fmt: skip
+
+    def forward(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> InferenceBatch | BayesPFLInferenceBatch:
+        """What an exported model computes: anomalib's fields, and with ``export_uncertainty`` the uncertainty too.
+
+        The uncertainty comes from the same pass as the scores, which are the same bit for bit (``torch_model.py``).
+        """
+        if not self.settings.export_uncertainty:
+            return super().forward(batch, *args, **kwargs)
+        images = self.pre_processor(batch) if self.pre_processor else batch
+        scores = self.model.score(images, uncertainty=self.settings.uncertainty)
+        labelled = InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
+        labelled = self.post_processor(labelled) if self.post_processor else labelled
+        review = getattr(self.post_processor, "review_threshold", None)
+        needs_review = ProbabilityPostProcessor.review(scores.uncertainty, review) if review is not None else None
+        return BayesPFLInferenceBatch(
+            *labelled, uncertainty=scores.uncertainty, uncertainty_map=scores.uncertainty_map, needs_review=needs_review
+        )
 
     def to_torch(self, *args: Any, **kwargs: Any) -> Path:
         """Export as anomalib does, refused at once for a class name without references."""

@@ -334,8 +334,10 @@ class BayesPFLModel(nn.Module):
         scores = BayesPFLScores(pred_score, smooth(raw_map, sigma), raw_map)
         if pair_maps is None:
             return scores
-        # One image at a time: the reduction's temporaries then take M maps of memory, not M * N.
-        pixel_uncertainty = torch.stack([sample_uncertainty(maps, uncertainty) for maps in pair_maps.unbind(dim=1)])
+        if torch.compiler.is_exporting():  # one reduction: a loop over the images would fix the exported batch size
+            pixel_uncertainty = sample_uncertainty(pair_maps, uncertainty)
+        else:  # one image at a time: the reduction's temporaries then take M maps of memory, not M * N
+            pixel_uncertainty = torch.stack([sample_uncertainty(maps, uncertainty) for maps in pair_maps.unbind(dim=1)])
         return scores._replace(
             uncertainty=sample_uncertainty(pair_scores, uncertainty),
             uncertainty_map=smooth(pixel_uncertainty, sigma),

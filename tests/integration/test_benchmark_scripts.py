@@ -35,19 +35,28 @@ def test_benchmark_prints_its_figures(script, figures):
 def test_deployment_benchmark_compares_the_exact_runtimes_with_the_same_weights():
     """Exports run in other processes: the exact runtimes agreeing with torch shows they built the same model.
 
-    The grid is narrowed to ONNX and OpenVINO FP16 (each export takes about 20 s even for the tiny model); OpenVINO
-    FP32 and INT8 exports are checked in ``test_deploy.py``.
+    The grid is narrowed to OpenVINO FP32, with and without the uncertainty outputs (each export takes about 20 s even
+    for the tiny model); ONNX Runtime, FP16 and INT8 are checked in ``test_deploy.py``.
     """
     options = [f"--clip_model={TINY_CLIP}", "--image_size=64", "--num_samples=2", "--repeats=1", "--threads=1"]
-    options.append("--exports=[onnx, openvino_fp16]")
+    options += ["--exports=[openvino_fp32]", "--uncertainty=true"]
     result = forked_main(str(BENCHMARKS / "bench_deploy.py"), *options, cwd=BENCHMARKS)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line["figure"]: line for line in map(json.loads, result.stdout.splitlines())}
-    exports = {"export_onnx", "export_openvino_fp16"}
+    exports = {"export_openvino_fp32", "export_openvino_fp32_uncertainty"}
     assert exports <= set(lines)
-    assert not {"export_openvino_fp32", "export_openvino_int8", "latency_openvino_fp32"} & set(lines)
+    assert not {"export_onnx", "export_openvino_int8", "latency_openvino_fp16"} & set(lines)
     assert all(lines[name]["peak_memory_gib"] > 0 for name in exports)
-    assert lines["latency_onnxruntime_fp32"]["max_map_difference"] < 1e-4
-    assert lines["latency_onnxruntime_fp32"]["max_probability_difference"] < 1e-5
-    assert lines["latency_openvino_fp16"]["max_probability_difference"] < 0.05  # half precision, the same model
-    assert {"latency_torch_bf16", "latency_openvino_fp16"} <= set(lines)
+    exact = [
+        "openvino_fp32",
+        "openvino_fp32_inferencer",
+        "openvino_fp32_inferencer_uncertainty",
+        "torch_fp32_uncertainty",
+    ]
+    for name in exact:  # the same scores with and without the uncertainty outputs, in every runtime
+        assert lines[f"latency_{name}"]["max_map_difference"] < 1e-4, name
+        assert lines[f"latency_{name}"]["max_probability_difference"] < 1e-5, name
+    costs = {"uncertainty_cost_torch_fp32", "uncertainty_cost_openvino_fp32_inferencer"}
+    assert costs <= set(lines)
+    assert all(lines[name]["ratio"] > 0 for name in costs)
+    assert "latency_torch_bf16" in lines

@@ -427,3 +427,93 @@ def test_a_datamodule_that_splits_at_random_is_named_in_a_warning(head, tiny_cli
         _test(tmp_path / "results", module, datamodule)
     warned = "Folder moves a random share of its normal images into the test set" in caplog.text
     assert warned == (seed is None)
+
+
+def _loose_parts(tree: Path, folder: Path) -> Path:
+    """tile_c's test images as loose files, a third of them at other sizes (the exported model takes any size)."""
+    from PIL import Image
+
+    folder.mkdir()
+    for number, path in enumerate(sorted((tree / "tile_c" / "test").rglob("*.png"))):
+        image = Image.open(path)
+        size = [None, (80, 72), (50, 64)][number % 3]
+        (image.resize(size) if size else image).save(folder / f"part_{number:02d}.png")
+    return folder
+
+
+def test_the_on_line_recipe_calibrate_export_load_and_decide_per_part(head, tree, tmp_path):
+    """The README's recipe as typed: calibrate into a checkpoint on anomalib's Folder, export it to OpenVINO with its
+    uncertainty, load it with BayesPFLInferencer and decide each part. ``anomalib predict`` of the checkpoint marks
+    each part on its own (uncertainty above the calibrated threshold), and the OpenVINO and torch exports mark the
+    same parts, with the same uncertainty and uncertainty map within 1e-5, on raw images of three sizes."""
+    from anomalib.data.utils import read_image
+
+    from anomalib_bayes_pfl import BayesPFLInferencer
+
+    from ..helpers import anomalib_cli
+
+    parts = _loose_parts(tree, tmp_path / "parts")
+    folder = [f"--data.root={tree / 'tile_c'}", "--data.normal_dir=train/good", "--data.abnormal_dir=test/defect"]
+    folder += ["--data.normal_test_dir=test/good", "--data.name=gears", "--data.num_workers=0"]
+    calibration = ["--model.false_alarm_rate=0.25", "--model.review_rate=0.25", "--model.false_alarm_confidence=0.5"]
+    commands = {
+        "calibrated": ["train", "--model=BayesPFL", f"--model.prompt_weights={head}", "--model.class_name=gear",
+                       *calibration, "--model.calibration_images=8", "--data=Folder", *folder],
+        "exported": ["export", "--model=BayesPFL", "--ckpt_path={checkpoint}", "--model.export_uncertainty=true",
+                     "--export_type=openvino"],
+        "predicted": ["predict", "--model=BayesPFL", "--ckpt_path={checkpoint}", "--data", str(parts)],
+    }  # fmt: skip
+    checkpoint = None
+    for folder_name, command in commands.items():
+        command = [argument.format(checkpoint=checkpoint) for argument in command]
+        result = anomalib_cli(
+            *command,
+            f"--default_root_dir={folder_name}",
+            *(["--trainer.accelerator=cpu"] if command[0] != "export" else []),
+            cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        checkpoint = checkpoint or next((tmp_path / "calibrated").rglob("model.ckpt"))
+    assert "marked needs_review (uncertainty above its category's threshold for a review rate of 0.25" in result.stdout
+    table = pd.read_csv(next((tmp_path / "predicted").rglob("predictions.csv")))
+    module = BayesPFL(prompt_weights=str(checkpoint), export_uncertainty=True).eval()
+    stored = module.model.references.get("gear")
+    assert len(stored.calibration_images) == 8
+    assert table.needs_review.tolist() == (table.uncertainty > stored.review_threshold).tolist()
+    assert 0 < table.needs_review.sum() < len(table)  # the test can tell marks apart
+    exported = [next((tmp_path / "exported").rglob("model.xml")), module.to_torch(tmp_path / "torch")]
+    for inferencer in map(BayesPFLInferencer, exported):
+        for row in table.itertuples():
+            output = inferencer.predict(row.image_path)
+            assert output.needs_review.tolist() == [row.needs_review], row.image_path
+            assert output.uncertainty[0] == pytest.approx(row.uncertainty, abs=1e-5)
+            assert output.pred_score[0] == pytest.approx(row.pred_score, abs=1e-5)
+            assert output.decision == ["person" if row.needs_review else "fail" if row.pred_label else "pass"]
+            image = module.pre_processor.transform(read_image(row.image_path, as_tensor=True).unsqueeze(0))
+            expected = module.model.score(image, ["gear"], uncertainty="std").uncertainty_map
+            assert abs(output.uncertainty_map - expected.numpy()).max() <= 1e-5
+
+
+def test_review_rate_in_a_test_run_reports_the_review_shares_and_calibrates_on_all_images_there_are(
+    head, tiny_clip_path, tree, tmp_path, caplog
+):
+    """12 normal images per category, fewer than the 32 asked for, but more than the 3 that a rate of 0.25 with
+    confidence 0.5 needs: all 12 calibrate, with a warning. With confidence 0.99 (17 needed) the run is refused."""
+    options = {"prompt_weights": str(head), "review_rate": 0.25, "false_alarm_rate": 0.25}
+    module = tiny_module(tiny_clip_path, **options, false_alarm_confidence=0.5)
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        table = _test(tmp_path / "test", module, _data(tree))
+    assert caplog.text.count("fewer than calibration_images=32: calibrating on all 12 (the rates need at least 3)") == 2
+    for category in UNSEEN:
+        stored = module.model.references.get(category)
+        assert len(stored.calibration_images) == 12
+        assert table.loc[category, "review_threshold"] == pytest.approx(stored.review_threshold)
+        assert table.loc[category, "image_threshold"] == pytest.approx(stored.image_threshold)
+    columns = ["review_share", "review_share_normal", "review_share_anomalous", "image_error_rate_unreviewed"]
+    assert table[columns].notna().all().all()
+    # 6 normal and 3 anomalous test images per category: the shares weigh into the overall one.
+    mixed = (6 * table.review_share_normal + 3 * table.review_share_anomalous) / 9
+    pd.testing.assert_series_equal(mixed.drop(MEAN_ROW), table.review_share.drop(MEAN_ROW), check_names=False)
+    strict = tiny_module(tiny_clip_path, **options, false_alarm_confidence=0.99)
+    with pytest.raises(ValueError, match=r"'tile_c' needs 32 normal images .*holds 12.*to no fewer than 17"):
+        _test(tmp_path / "strict", strict, _data(tree))

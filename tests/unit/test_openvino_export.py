@@ -119,7 +119,8 @@ def test_an_export_says_which_class_name_and_thresholds_it_bakes_in(tiny_clip_pa
     with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
         tiny_module(tiny_clip_path, class_name="screw", image_threshold=0.3).to_torch(tmp_path)
     assert (
-        "Exporting BayesPFL for class name 'screw': 0-shot, 64 px, image / pixel thresholds 0.3 / 0.5." in caplog.text
+        "Exporting BayesPFL for class name 'screw': 0-shot, 64 px, image / pixel thresholds 0.3 / 0.5, no uncertainty."
+        in caplog.text
     )
     assert "No class name given" not in caplog.text
 
