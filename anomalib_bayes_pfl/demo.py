@@ -11,7 +11,8 @@ categories with the untrained head, trains the head through anomalib's Engine on
 the unseen categories again, and prints both per-category tables. Then it scores the unseen categories with 0, 1, 2
 and 4 normal reference images per category, each with thresholds calibrated for a false-alarm rate of 0.1 on 20
 further normal images, and prints the means over categories, with how well the prompt samples' uncertainty finds the
-model's errors and the error rate without the 10 % most uncertain images of each category. A tiny random backbone
+model's errors, the share of normal and of anomalous images sent to review by a review rate of 0.1 calibrated on the
+same normal images, and the error rate of the images decided without review. A tiny random backbone
 demonstrates the pipeline, not the paper's accuracy. A second run in the same ``--output`` replaces the first one's
 results.
 """
@@ -40,7 +41,8 @@ SHOTS = (0, 1, 2, 4)
 FALSE_ALARM_RATE = 0.1
 CALIBRATION_IMAGES = 20
 LABEL_COLUMNS = ["image_false_alarm_rate", "image_recall", "pixel_false_alarm_rate"]
-REVIEW_FRACTION = 0.1
+REVIEW_FRACTION = 0.1  # the trained run's visualisations: a banner on the most uncertain tenth of each category
+REVIEW_RATE = 0.1
 UNCERTAINTY_COLUMNS = [
     "pixel_uncertainty_auroc",
     "image_ause",
@@ -48,7 +50,8 @@ UNCERTAINTY_COLUMNS = [
     "image_ece",
     "image_error_rate",
     "image_error_rate_unreviewed",
-    "review_share",
+    "review_share_normal",
+    "review_share_anomalous",
 ]
 
 
@@ -134,7 +137,7 @@ def run_demo(
         shot_root = results / f"{k_shot}_shot"
         few_shot = {"k_shot": k_shot, "false_alarm_rate": FALSE_ALARM_RATE, "calibration_images": CALIBRATION_IMAGES}
         Engine(default_root_dir=shot_root, accelerator="cpu", devices=1, logger=False).test(
-            model(prompt_weights=str(checkpoint), review_fraction=REVIEW_FRACTION, **few_shot),
+            model(prompt_weights=str(checkpoint), review_rate=REVIEW_RATE, **few_shot),
             datamodule=_datamodule(datasets),
         )
         shots[f"{k_shot}-shot"] = _table(shot_root).loc[MEAN_ROW, SUMMARY_COLUMNS + LABEL_COLUMNS]
@@ -153,8 +156,9 @@ def run_demo(
     )
     print(pd.DataFrame(shots).to_string(float_format=lambda value: f"{value:.3f}"))
     print(
-        f"\nUncertainty of the prompt samples (std of their probabilities), with the {REVIEW_FRACTION:.0%} most "
-        f"uncertain images of each category marked for review (mean over categories):"
+        f"\nUncertainty of the prompt samples (std of their probabilities); an image goes to review when it is above "
+        f"its category's threshold, calibrated for a review rate of {REVIEW_RATE} on the same normal images (mean "
+        f"over categories):"
     )
     print(pd.DataFrame(uncertainty).to_string(float_format=lambda value: f"{value:.3f}"))
     print(

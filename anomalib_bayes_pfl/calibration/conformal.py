@@ -64,18 +64,29 @@ def calibrated_rates(settings: BayesPFLSettings) -> dict[str, float]:
     return {name: rate for name, rate in rates.items() if rate is not None}
 
 
+def fewest_calibration_images(settings: BayesPFLSettings) -> int:
+    """The fewest calibration images that serve every rate the run calibrates (the marginal pixel threshold's too)."""
+    counts = [
+        minimum_calibration_images(rate, settings.false_alarm_confidence)
+        for rate in calibrated_rates(settings).values()
+    ]
+    if settings.false_alarm_rate is not None:
+        counts.append(minimum_calibration_images(settings.false_alarm_rate))
+    return max(counts, default=0)
+
+
 def check_calibration(settings: BayesPFLSettings) -> None:
     """Refuse rates that the run's calibration images cannot reach, before anything is scored."""
-    confidence = settings.false_alarm_confidence
-    for name, rate in calibrated_rates(settings).items():
-        needed = minimum_calibration_images(rate, confidence)
-        if settings.calibration_images < needed:
-            msg = (
-                f"{promise(name, rate, confidence)} needs at least {needed} calibration images per category, got "
-                f"calibration_images={settings.calibration_images}; pass --model.calibration_images {needed} (or "
-                f"more), or raise the rate{' or lower the confidence' if confidence is not None else ''}."
-            )
-            raise ValueError(msg)
+    needed = fewest_calibration_images(settings)
+    if settings.calibration_images < needed:
+        confidence = settings.false_alarm_confidence
+        promises = " and ".join(promise(name, rate, confidence) for name, rate in calibrated_rates(settings).items())
+        msg = (
+            f"{promises} need{'s' if ' and ' not in promises else ''} at least {needed} calibration images per "
+            f"category, got calibration_images={settings.calibration_images}; pass --model.calibration_images "
+            f"{needed} (or more), or raise the rate{' or lower the confidence' if confidence is not None else ''}."
+        )
+        raise ValueError(msg)
 
 
 def conformal_threshold(

@@ -30,13 +30,7 @@ from anomalib_bayes_pfl.model.references import CategoryReferences, memory_token
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
-from .conformal import (
-    calibrated_rates,
-    conformal_pixel_threshold,
-    conformal_threshold,
-    minimum_calibration_images,
-    promise,
-)
+from .conformal import conformal_pixel_threshold, conformal_threshold, fewest_calibration_images, promise
 from .images import (
     FEW_SHOT_IMAGES_CSV,
     ScoredImages,
@@ -191,15 +185,6 @@ def _calibration_count(settings: BayesPFLSettings, category: str, candidates: in
         )
         return available
     return settings.calibration_images
-
-
-def fewest_calibration_images(settings: BayesPFLSettings) -> int:
-    """The fewest calibration images that serve every rate the run calibrates (the pixel threshold's too)."""
-    return max(
-        minimum_calibration_images(rate, confidence)
-        for rate in calibrated_rates(settings).values()
-        for confidence in (settings.false_alarm_confidence, None)
-    )
 
 
 def _fewest(settings: BayesPFLSettings) -> str:

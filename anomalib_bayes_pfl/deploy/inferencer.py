@@ -56,10 +56,8 @@ class BayesPFLInferencer:
         device: OpenVINO's device for ``.onnx`` / ``.xml`` (``CPU``, ``GPU``); torch files run on the CPU.
         config: OpenVINO's compile options; by default f32 on every device, as the checkpoint scores.
 
-    Example:
-        >>> inferencer = BayesPFLInferencer("results/.../weights/openvino/model.xml")  # doctest: +SKIP
-        >>> inferencer.predict("part_0001.png").decision  # doctest: +SKIP
-        ['person']
+    ``BayesPFLInferencer("line/weights/openvino/model.xml").predict("part_0001.png").decision`` is ``['pass']``,
+    ``['fail']`` or ``['person']``.
     """
 
     def __init__(self, path: str | Path, device: str = "CPU", config: dict[str, Any] | None = None) -> None:
