@@ -3,7 +3,8 @@
 
 """Reporting: what a run writes and prints about the scored batches, read from the batches themselves.
 
-``metrics.py`` keeps per-category metrics and ``table.py`` makes the per-category table of a test run;
+``metrics.py`` keeps per-category metrics, ``table.py`` makes the per-category table of a test run and
+``plots.py`` its plots;
 ``predictions.py`` writes ``predictions.csv`` of a predict run; ``visualization.py`` draws each image's uncertainty
 and the review banners; ``review.py`` decides which images a person should see; ``paper_score.py`` is the authors'
 transductive image score, for comparison with published numbers.

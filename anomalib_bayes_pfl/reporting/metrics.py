@@ -9,7 +9,8 @@ table needs (``CategoryCounts``, ``CategoryValues``, ``CategoryThresholds``), al
 processes each process updates them with its share of the images, and computing them gathers every share. It reads
 each image's dataset, category and thresholds from the scored batch (``BayesPFLBatch``); ``table.py`` turns the
 computed states into the table, which is printed, written as CSV next to the run's other outputs, and logged as
-``category_mean_<metric>`` so that the means also reach ``engine.test`` results and ``anomalib benchmark`` CSVs.
+``category_mean_<metric>`` so that the means also reach ``engine.test`` results and ``anomalib benchmark`` CSVs;
+``plots.py`` draws each category's curves and histograms from the same states, in ``plots/``.
 """
 
 import logging
@@ -32,6 +33,7 @@ from anomalib_bayes_pfl.data.validation import loader_files
 from anomalib_bayes_pfl.reporting.review import indices_by_group
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
+from .plots import PLOTS_DIR, write_plots
 from .table import CSV_NAME, CategoryResults, per_category_table, print_table
 
 logger = logging.getLogger(__name__)
@@ -254,7 +256,7 @@ class PerCategoryMetrics(Callback):
             self.metrics.setdefault(key, CategoryMetrics()).update(outputs, index)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Compute the table, print it, write it as CSV and log the means over categories."""
+        """Compute the table, print it, write it as CSV with its plots and log the means over categories."""
         results = {key: self.metrics[key].results() for key in sorted(self.metrics)}
         table = per_category_table(results, self.settings().review_fraction)
         self.table = table
@@ -263,7 +265,8 @@ class PerCategoryMetrics(Callback):
                 pl_module.log(f"category_mean_{name}", float(value), sync_dist=trainer.world_size > 1)
         if trainer.global_rank:
             return
-        path = Path(trainer.default_root_dir) / CSV_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path)
-        print_table(table, results, path)
+        root = Path(trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        table.to_csv(root / CSV_NAME)
+        print_table(table, results, root / CSV_NAME)
+        write_plots(results, table, root / PLOTS_DIR)

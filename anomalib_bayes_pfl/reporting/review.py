@@ -74,6 +74,16 @@ def grouped_review_flags(groups: Sequence[Hashable], uncertainty: torch.Tensor, 
     return flags
 
 
+class SparsificationCurves(NamedTuple):
+    """The mean error left after removing the k most uncertain images (k = 0 .. n - 1), and after the k largest errors.
+
+    The ranking that knows nothing keeps the mean error flat at ``model[0]``.
+    """
+
+    model: torch.Tensor
+    oracle: torch.Tensor
+
+
 class Sparsification(NamedTuple):
     """The area under the sparsification error curve, and the same area for a ranking that knows nothing."""
 
@@ -81,11 +91,10 @@ class Sparsification(NamedTuple):
     random_ause: float
 
 
-def sparsification(uncertainty: torch.Tensor, error: torch.Tensor) -> Sparsification:
-    """AUSE of ``uncertainty`` as a ranking of the per-image ``error`` (both ``(n,)``), in the error's units.
+def sparsification_curves(uncertainty: torch.Tensor, error: torch.Tensor) -> SparsificationCurves:
+    """The sparsification curves of ``uncertainty`` as a ranking of the per-image ``error`` (both ``(n,)``).
 
-    After removing k of the n images (k = 0 .. n - 1, each step 1/n wide), the curve is the mean error of the rest.
-    Images of equal uncertainty are removed as a group's average, so the area does not depend on their order.
+    Images of equal uncertainty are removed as a group's average, so the curve does not depend on their order.
     """
     error = error.double().flatten()
     count = error.numel()
@@ -98,9 +107,18 @@ def sparsification(uncertainty: torch.Tensor, error: torch.Tensor) -> Sparsifica
         removed = torch.cat([removal_order.new_zeros(1), removal_order.cumsum(0)[:-1]])
         return (error.sum() - removed) / remaining
 
-    model_curve = mean_error_left(group_means[groups])
-    oracle_curve = mean_error_left(error.sort(descending=True).values)
+    return SparsificationCurves(
+        mean_error_left(group_means[groups]), mean_error_left(error.sort(descending=True).values)
+    )
+
+
+def sparsification(uncertainty: torch.Tensor, error: torch.Tensor) -> Sparsification:
+    """AUSE of ``uncertainty`` as a ranking of the per-image ``error``, in the error's units.
+
+    Each step of the curves is 1/n wide, so the areas are means over the n steps.
+    """
+    curves = sparsification_curves(uncertainty, error)
     return Sparsification(
-        ause=float((model_curve - oracle_curve).mean()),
-        random_ause=float((error.mean() - oracle_curve).mean()),
+        ause=float((curves.model - curves.oracle).mean()),
+        random_ause=float((curves.model[0] - curves.oracle).mean()),
     )
