@@ -219,13 +219,16 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         return {"max_epochs": epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
-        """Data checks, then references; synthetic anomalies after the pre-processor; reports after labelling."""
+        """Data checks, then references; synthetic anomalies after the pre-processor; reports, the page last."""
         transform = self.pre_processor.transform if self.pre_processor else None
         references = calibration.FewShotPreparation(
             lambda: self.model, self.current_settings, self.class_names_of, transform, self.apply_export_thresholds
         )
-        reports = [reporting.PerCategoryMetrics(self.image_categories, self.current_settings),
-                   reporting.PredictionTable(self.current_settings)]  # fmt: skip
+        metrics = reporting.PerCategoryMetrics(self.image_categories, self.current_settings)
+        page = reporting.RunReport(
+            self.current_settings, lambda: metrics.table, lambda: self.model.references.categories
+        )
+        reports = [metrics, reporting.PredictionTable(self.current_settings), page]
         checks = [DataCheck(), DropSamplerPadding(), references]
         return [*checks, *super().configure_callbacks(), self.synthetic_anomalies, *reports]
 

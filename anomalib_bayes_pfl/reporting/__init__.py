@@ -3,15 +3,16 @@
 
 """Reporting: what a run writes and prints about the scored batches, read from the batches themselves.
 
-``metrics.py`` keeps per-category metrics, ``table.py`` makes the per-category table of a test run and
-``plots.py`` its plots;
-``predictions.py`` writes ``predictions.csv`` of a predict run; ``visualization.py`` draws each image's uncertainty
-and the review banners; ``review.py`` decides which images a person should see; ``paper_score.py`` is the authors'
+``metrics.py`` keeps per-category metrics, ``table.py`` makes the per-category table of a test run and ``plots.py``
+its plots; ``predictions.py`` writes ``predictions.csv`` of a predict run; ``report.py`` writes a test run's
+``report.html`` and a predict run's ``predictions.html``; ``visualization.py`` draws each image's uncertainty and the
+review banners; ``review.py`` decides which images a person should see; ``paper_score.py`` is the authors'
 transductive image score, for comparison with published numbers.
 """
 
 from .metrics import ApplicableMetricsEvaluator, PerCategoryMetrics, zero_shot_metrics
 from .predictions import PREDICTIONS_CSV, PredictionTable
+from .report import PREDICTIONS_HTML, REPORT_HTML, RunReport
 from .table import CSV_NAME, MEAN_ROW
 from .visualization import UncertaintyVisualizer
 
@@ -19,9 +20,12 @@ __all__ = [
     "CSV_NAME",
     "MEAN_ROW",
     "PREDICTIONS_CSV",
+    "PREDICTIONS_HTML",
+    "REPORT_HTML",
     "ApplicableMetricsEvaluator",
     "PerCategoryMetrics",
     "PredictionTable",
+    "RunReport",
     "UncertaintyVisualizer",
     "zero_shot_metrics",
 ]

@@ -245,3 +245,23 @@ def write_plots(results: dict[tuple[str, str], CategoryResults], table: pd.DataF
             paths.append(path)
     logger.info("Plots of %d categories and their mean written to %s.", len(named), folder)
     return paths
+
+
+def write_score_distribution(scores: dict[str, list[float]], thresholds: dict[str, float], path: Path) -> Path:
+    """A predict run's picture: each category's probabilities, with the image threshold that labelled them."""
+    columns = min(len(scores), 4) or 1
+    rows = math.ceil(len(scores) / columns) or 1
+    with mpl.rc_context({"font.size": 8}):
+        figure = Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
+        axes = figure.subplots(rows, columns, squeeze=False).flatten()
+        for axis, (category, values) in zip(axes, sorted(scores.items()), strict=False):
+            axis.hist(values, bins=torch.linspace(0, 1, 41).tolist(), color=NORMAL)
+            flagged = sum(value > thresholds[category] for value in values)
+            axis.axvline(thresholds[category], color="black", linestyle="--", linewidth=1)
+            axis.set(title=f"{category}: {flagged} of {len(values)} above {thresholds[category]:.3f}",
+                     xlabel="anomaly probability", ylabel="images", xlim=(0, 1))  # fmt: skip
+        for axis in axes[len(scores) :]:
+            axis.set_axis_off()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=80)
+    return path

@@ -190,7 +190,7 @@ def test_two_processes_predict_one_table_with_the_review_marks_of_one_process(tm
     images.mkdir()
     for number, path in enumerate(sorted((mvtec_tree / "tile_c" / "test").rglob("*.png"))[:5]):
         (images / f"part_{number}.png").write_bytes(path.read_bytes())
-    tables = {}
+    tables, pages = {}, {}
     for name, extra, pythonpath in [
         ("single", ["--trainer.devices=1"], None),
         ("ddp", ["--trainer.devices=2", "--trainer.strategy=ddp"], str(Path(__file__).parents[2])),
@@ -213,7 +213,10 @@ def test_two_processes_predict_one_table_with_the_review_marks_of_one_process(tm
         written = list((tmp_path / name / "out").rglob("predictions*.csv"))
         assert [path.name for path in written] == ["predictions.csv"]
         tables[name] = pd.read_csv(written[0])
+        pages[name] = written[0].with_suffix(".html").read_text()
     single, distributed = tables["single"], tables["ddp"]
     assert len(distributed) == 5
     assert single.needs_review.sum() == 2  # floor(0.4 * 5), decided over all five images
     pd.testing.assert_frame_equal(distributed, single, check_exact=False, rtol=0, atol=1e-6)
+    assert pages["ddp"] == pages["single"]  # the page gathers every process's images and marks too
+    assert "2 of 2 shown" in pages["single"]  # the review queue

@@ -1,0 +1,451 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""``report.html`` of a test run and ``predictions.html`` of a predict run: a page for a person who skips the log.
+
+A test run's page holds the per-category table, the plots (``plots.py``) and three galleries: the worst false alarms
+(normal images labelled anomalous, highest probability first), the worst misses (anomalous images labelled normal,
+lowest probability first) and the review queue (images marked ``needs_review``, most uncertain first). A predict
+run's page holds the images, labels and review marks per category, the score distribution and two galleries: the
+review queue and the images labelled anomalous. Both list the reference and calibration images of each category.
+
+Each gallery entry shows the image, its anomaly map and its uncertainty map (on the visualizer's log scale) side by
+side, with the scores and the path. The page is one file that needs nothing else but the ``plots/`` beside it: the
+entries' pictures are embedded JPEGs, the plots relative links, no script and no address outside the folder.
+
+Its size does not grow with the run: each gallery keeps at most ``GALLERY_SIZE`` entries, and while the run scores
+only the candidates that could still enter are kept, with their maps reduced to ``MAP_SIDE`` pixels a side (per
+category for ``review_fraction``, whose marks are ranks within a category decided at the end).
+"""
+
+import base64
+import heapq
+import html
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed
+import torch.nn.functional as F  # noqa: N812
+from lightning.pytorch import Callback, LightningModule, Trainer
+from matplotlib import colormaps
+from PIL import Image
+
+from anomalib_bayes_pfl.batch import BayesPFLBatch
+from anomalib_bayes_pfl.model.references import CategoryReferences
+from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_MAXIMUM, UNCERTAINTY_UNITS
+from anomalib_bayes_pfl.settings import BayesPFLSettings
+
+from .plots import PLOTS_DIR, write_score_distribution
+from .review import grouped_review_flags
+from .table import row_names
+
+logger = logging.getLogger(__name__)
+
+REPORT_HTML = "report.html"
+PREDICTIONS_HTML = "predictions.html"  # beside predictions.csv: a test and a predict in one folder keep both pages
+GALLERY_SIZE = 12
+MAP_SIDE = 64
+THUMBNAIL_SIDE = 160
+JPEG_QUALITY = 80
+Key = tuple[str, str]  # dataset, category
+
+
+@dataclass
+class Entry:
+    """One image a gallery may show: its scores, labels and reduced maps."""
+
+    path: str
+    dataset: str
+    category: str
+    score: float
+    threshold: float
+    uncertainty: float | None
+    label: int | None
+    pred_label: int | None
+    needs_review: bool | None
+    anomaly_map: torch.Tensor | None = None
+    uncertainty_map: torch.Tensor | None = None
+
+
+@dataclass
+class Gallery:
+    """The ``size`` entries with the largest ``rank`` among those offered, kept per group as they come."""
+
+    title: str
+    explanation: str
+    rank: Callable[[Entry], float]
+    size: int = GALLERY_SIZE
+    heaps: dict[Any, list[tuple[float, str, int, Entry]]] = field(default_factory=dict)
+    offered: int = 0
+
+    def wants(self, rank: float, group: Any = None) -> bool:
+        """Whether an entry of this rank would enter now."""
+        heap = self.heaps.get(group, [])
+        return len(heap) < self.size or rank >= heap[0][0]
+
+    def offer(self, entry: Entry, group: Any = None) -> None:
+        """Keep ``entry`` if it is among the ``size`` largest of its group so far (ties: by path)."""
+        heap = self.heaps.setdefault(group, [])
+        item = (self.rank(entry), entry.path, self.offered, entry)
+        self.offered += 1
+        if len(heap) < self.size:
+            heapq.heappush(heap, item)
+        elif item[:2] > heap[0][:2]:
+            heapq.heapreplace(heap, item)
+
+    def entries(self, keep: Callable[[Entry], bool]) -> list[Entry]:
+        """The ``size`` largest entries over all groups that ``keep`` accepts, largest first."""
+        items = sorted((item for heap in self.heaps.values() for item in heap), key=lambda item: item[:2], reverse=True)
+        return [entry for _, _, _, entry in items if keep(entry)][: self.size]
+
+
+def _reduced(values: torch.Tensor | None, index: int) -> torch.Tensor | None:
+    if values is None:
+        return None
+    plane = values[index].detach().float().cpu().reshape(1, 1, *values.shape[-2:])
+    return F.interpolate(plane, size=(MAP_SIDE, MAP_SIDE), mode="area")[0, 0].half()
+
+
+def _coloured(values: np.ndarray, colour_map: str) -> Image.Image:
+    picture = Image.fromarray((colormaps[colour_map](values)[..., :3] * 255).astype(np.uint8))
+    return picture.resize((THUMBNAIL_SIDE, THUMBNAIL_SIDE), Image.Resampling.BILINEAR)
+
+
+def entry_picture(entry: Entry, measure: str) -> Image.Image:
+    """The image, its anomaly map (0 to 1, ``jet``) and its uncertainty map (log scale, ``inferno``), side by side."""
+    size = (THUMBNAIL_SIDE, THUMBNAIL_SIDE)
+    try:
+        with Image.open(entry.path) as opened:
+            part = opened.convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    except OSError:
+        part = Image.new("RGB", size, (128, 128, 128))
+    panels = [part]
+    if entry.anomaly_map is not None:
+        anomaly = _coloured(entry.anomaly_map.float().clamp(0, 1).numpy(), "jet")
+        panels.append(Image.blend(part, anomaly, 0.5))
+    if entry.uncertainty_map is not None:
+        maximum = UNCERTAINTY_MAXIMUM[measure]
+        floor = maximum * 1e-4  # the visualizer's four decades
+        position = np.log10(np.clip(entry.uncertainty_map.float().numpy(), floor, maximum) / floor) / 4
+        panels.append(Image.blend(part.convert("L").convert("RGB"), _coloured(position, "inferno"), 0.5))
+    canvas = Image.new("RGB", (THUMBNAIL_SIDE * len(panels), THUMBNAIL_SIDE))
+    for position, panel in enumerate(panels):
+        canvas.paste(panel, (THUMBNAIL_SIDE * position, 0))
+    return canvas
+
+
+def _embedded(picture: Image.Image) -> str:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _caption(entry: Entry, measure: str) -> str:
+    facts = [f"probability {entry.score:.3f} (threshold {entry.threshold:.3f})"]
+    if entry.uncertainty is not None:
+        facts.append(f"uncertainty {entry.uncertainty:.3g} {UNCERTAINTY_UNITS[measure]}")
+    if entry.label is not None:
+        facts.append("truth: " + ("anomalous" if entry.label else "normal"))
+    if entry.pred_label is not None:
+        facts.append("labelled " + ("anomalous" if entry.pred_label else "normal"))
+    if entry.needs_review:
+        facts.append("needs review")
+    category = f"{entry.dataset}/{entry.category}" if entry.dataset else entry.category
+    return f"<b>{html.escape(category)}</b>: " + "; ".join(facts) + f"<br><code>{html.escape(entry.path)}</code>"
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; font-size: 0.8em; }
+th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
+figure { display: inline-block; margin: 0.5em; max-width: 500px; vertical-align: top; font-size: 0.8em; }
+figure img { display: block; }
+.plot { max-width: 100%; }
+code { word-break: break-all; }
+"""
+
+
+@dataclass
+class Page:
+    """The parts of a report page, in order."""
+
+    title: str
+    sections: list[str] = field(default_factory=list)
+
+    def add(self, heading: str, body: str, note: str = "") -> None:
+        """A section with a heading, a line that says what it shows, and its body."""
+        explanation = f"<p>{html.escape(note)}</p>" if note else ""
+        self.sections.append(f"<h2>{html.escape(heading)}</h2>{explanation}{body}")
+
+    def write(self, path: Path) -> None:
+        """The page as one HTML file."""
+        body = "".join(self.sections)
+        title = html.escape(self.title)
+        path.write_text(
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+            f"<style>{STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>",
+            encoding="utf-8",
+        )
+
+
+def gallery_html(gallery: Gallery, entries: list[Entry], total: int, measure: str) -> str:
+    """The gallery's entries as figures, how many of the run's ``total`` they are, or a line saying there are none."""
+    if not entries:
+        return "<p>None in this run.</p>"
+    figures = [
+        f'<figure class="entry"><img src="{_embedded(entry_picture(entry, measure))}" alt="{html.escape(entry.path)}">'
+        f"<figcaption>{_caption(entry, measure)}</figcaption></figure>"
+        for entry in entries
+    ]
+    shown = f"<p>{len(entries)} of {total} shown (at most {gallery.size}).</p>"
+    return shown + '<div class="gallery">' + "".join(figures) + "</div>"
+
+
+def references_html(references: dict[str, CategoryReferences]) -> str:
+    """Each category's reference and calibration images, as paths."""
+    items = []
+    for category, stored in sorted(references.items()):
+        for kind, paths in (("reference", stored.reference_images), ("calibration", stored.calibration_images)):
+            if paths:
+                listed = "".join(f"<li><code>{html.escape(str(path))}</code></li>" for path in paths)
+                items.append(f"<details><summary>{html.escape(category)}: {len(paths)} {kind} images</summary>"
+                             f"<ul>{listed}</ul></details>")  # fmt: skip
+    return "".join(items)
+
+
+class RunReport(Callback):
+    """Write ``report.html`` at the end of a test run and ``predictions.html`` at the end of a predict run.
+
+    Args:
+        settings: The run's options when it runs (the uncertainty measure, the review rule).
+        table: The per-category table of the test run, once computed (``PerCategoryMetrics``).
+        references: Each category's stored references and calibration images.
+    """
+
+    def __init__(
+        self,
+        settings: Callable[[], BayesPFLSettings],
+        table: Callable[[], pd.DataFrame | None],
+        references: Callable[[], dict[str, CategoryReferences]],
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.references = references
+        self.rows: list[Entry] = []
+        self.galleries: dict[str, Gallery] = {}
+
+    def _start(self, kind: str) -> None:
+        self.rows = []
+        review = Gallery(
+            "Review queue",
+            "Images marked needs_review, most uncertain first: the model's samples disagree on them.",
+            rank=lambda entry: entry.uncertainty or 0.0,
+        )
+        if kind == "test":
+            self.galleries = {
+                "false_alarms": Gallery(
+                    "Worst false alarms",
+                    "Normal images labelled anomalous, highest probability first.",
+                    rank=lambda entry: entry.score,
+                ),
+                "misses": Gallery(
+                    "Worst misses",
+                    "Anomalous images labelled normal, lowest probability first.",
+                    rank=lambda entry: -entry.score,
+                ),
+                "review": review,
+            }
+        else:
+            self.galleries = {
+                "review": review,
+                "anomalous": Gallery(
+                    "Labelled anomalous",
+                    "Images labelled anomalous, highest probability first.",
+                    rank=lambda entry: entry.score,
+                ),
+            }
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start with empty galleries."""
+        del trainer, pl_module
+        self._start("test")
+
+    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Start with empty galleries."""
+        del trainer, pl_module
+        self._start("predict")
+
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: BayesPFLBatch,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        """Keep each image's scores, and the maps of those that may enter a gallery."""
+        del trainer, pl_module, batch, batch_idx, dataloader_idx
+        review_fraction = self.settings().review_fraction
+
+        def values(name: str) -> list[Any]:
+            value = getattr(outputs, name)
+            return value.detach().cpu().tolist() if value is not None else [None] * len(outputs.pred_score)
+
+        columns = zip(
+            outputs.image_path or [""] * len(outputs.pred_score),
+            outputs.dataset,
+            outputs.category,
+            *(values(name) for name in ("pred_score", "image_threshold", "uncertainty", "gt_label")),
+            *(values(name) for name in ("pred_label", "needs_review")),
+            strict=True,
+        )
+        for index, (path, dataset, category, *rest) in enumerate(columns):
+            entry = Entry(path, dataset, category, *rest)
+            entry.label = None if entry.label is None else int(entry.label)
+            entry.pred_label = None if entry.pred_label is None else int(entry.pred_label)
+            self.rows.append(entry)
+            for name, gallery in self.galleries.items():
+                group = (dataset, category) if name == "review" and review_fraction else None
+                if not self._candidate(name, entry, review_fraction) or not gallery.wants(gallery.rank(entry), group):
+                    continue
+                maps = {"anomaly_map": _reduced(outputs.anomaly_map, index),
+                        "uncertainty_map": _reduced(outputs.uncertainty_map, index)}  # fmt: skip
+                gallery.offer(replace(entry, **maps), group)
+
+    on_predict_batch_end = on_test_batch_end
+
+    @staticmethod
+    def _candidate(gallery: str, entry: Entry, review_fraction: float) -> bool:
+        if gallery == "false_alarms":
+            return entry.label == 0 and entry.pred_label == 1
+        if gallery == "misses":
+            return entry.label == 1 and entry.pred_label == 0
+        if gallery == "anomalous":
+            return entry.pred_label == 1
+        return entry.uncertainty is not None and (bool(entry.needs_review) or bool(review_fraction))
+
+    def _gathered(self, trainer: Trainer) -> bool:
+        """Every process's rows and candidates on the first process; ``False`` on the others."""
+        if trainer.world_size == 1:
+            return True
+        shares: list[Any] = [None] * trainer.world_size
+        heaps = {name: gallery.heaps for name, gallery in self.galleries.items()}  # the ranks' lambdas do not pickle
+        torch.distributed.all_gather_object(shares, (self.rows, heaps))
+        if not trainer.is_global_zero:
+            return False
+        unique = {entry.path or id(entry): entry for rows, _ in shares for entry in rows}  # padded repeats once
+        self.rows = list(unique.values())
+        for name, gallery in self.galleries.items():
+            seen = set()
+            merged = Gallery(gallery.title, gallery.explanation, gallery.rank, gallery.size)
+            for _, galleries in shares:
+                for group, heap in galleries[name].items():
+                    for *_, entry in heap:
+                        if entry.path not in seen:
+                            seen.add(entry.path)
+                            merged.offer(entry, group)
+            self.galleries[name] = merged
+        return True
+
+    def _review_marks(self) -> set[str]:
+        """The paths marked ``needs_review``: each image's own mark, or ``review_fraction``'s ranks over the run."""
+        fraction = self.settings().review_fraction
+        if not fraction:
+            return {entry.path for entry in self.rows if entry.needs_review}
+        scored = [entry for entry in self.rows if entry.uncertainty is not None]
+        if not scored:
+            return set()
+        groups = [(entry.dataset, entry.category) for entry in scored]
+        flags = grouped_review_flags(groups, torch.tensor([entry.uncertainty for entry in scored]), fraction)
+        return {entry.path for entry, flagged in zip(scored, flags.tolist(), strict=True) if flagged}
+
+    def _galleries(self, page: Page) -> None:
+        settings = self.settings()
+        marked = self._review_marks()
+        for name, gallery in self.galleries.items():
+            if name == "review":
+                shown = lambda entry: entry.path in marked  # noqa: E731
+            else:
+                shown = lambda entry, name=name: self._candidate(name, entry, 0.0)  # noqa: E731
+            entries = [replace(entry, needs_review=entry.path in marked) for entry in gallery.entries(shown)]
+            total = sum(shown(entry) for entry in self.rows)
+            note = gallery.explanation
+            if name == "review" and settings.review_rate is None and not settings.review_fraction:
+                note += " No review rule was given (--model.review_rate or --model.review_fraction)."
+            page.add(gallery.title, gallery_html(gallery, entries, total, settings.uncertainty), note)
+
+    def _references(self, page: Page) -> None:
+        listed = references_html(self.references())
+        if listed:
+            page.add("Reference and calibration images", listed, "The normal images that set each category's "
+                     "references (few-shot) and calibrated its thresholds.")  # fmt: skip
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the test run's page: the table, the plots and the galleries."""
+        del pl_module
+        if not self._gathered(trainer):
+            return
+        root = Path(trainer.default_root_dir)
+        page = Page(f"Bayes-PFL test run: {len(self.rows)} images")
+        table = self.table()
+        if table is not None:
+            page.add("Per-category metrics", table.to_html(float_format=lambda value: f"{value:.4f}", na_rep="NaN"),
+                     "The table of per_category_metrics.csv; NaN: the log says why it cannot be computed.")  # fmt: skip
+        plots = sorted((root / PLOTS_DIR).rglob("*.png")) if (root / PLOTS_DIR).is_dir() else []
+        images = "".join(
+            f'<p><img class="plot" src="{html.escape(path.relative_to(root).as_posix())}" '
+            f'alt="{html.escape(path.stem)}"></p>'
+            for path in sorted(plots, key=lambda path: (path.stem != "mean", str(path)))
+        )
+        page.add("Plots", images or "<p>No plots were written.</p>", "All categories first, then each category.")
+        self._galleries(page)
+        self._references(page)
+        self._write(page, root / REPORT_HTML)
+
+    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Write the predict run's page: the labels, the score distribution and the galleries."""
+        del pl_module
+        if not self._gathered(trainer):
+            return
+        root = Path(trainer.default_root_dir)
+        marked = self._review_marks()
+        names = row_names(sorted({(entry.dataset, entry.category) for entry in self.rows}))
+        categories = [names[entry.dataset, entry.category] for entry in self.rows]
+        rows = pd.DataFrame(
+            {
+                "category": categories,
+                "images": 1,
+                "labelled anomalous": [int(entry.pred_label == 1) for entry in self.rows],
+                "needs review": [int(entry.path in marked) for entry in self.rows],
+            }
+        )
+        counts = rows.groupby("category").sum()
+        counts.loc["all"] = counts.sum()
+        page = Page(f"Bayes-PFL predictions: {len(self.rows)} images")
+        note = "Images per category, how many the model labelled anomalous, and how many it sends to a person."
+        page.add("Labels", counts.to_html(), note + " predictions.csv lists every image.")
+        scores: dict[str, list[float]] = {}
+        thresholds: dict[str, float] = {}
+        for entry, category in zip(self.rows, categories, strict=True):
+            scores.setdefault(category, []).append(entry.score)
+            thresholds[category] = entry.threshold
+        distribution = write_score_distribution(scores, thresholds, root / PLOTS_DIR / "predicted_scores.png")
+        picture = f'<p><img class="plot" src="{PLOTS_DIR}/{distribution.name}" alt="score distribution"></p>'
+        page.add("Score distribution", picture, "Each category's probabilities, with its image threshold.")
+        self._galleries(page)
+        self._references(page)
+        self._write(page, root / PREDICTIONS_HTML)
+
+    @staticmethod
+    def _write(page: Page, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        page.write(path)
+        print(f"Report written to {path}: open it in a browser")
