@@ -32,25 +32,23 @@ def test_benchmark_prints_its_figures(script, figures):
     assert all(line["value"] > 0 for name, line in lines.items() if name.startswith(("inference", "train")))
 
 
-def test_deployment_benchmark_compares_the_exact_runtimes_with_the_same_weights():
-    """Exports run in other processes: the exact runtimes agreeing with torch shows they built the same model.
+def test_deployment_benchmark_measures_the_cost_of_the_uncertainty_outputs():
+    """The torch runners with and without the uncertainty outputs agree, and the cost line is printed.
 
-    The grid is narrowed to ONNX, with and without the uncertainty outputs (each export takes about 20 s even for the
-    tiny model); the OpenVINO exports are checked in ``test_deploy.py`` and ``test_few_shot.py``.
+    The grid is narrowed to torch: each export takes about 20 s even for the tiny model. The exports, the uncertainty
+    ones included, are checked against torch in ``test_deploy.py`` and ``test_few_shot.py`` (the on-line recipe:
+    OpenVINO, converted from the ONNX graph, within 1e-5 of ``anomalib predict``).
     """
     options = [f"--clip_model={TINY_CLIP}", "--image_size=64", "--num_samples=2", "--repeats=1", "--threads=1"]
-    options += ["--exports=[onnx]", "--uncertainty=true"]
+    options += ["--exports=[build]", "--uncertainty=true"]
     result = forked_main(str(BENCHMARKS / "bench_deploy.py"), *options, cwd=BENCHMARKS)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = {line["figure"]: line for line in map(json.loads, result.stdout.splitlines())}
-    exports = {"export_onnx", "export_onnx_uncertainty"}
-    assert exports <= set(lines)
-    assert not {"export_openvino_fp32", "export_openvino_int8", "latency_openvino_fp32"} & set(lines)
-    assert all(lines[name]["peak_memory_gib"] > 0 for name in exports)
-    for name in ["onnxruntime_fp32", "onnxruntime_fp32_uncertainty", "torch_fp32_uncertainty"]:
-        assert lines[f"latency_{name}"]["max_map_difference"] < 1e-4, name  # the same scores with the outputs
-        assert lines[f"latency_{name}"]["max_probability_difference"] < 1e-5, name
-    costs = {"uncertainty_cost_torch_fp32", "uncertainty_cost_onnxruntime_fp32"}
-    assert costs <= set(lines)
-    assert all(lines[name]["ratio"] > 0 for name in costs)
+    assert not {name for name in lines if name.startswith("export_")} - {"export_build"}  # no ONNX, no OpenVINO
+    for name in ["torch_fp32_uncertainty", "torch_bf16"]:
+        assert name in {line.removeprefix("latency_") for line in lines}
+    uncertainty = lines["latency_torch_fp32_uncertainty"]
+    assert uncertainty["max_map_difference"] < 1e-4  # the same scores with the outputs
+    assert uncertainty["max_probability_difference"] < 1e-5
+    assert lines["uncertainty_cost_torch_fp32"]["ratio"] > 0
     assert "latency_torch_bf16" in lines
