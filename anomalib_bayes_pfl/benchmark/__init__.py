@@ -19,9 +19,11 @@ anomalib's benchmark config format (``grid`` keys, one runner per accelerator) a
 Here each job builds its own model and datamodule in a process of its own, whose memory is watched: a job whose
 processes hold more than ``--memory_limit`` GiB is stopped. A job that fails, raises, dies or is stopped leaves a row
 with its settings and the reason in the ``error`` column, and the next job runs. ``results.csv`` is written again as
-each job finishes, so a run that is itself killed keeps every finished row. Each row names its job's log (everything
-the job printed, logged or crashed with) in the ``log`` column, and its peak memory in ``peak_memory_gb``. At the end
-the command prints a short table and the CSV path, then names the failed jobs and exits 1 if there are any.
+each job finishes, so a run that is itself killed keeps every finished row, and with it ``results.png``, a chart of
+each metric per model and category, and ``results.html``, the chart and the rows on one page. Each row names its
+job's log (everything the job printed, logged or crashed with) in the ``log`` column, and its peak memory in
+``peak_memory_gb``. At the end the command prints a short table and the CSV path, then names the failed jobs and
+exits 1 if there are any.
 
 Memory. Jobs run with glibc's ``MALLOC_TRIM_THRESHOLD_=0`` unless it is set: anomalib's Patchcore coreset selection
 allocates and frees an embedding-sized temporary in each of its thousands of steps, and glibc's allocator kept the
@@ -59,6 +61,8 @@ from anomalib.pipelines.components.utils import get_iterator_from_grid_dict
 from anomalib.utils.config import flatten_dict
 from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import seed_everything
+
+from anomalib_bayes_pfl.reporting.comparison import RESULTS_HTML, RESULTS_PNG, write_comparison
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +118,22 @@ def _job_name(row: pd.Series, columns: dict[str, str]) -> str:
     )
 
 
+def models_and_categories(results: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Each row's model (with the settings that vary between its jobs) and category (with its data, where they vary).
+
+    The chart's groups: a job is one model on one category.
+    """
+    columns = _job_columns(results)
+    model_columns = {column: header for column, header in columns.items() if header not in ("data", "category")}
+    models = results.apply(lambda row: _job_name(row, model_columns), axis=1)
+    data = results.get("data.class_path", pd.Series("", index=results.index)).fillna("").astype(str)
+    category = results.get("data.init_args.category", pd.Series(None, index=results.index))
+    categories = category.fillna(data).astype(str)
+    if data.nunique() > 1:
+        categories = data + "/" + categories
+    return models, categories
+
+
 class JobsFailedError(RuntimeError):
     """Some jobs failed; raised after all results, theirs included, are written."""
 
@@ -129,6 +149,8 @@ class JobsFailedError(RuntimeError):
 
 class ResultsTable:
     """``results.csv``, written again whenever a job's row is added, so that it always holds every finished job.
+
+    ``results.png`` and ``results.html`` are drawn again from the same rows.
 
     Rows keep the grid's order whatever order their jobs finish in. The file is replaced in one step (written beside,
     then renamed), so that a reader, or a run killed while writing, never sees half of it.
@@ -147,6 +169,7 @@ class ResultsTable:
             partial = self.path.with_suffix(".csv.partial")
             frame.to_csv(partial, index=False)
             partial.replace(self.path)
+            write_comparison(frame, *models_and_categories(frame), self.path.parent)
 
     def frame(self) -> pd.DataFrame:
         """One row per finished job, in grid order, ``error`` last; models with other metrics leave empty cells."""
@@ -369,6 +392,7 @@ class ZeroShotCapableBenchmark(Benchmark):
         summary = results.filter(items=list(columns)).rename(columns=columns)
         print(summary.to_string(index=False, na_rep="", float_format="{:.3f}".format, max_colwidth=60))
         print(f"Results of {len(results)} jobs, all columns: {table.path}")
+        print(f"Chart and page: {table.path.with_name(RESULTS_PNG)}, {table.path.with_name(RESULTS_HTML)}")
         if results["error"].notna().any():
             raise JobsFailedError(results)
 

@@ -3,6 +3,7 @@
 
 """``python -m anomalib_bayes_pfl.benchmark``: every job keeps its row, failures fail the command, configs run."""
 
+import html
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from anomalib.engine import Engine
 
 from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
+from anomalib_bayes_pfl.reporting.comparison import RESULTS_HTML, RESULTS_PNG
 
 from ..helpers import TINY_ARGUMENTS, TINY_CLIP, forked_main, tiny_module
 
@@ -104,6 +106,18 @@ def test_failed_jobs_keep_every_row_and_fail_the_command(tmp_path, mvtec):
         assert line.endswith(f": {row['error']}")
     names = [line.strip().split(": ", 1)[0] for line in last_lines[1:]]
     assert len(set(names)) == len(names), names  # the BayesPFL variants are told apart
+
+    # The chart and the page, written with the CSV: every job's row with its error and a link to its log that opens.
+    page = (table.parent / RESULTS_HTML).read_text()
+    assert (table.parent / RESULTS_PNG).stat().st_size > 0
+    assert page.count("</tr>") == 1 + len(results)
+    for error in failed["error"]:
+        assert html.escape(error) in page
+    for log in results["log"]:
+        link = Path(log).relative_to(table.parent.relative_to(tmp_path))
+        assert f'href="{link}"' in page
+        assert (table.parent / link).is_file()
+    assert f"Chart and page: {table.parent.relative_to(tmp_path) / RESULTS_PNG}" in result.stdout
 
     # The printed table has a few columns: not every config key.
     header = next(line for line in result.stdout.splitlines() if line.split()[:3] == ["model", "data", "category"])

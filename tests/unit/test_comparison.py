@@ -1,0 +1,88 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""The benchmark's chart and page: each bar is the value of results.csv, and each missing bar says why."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from anomalib_bayes_pfl.benchmark import models_and_categories
+from anomalib_bayes_pfl.reporting.comparison import (
+    MEAN,
+    RESULTS_HTML,
+    RESULTS_PNG,
+    comparison_figure,
+    model_values,
+    write_comparison,
+)
+
+NAN = float("nan")
+
+
+@pytest.fixture
+def results() -> pd.DataFrame:
+    """Two models on two categories; Padim has no AUPRO, and its second job failed."""
+    return pd.DataFrame(
+        {
+            "model.class_path": ["BayesPFL", "BayesPFL", "Padim", "Padim"],
+            "data.class_path": ["MVTecAD"] * 4,
+            "data.init_args.category": ["bottle", "cable", "bottle", "cable"],
+            "image_AUROC": [0.9, 0.7, 0.6, NAN],
+            "pixel_AUPRO": [0.4, 0.2, NAN, NAN],
+            "job_duration": [10.0, 11.0, 5.0, NAN],
+            "log": [f"runs/benchmark/t/logs/00{index}.log" for index in range(4)],
+            "error": [NAN, NAN, NAN, "RuntimeError: <out of memory> & more"],
+        }
+    )
+
+
+def test_each_bar_is_the_value_in_results_csv_and_each_missing_one_says_why(results):
+    models, categories = models_and_categories(results)
+    figure = comparison_figure(results, models, categories)
+
+    assert [axis.get_title() for axis in figure.axes if axis.axison] == ["image_AUROC", "pixel_AUPRO"]
+    axis = next(axis for axis in figure.axes if axis.get_title() == "image_AUROC")
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == ["bottle", "cable", MEAN]
+    heights = {container.get_label(): [patch.get_height() for patch in container] for container in axis.containers}
+    assert heights["BayesPFL"] == pytest.approx([0.9, 0.7, 0.8])
+    assert heights["Padim"] == pytest.approx([0.6, 0, 0])  # no bar: a failed job, and so no mean
+    labels = [text.get_text() for text in axis.texts]
+    assert labels == ["0.90", "0.70", "0.80", "0.60", "failed", "n/a"]
+    pro = next(axis for axis in figure.axes if axis.get_title() == "pixel_AUPRO")
+    assert [text.get_text() for text in pro.texts] == ["0.40", "0.20", "0.30", "n/a", "failed", "n/a"]
+
+
+def test_the_mean_is_over_all_categories_or_not_given(results):
+    models, categories = models_and_categories(results)
+    values = model_values(results, models, categories, "image_AUROC")
+    assert values.loc["BayesPFL", MEAN] == pytest.approx(0.8)
+    assert math.isnan(values.loc["Padim", MEAN])  # a mean over the categories that succeeded would mislead
+
+
+def test_models_are_told_apart_by_the_settings_that_vary_and_categories_by_data_where_it_varies(results):
+    results.loc[1, "model.init_args.k_shot"] = 4
+    results.loc[0, "model.init_args.k_shot"] = 0
+    results.loc[3, "data.class_path"] = "Visa"
+    models, categories = models_and_categories(results)
+    assert models.tolist() == ["BayesPFL / model.k_shot=0.0", "BayesPFL / model.k_shot=4.0", "Padim", "Padim"]
+    assert categories.tolist() == ["MVTecAD/bottle", "MVTecAD/cable", "MVTecAD/bottle", "Visa/cable"]
+
+
+def test_the_page_holds_the_chart_and_every_job_with_its_error_and_log(results, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "runs" / "benchmark" / "t"
+    folder.mkdir(parents=True)
+    page = write_comparison(results, *models_and_categories(results), folder.relative_to(tmp_path))
+
+    assert (folder / RESULTS_PNG).stat().st_size > 0
+    text = (tmp_path / page).read_text()
+    assert page.name == RESULTS_HTML
+    assert f'src="{RESULTS_PNG}"' in text
+    assert text.count("</tr>") == 1 + len(results)  # the header and one row per job
+    assert "RuntimeError: &lt;out of memory&gt; &amp; more" in text  # the error, as text
+    for index in range(4):
+        assert f'href="logs/00{index}.log"' in text  # relative to the page: a copied folder keeps its links
+    assert "<script" not in text
+    assert "http" not in text
