@@ -9,7 +9,7 @@ from pathlib import Path
 
 STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; font-size: 0.8em; }
+table { border-collapse: collapse; font-size: 0.8em; display: block; overflow-x: auto; max-width: 100%; }
 th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
 figure { display: inline-block; margin: 0.5em; max-width: 500px; vertical-align: top; font-size: 0.8em; }
 figure img { display: block; }

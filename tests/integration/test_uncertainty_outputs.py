@@ -3,6 +3,7 @@
 
 """Where users see the uncertainty: the per-category table, predictions.csv and the images, checked by hand."""
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,8 +15,10 @@ from anomalib.engine import Engine
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from anomalib_bayes_pfl.reporting import CSV_NAME, PREDICTIONS_CSV, UncertaintyVisualizer
+from anomalib_bayes_pfl.reporting import CSV_NAME, PREDICTIONS_CSV, PREDICTIONS_HTML, REPORT_HTML, UncertaintyVisualizer
+from anomalib_bayes_pfl.reporting.report import GALLERY_SIZE
 
+from ..browser import render
 from ..helpers import cross_dataset, sparsification_by_hand, tiny_module
 
 pytestmark = pytest.mark.slow  # end-to-end training through the Engine
@@ -124,3 +127,41 @@ def test_a_folder_with_an_earlier_run_s_images_is_named(tmp_path, caplog):
     Image.new("RGB", (4, 4)).save(tmp_path / "images" / "old" / "000.png")
     UncertaintyVisualizer().on_test_start(SimpleNamespace(default_root_dir=tmp_path), None)
     assert f"{tmp_path / 'images'} already holds images of an earlier run" in caplog.text
+
+
+def _gallery(scored: pd.DataFrame, shown: pd.Series, rank: pd.Series) -> list[str]:
+    """The paths a gallery shows: of those ``shown``, the largest ``rank`` first, ties by path, at most GALLERY_SIZE."""
+    ordered = scored.assign(rank=rank)[shown].sort_values(["rank", "image_path"], ascending=False)
+    return ordered.image_path.head(GALLERY_SIZE).tolist()
+
+
+def test_both_pages_open_in_a_browser_from_a_copied_folder_with_every_picture_and_gallery(reviewed_run, tmp_path):
+    """report.html and predictions.html in headless Chromium, from a copy of the run folder, as a person opens them."""
+    _, predictions, _, root = reviewed_run
+    scored = _scored(predictions)
+    marks = pd.read_csv(root / PREDICTIONS_CSV).set_index("image_path").needs_review
+    scored["needs_review"] = scored.image_path.map(marks).astype(bool)
+    normal, anomalous, flagged = scored.label == 0, scored.label == 1, scored.pred_label == 1
+    review = _gallery(scored, scored.needs_review, scored.uncertainty)
+    expected = {
+        REPORT_HTML: {
+            "Worst false alarms": _gallery(scored, normal & flagged, scored.probability),
+            "Worst misses": _gallery(scored, anomalous & ~flagged, -scored.probability),
+            "Review queue": review,
+        },
+        PREDICTIONS_HTML: {"Review queue": review, "Labelled anomalous": _gallery(scored, flagged, scored.probability)},
+    }
+    assert len(review) == 2  # one per category: the queue is not empty
+    copied = shutil.copytree(root, tmp_path / "copied", ignore=shutil.ignore_patterns("*.ckpt"))
+
+    for name, galleries in expected.items():
+        rendered = render(copied / name, tmp_path / f"{name}.png")
+
+        assert not rendered.blank
+        assert rendered.broken == []
+        assert rendered.requests == []  # nothing from the network
+        assert {title: rendered.galleries.get(title, []) for title in galleries} == galleries
+        pictures = sum(map(len, rendered.galleries.values()))
+        plots = [image for image in rendered.images if not image["src"].startswith("data:")]
+        assert len(rendered.images) == pictures + len(plots)
+        assert len(plots) == (len(list((root / "plots").glob("*.png"))) - 1 if name == REPORT_HTML else 1)
