@@ -29,6 +29,7 @@ import torch
 from anomalib.metrics.base import AnomalibMetric
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import AutoLocator, MaxNLocator
 
 from .review import sparsification_curves
 from .table import ECE_BINS, MEAN_ROW, CategoryResults, row_names
@@ -146,6 +147,7 @@ def score_panel(axis: Axes, results: CategoryResults, row: pd.Series) -> None:
         axis.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.3f}")
         title += "\n" + ", ".join(rates) if rates else ""
     axis.set(title=title, xlabel="anomaly probability", ylabel="images", xlim=(0, 1))
+    axis.yaxis.set_major_locator(MaxNLocator(5, integer=True))
     axis.legend(loc="upper center")
     return None
 
@@ -184,13 +186,30 @@ Panel = Callable[[Axes, CategoryResults, pd.Series], None]
 CATEGORY_PANELS: tuple[Panel, ...] = (roc_panel, pr_panel, pro_panel, score_panel, reliability_panel)
 
 
+def panel_grid(rows: int, columns: int = 3) -> tuple[Figure, list[Axes]]:
+    """A figure of 4 x 3.6 inch panels with fixed margins (a layout engine costs as much as drawing the panels)."""
+    width, height = 4 * columns, 3.6 * rows
+    figure = Figure(figsize=(width, height))
+    axes = figure.subplots(rows, columns, squeeze=False).flatten().tolist()
+    figure.subplots_adjust(left=0.6 / width, right=1 - 0.2 / width, bottom=0.45 / height, top=1 - 0.7 / height,
+                           wspace=0.3, hspace=0.45)  # fmt: skip
+    return figure, axes
+
+
+def few_ticks(axis: Axes, *, x: bool = True, y: bool = True) -> None:
+    """At most five ticks on the numeric axes: each tick's text is laid out, and they are most of a figure's cost."""
+    for numeric, ticks in ((x, axis.xaxis), (y, axis.yaxis)):
+        if numeric and isinstance(ticks.get_major_locator(), AutoLocator):  # a panel's own locator stays
+            ticks.set_major_locator(MaxNLocator(5, steps=[1, 2, 2.5, 5, 10]))
+
+
 def category_figure(name: str, results: CategoryResults, row: pd.Series) -> Figure:
     """One category's panels, with the sparsification where it has an uncertainty."""
     panels = [*CATEGORY_PANELS, *((sparsification_panel,) if "uncertainty" in results.values else ())]
-    figure = Figure(figsize=(4 * 3, 3.6 * math.ceil(len(panels) / 3)), layout="constrained")
-    axes = figure.subplots(math.ceil(len(panels) / 3), 3, squeeze=False).flatten()
+    figure, axes = panel_grid(math.ceil(len(panels) / 3))
     for panel, axis in zip(panels, axes, strict=False):
         panel(axis, results, row)
+        few_ticks(axis)
     for axis in axes[len(panels) :]:
         axis.set_axis_off()
     figure.suptitle(f"{name}: {row.images} test images")
@@ -199,8 +218,7 @@ def category_figure(name: str, results: CategoryResults, row: pd.Series) -> Figu
 
 def mean_figure(results: dict[str, CategoryResults], table: pd.DataFrame) -> Figure:
     """Every category's ROC, PR and PRO curves in one panel each, and each category's figures against the mean."""
-    figure = Figure(figsize=(4 * 3, 3.6 * 2), layout="constrained")
-    axes = figure.subplots(2, 3).flatten()
+    figure, axes = panel_grid(2)
     curves = (("image_AUROC", "Image ROC", ("false-positive rate", "true-positive rate")),
               ("image_AUPR", "Image precision-recall", ("recall", "precision")),
               ("pixel_AUPRO", "Pixel PRO", ("false-positive rate", "per-region overlap")))  # fmt: skip
@@ -212,6 +230,7 @@ def mean_figure(results: dict[str, CategoryResults], table: pd.DataFrame) -> Fig
                 style = "steps-post" if column == "image_AUPR" else "default"
                 axis.plot(x, y, drawstyle=style, linewidth=1, label=f"{name} {table.loc[name, column]:.3f}")
         mean = table.loc[MEAN_ROW].get(column, float("nan"))
+        few_ticks(axis)
         axis.set(title=f"{title}: mean {mean:.3f}", xlabel=xlabel, ylabel=ylabel, ylim=(0, 1.02))
         if axis.lines:
             axis.legend(loc="lower right", fontsize="small")
@@ -225,6 +244,7 @@ def mean_figure(results: dict[str, CategoryResults], table: pd.DataFrame) -> Fig
             table.loc[MEAN_ROW, column], color="black", linestyle="--", label=f"mean {table.loc[MEAN_ROW, column]:.3f}"
         )
         axis.set(title=column, xlim=(0, 1))
+        few_ticks(axis, y=False)  # the categories' names stay
         axis.legend(loc="lower right", fontsize="small")
     figure.suptitle(f"All categories: {table.loc[MEAN_ROW, 'images']} test images")
     return figure
