@@ -81,7 +81,7 @@ def roc_panel(axis: Axes, results: CategoryResults, row: pd.Series) -> None:
     """The image ROC curve, its area the table's ``image_AUROC``."""
     if not _defined(row, "image_AUROC"):
         return _undefined(axis, "Image ROC", "needs normal and anomalous images")
-    false_positive_rate, true_positive_rate = _metric(results, "image_AUROC")._compute()
+    false_positive_rate, true_positive_rate = results.curve("image_AUROC")
     axis.plot(false_positive_rate, true_positive_rate, color=MODEL, label=f"AUROC {row.image_AUROC:.3f}")
     axis.plot([0, 1], [0, 1], color=REFERENCE, linestyle="--", linewidth=1, label="chance")
     axis.set(title="Image ROC", xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.02))
@@ -93,7 +93,7 @@ def pr_panel(axis: Axes, results: CategoryResults, row: pd.Series) -> None:
     """The image precision-recall curve as steps, whose area is the table's ``image_AUPR`` (average precision)."""
     if not _defined(row, "image_AUPR"):
         return _undefined(axis, "Image precision-recall", "needs normal and anomalous images")
-    precision, recall = _metric(results, "image_AUPR")._compute()
+    precision, recall = results.curve("image_AUPR")
     axis.plot(recall, precision, color=MODEL, drawstyle="steps-post", label=f"AP {row.image_AUPR:.3f}")
     prevalence = results.counts["anomalous_images"] / (
         results.counts["normal_images"] + results.counts["anomalous_images"]
@@ -109,10 +109,9 @@ def pro_panel(axis: Axes, results: CategoryResults, row: pd.Series) -> None:
     if not _defined(row, "pixel_AUPRO"):
         why = "no masks (image labels only)" if "pixel_AUPRO" not in row else "no anomalous pixel in the masks"
         return _undefined(axis, "Pixel PRO", why)
-    metric = _metric(results, "pixel_AUPRO")
-    false_positive_rate, overlap = metric._compute()
+    false_positive_rate, overlap = results.curve("pixel_AUPRO")
     axis.plot(false_positive_rate, overlap, color=MODEL, label=f"AUPRO {row.pixel_AUPRO:.3f}")
-    limit = float(metric.fpr_limit)
+    limit = float(_metric(results, "pixel_AUPRO").fpr_limit)
     axis.set(
         title="Pixel PRO", xlabel="false-positive rate", ylabel="per-region overlap", xlim=(0, limit), ylim=(0, 1.02)
     )
@@ -225,7 +224,7 @@ def mean_figure(results: dict[str, CategoryResults], table: pd.DataFrame) -> Fig
     for axis, (column, title, (xlabel, ylabel)) in zip(axes, curves, strict=False):
         for name, category in results.items():
             if _defined(table.loc[name], column):
-                first, second = _metric(category, column)._compute()
+                first, second = category.curve(column)
                 x, y = (second, first) if column == "image_AUPR" else (first, second)
                 style = "steps-post" if column == "image_AUPR" else "default"
                 axis.plot(x, y, drawstyle=style, linewidth=1, label=f"{name} {table.loc[name, column]:.3f}")

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from anomalib.metrics import AUPR, AUPRO, AUROC
 from PIL import Image
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
@@ -161,3 +162,23 @@ def test_image_only_categories_say_there_is_no_pro_curve_and_names_with_a_datase
     pro = next(axis for axis in figure.axes if axis.get_title() == "Pixel PRO")
     assert not pro.lines
     assert [text.get_text() for text in pro.texts] == ["not computed:\nno masks (image labels only)"]
+
+
+def test_a_run_s_plots_compute_each_curve_once(tmp_path, monkeypatch):
+    """AUPRO's curve labels every mask's regions: the category's panel and the mean's overlay share one computation."""
+    computed: list[str] = []
+    for metric in (AUROC, AUPR, AUPRO):
+        compute = metric._compute
+
+        def counted(self, compute=compute):
+            computed.append(self.name)
+            return compute(self)
+
+        monkeypatch.setattr(metric, "_compute", counted)
+    batches = [_batch("MVTec", category, 12, masks=True, seed=seed) for seed, category in enumerate("ab")]
+    callback = _run(tmp_path, batches)
+    assert (tmp_path / PLOTS_DIR / f"{MEAN_ROW}.png").exists()
+    # Once for the table (its compute() reduces the curve to the area) and once for both figures that draw it.
+    for name in ("image_AUROC", "image_AUPR", "pixel_AUPRO"):
+        assert computed.count(name) == 2 * 2, (name, computed)
+    assert callback.table.loc[MEAN_ROW, "pixel_AUPRO"] > 0
