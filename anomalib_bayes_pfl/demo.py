@@ -32,7 +32,7 @@ from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
 from anomalib_bayes_pfl.data import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 from anomalib_bayes_pfl.model import BayesPFL
-from anomalib_bayes_pfl.reporting import CSV_NAME, MEAN_ROW
+from anomalib_bayes_pfl.reporting import CSV_NAME, MEAN_ROW, REPORT_HTML
 
 AUXILIARY_CATEGORIES = ("fabric", "wood_grain", "marble", "cork", "linen")
 TARGET_CATEGORIES = ("slate", "felt", "granite", "terrazzo")
@@ -148,6 +148,7 @@ def run_demo(
         {"untrained": untrained.loc[MEAN_ROW, SUMMARY_COLUMNS], "trained": trained.loc[MEAN_ROW, SUMMARY_COLUMNS]}
     )
     images = next(trained_root.rglob("images"))
+    report = next((results / f"{max(SHOTS)}_shot").rglob(REPORT_HTML)).resolve()
     print("\nMean over the unseen categories:")
     print(summary.to_string(float_format=lambda value: f"{value:.3f}"))
     print(
@@ -163,7 +164,9 @@ def run_demo(
     print(pd.DataFrame(uncertainty).to_string(float_format=lambda value: f"{value:.3f}"))
     print(
         f"\nPer-category tables: {next(untrained_root.rglob(CSV_NAME))} and {next(trained_root.rglob(CSV_NAME))}"
-        f"\nAnomaly-map images: {images}\nWall time: {time.time() - started:.0f} s"
+        f"\nAnomaly-map images: {images}"
+        f"\nReport page, to open in a browser (4-shot, with its plots and galleries): {report}"
+        f"\nWall time: {time.time() - started:.0f} s"
     )
     if clip_model == TINY_CLIP_CONFIG:
         print(

@@ -7,6 +7,7 @@ with few-shot references."""
 import contextlib
 import io
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,10 @@ def test_demo_training_improves_unseen_categories(demo):
     images = list((output / "results" / "trained").rglob("images/**/*.png"))
     assert len([image for image in images if not image.stem.endswith("_uncertainty")]) == 4 * 24
     assert "Uncertainty of the prompt samples" in printed
+    report = Path(re.search(r"Report page, to open in a browser.*: (\S+)$", printed, re.MULTILINE).group(1))
+    assert report.name == "report.html"
+    assert report.is_file()
+    assert report.is_relative_to((output / "results" / "4_shot").resolve())
 
 
 def test_demo_is_a_function_of_its_seed_and_runs_again_in_its_folder(demo, caplog):
