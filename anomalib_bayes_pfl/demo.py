@@ -8,9 +8,9 @@
 It writes small synthetic datasets (textures with Perlin-noise defects, anomalib's generator), builds a tiny
 randomly initialised CLIP unless ``--clip_model`` / ``--clip_pretrained`` name real ones, scores the unseen
 categories with the untrained head, trains the head through anomalib's Engine on the auxiliary categories, scores
-the unseen categories again, and prints both per-category tables. Then it scores the unseen categories with 0, 1, 2
-and 4 normal reference images per category, each with thresholds calibrated for a false-alarm rate of 0.1 on 20
-further normal images, and prints the means over categories, with how well the prompt samples' uncertainty finds the
+the unseen categories again, and prints both per-category tables (with anomalib's image visualisations of the
+trained run). Then it scores the unseen categories with 0, 1, 2 and 4 normal reference images per category, each
+with thresholds calibrated for a false-alarm rate of 0.1 on 20 further normal images, and prints the means over categories, with how well the prompt samples' uncertainty finds the
 model's errors, the share of normal and of anomalous images sent to review by a review rate of 0.1 calibrated on the
 same normal images, and the error rate of the images decided without review. A tiny random backbone
 demonstrates the pipeline, not the paper's accuracy. A second run in the same ``--output`` replaces the first one's
@@ -115,6 +115,8 @@ def run_demo(
         )
 
     results = root / "results"
+    # anomalib's per-image visualisations (two PNGs of about 200 KB per image) are written for the trained run only:
+    # every run's report.html has its own galleries, and the other five runs' images took a fifth of the demo's time.
     runs = ["untrained", "trained", *(f"{k_shot}_shot" for k_shot in SHOTS)]
     for run in runs:  # this demo's own folders: a second run starts afresh and prints the same tables
         shutil.rmtree(results / run, ignore_errors=True)
@@ -122,7 +124,7 @@ def run_demo(
     untrained_root = results / "untrained"
     seed_everything(seed)  # the head is built, from the global RNG, when it is first used
     Engine(default_root_dir=untrained_root, accelerator="cpu", devices=1, logger=False).test(
-        model(), datamodule=_datamodule(datasets)
+        model(visualizer=False), datamodule=_datamodule(datasets)
     )
     print(f"Training on {', '.join(AUXILIARY_CATEGORIES)}; testing on the unseen {', '.join(TARGET_CATEGORIES)} ...")
     trained_root = results / "trained"
@@ -137,7 +139,7 @@ def run_demo(
         shot_root = results / f"{k_shot}_shot"
         few_shot = {"k_shot": k_shot, "false_alarm_rate": FALSE_ALARM_RATE, "calibration_images": CALIBRATION_IMAGES}
         Engine(default_root_dir=shot_root, accelerator="cpu", devices=1, logger=False).test(
-            model(prompt_weights=str(checkpoint), review_rate=REVIEW_RATE, **few_shot),
+            model(prompt_weights=str(checkpoint), review_rate=REVIEW_RATE, visualizer=False, **few_shot),
             datamodule=_datamodule(datasets),
         )
         shots[f"{k_shot}-shot"] = _table(shot_root).loc[MEAN_ROW, SUMMARY_COLUMNS + LABEL_COLUMNS]
