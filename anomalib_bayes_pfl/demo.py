@@ -10,11 +10,11 @@ randomly initialised CLIP unless ``--clip_model`` / ``--clip_pretrained`` name r
 categories with the untrained head, trains the head through anomalib's Engine on the auxiliary categories, scores
 the unseen categories again, and prints both per-category tables (with anomalib's image visualisations of the
 trained run). Then it scores the unseen categories with 0, 1, 2 and 4 normal reference images per category, each
-with thresholds calibrated for a false-alarm rate of 0.1 on 20 further normal images, and prints the means over categories, with how well the prompt samples' uncertainty finds the
-model's errors, the share of normal and of anomalous images sent to review by a review rate of 0.1 calibrated on the
-same normal images, and the error rate of the images decided without review. A tiny random backbone
-demonstrates the pipeline, not the paper's accuracy. A second run in the same ``--output`` replaces the first one's
-results.
+with thresholds calibrated for a false-alarm rate of 0.1 on 20 further normal images, and prints the means over
+categories, with how well the prompt samples' uncertainty finds the model's errors, the share of normal and of
+anomalous images sent to review by a review rate of 0.1 calibrated on the same normal images, and the error rate of
+the images decided without review. A tiny random backbone demonstrates the pipeline, not the paper's accuracy. A
+second run in the same ``--output`` replaces the first one's results.
 """
 
 import json
