@@ -5,13 +5,14 @@
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
-from playwright.sync_api import sync_playwright
+from playwright.sync_api import Page, sync_playwright
 
 # Each image as the browser has it once the page has loaded, and each gallery's pictures (their alt: the path).
 READ_PAGE = """() => {
@@ -52,30 +53,37 @@ class Rendered:
 
 
 def chromium() -> str:
-    """The Chromium executable (``$CHROMIUM``, else ``chromium`` on the path), or a failure saying how to get it."""
+    """The Chromium executable (``$CHROMIUM``, else ``chromium`` on the path), or an error saying how to get it."""
     executable = os.environ.get("CHROMIUM") or shutil.which("chromium")
     if executable is None:
-        pytest.fail(
-            "The browser tests need Chromium: install Debian's package (`apt-get install chromium`, which .ci/run "
+        msg = (
+            "Opening a page needs Chromium: install Debian's package (`apt-get install chromium`, which .ci/run "
             "does when it is missing) or point $CHROMIUM at a Chromium executable."
         )
+        raise RuntimeError(msg)
     return executable
+
+
+@contextmanager
+def chromium_tab(height: int = 900) -> Iterator[Page]:
+    """A 1280-pixel-wide tab of headless Chromium, closed with its browser afterwards."""
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        try:
+            yield browser.new_page(viewport={"width": 1280, "height": height})
+        finally:
+            browser.close()
 
 
 def render(page: Path, screenshot: Path) -> Rendered:
     """Open ``page`` from its file, as a person opens a copied results folder, and save the whole page's screenshot."""
     requests: list[str] = []
-    with sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
-        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            tab.on("request", lambda request: requests.append(request.url))
-            tab.goto(page.resolve().as_uri(), wait_until="load")
-            facts = tab.evaluate(READ_PAGE)
-            tab.screenshot(path=screenshot, full_page=True)
-        finally:
-            browser.close()
+    with chromium_tab() as tab:
+        tab.on("request", lambda request: requests.append(request.url))
+        tab.goto(page.resolve().as_uri(), wait_until="load")
+        facts = tab.evaluate(READ_PAGE)
+        tab.screenshot(path=screenshot, full_page=True)
     outside = [url for url in requests if not url.startswith(("file:", "data:"))]
     with Image.open(screenshot) as picture:
         pixels = np.asarray(picture.convert("RGB"))
