@@ -111,6 +111,8 @@ def _main_in_this_process(
 ) -> None:
     """Run ``module`` (or the ``anomalib`` script) as ``__main__``, its output into two files; exit with its status."""
     os.chdir(cwd)
+    # Loader workers start as from a shell (fork on Linux), not from a fork server of their own that imports anew.
+    multiprocessing.set_start_method(None, force=True)
     os.environ.pop("ANOMALIB_BAYES_PFL_NO_AUTOLOAD", None)
     os.environ.update(environment or {})
     for descriptor, path in ((1, stdout), (2, stderr)):

@@ -11,7 +11,7 @@ review banners; ``review.py`` decides which images a person should see; ``paper_
 transductive image score, for comparison with published numbers.
 """
 
-from .metrics import ApplicableMetricsEvaluator, PerCategoryMetrics, zero_shot_metrics
+from .metrics import ApplicableMetricsEvaluator, PerCategoryMetrics, side_by_side_metrics, zero_shot_metrics
 from .predictions import PREDICTIONS_CSV, PredictionTable
 from .report import PREDICTIONS_HTML, REPORT_HTML, RunReport
 from .table import CSV_NAME, MEAN_ROW
@@ -28,5 +28,6 @@ __all__ = [
     "PredictionTable",
     "RunReport",
     "UncertaintyVisualizer",
+    "side_by_side_metrics",
     "zero_shot_metrics",
 ]

@@ -5,10 +5,10 @@
 
 The chart has one panel per test metric that some job reports (anomalib's ``image_*`` and ``pixel_*`` figures): the
 categories along the axis, one bar per model with its value above it, and the mean over the categories. Where a
-model has no bar, the panel says why: ``failed`` (the job's ``error``), ``n/a`` (the model's evaluator did not
-compute that metric), or, for the mean, ``n/a`` when one of its categories has no value, since a mean over the
-categories that succeeded would not compare with the others'. The page holds the chart and every job's row, with its
-error and a link to its log.
+model has no bar, the panel says why: ``failed`` (the job's ``error``), ``n/a`` (the metric was not computed for
+that job: its ``not_computed`` column says why), or, for the mean, ``n/a`` when one of its categories has no value,
+since a mean over the categories that succeeded would not compare with the others'. The page holds the chart and
+every job's row, with why a metric was not computed, its error and a link to its log.
 """
 
 import html
@@ -99,16 +99,19 @@ def write_comparison(results: pd.DataFrame, models: pd.Series, categories: pd.Se
     rows = pd.DataFrame({"model": models, "category": categories})
     figures = [*metric_columns(results), *results.columns.intersection(["job_duration", "peak_memory_gb"])]
     rows = rows.join(results[figures])
+    if "not_computed" in results:
+        rows["not_computed"] = results["not_computed"].fillna("")
     rows["error"] = results["error"].fillna("")
     rows["log"] = [_log_link(log, Path(folder)) for log in results.get("log", pd.Series(None, index=results.index))]
-    for column in ("model", "category", "error"):  # the cells a config or an error message wrote are text
+    for column in rows.columns.intersection(["model", "category", "not_computed", "error"]):  # text, not markup
         rows[column] = rows[column].astype(str).map(html.escape)
     table = rows.to_html(index=False, na_rep="n/a", float_format="{:.3f}".format, escape=False, border=0)
     page = Page(f"Benchmark: {folder.name}")
     chart = f'<p><img class="plot" src="{RESULTS_PNG}" alt="benchmark chart"></p>'
     legend = (
-        "Each model's value per category and the mean over the categories; 'n/a': not computed by that model, "
-        "or a mean with a category missing; 'failed': the job failed (its error is in the table)."
+        "Each model's value per category and the mean over the categories; 'n/a': not computed for that job (the "
+        "table's not_computed column says why), or a mean with a category missing; 'failed': the job failed (its "
+        "error is in the table)."
     )
     page.add("Metrics", chart, legend)
     page.add("Jobs", table, "One row per job, as in results.csv (which has every column).")

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).parents[2] / "configs"
 METRICS = ["image_AUROC", "pixel_AUROC"]
+# Every job's metrics (``--metrics common``, the default): the same columns for every model.
+COMMON_METRICS = ["image_AUROC", "image_AUPR", "image_F1Max", "pixel_AUROC", "pixel_AUPRO", "pixel_AUPR"]
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +128,11 @@ def test_failed_jobs_keep_every_row_and_fail_the_command(tmp_path, mvtec):
     assert len(header.split()) < len(results.columns) / 2
 
 
-def test_offline_config_runs(tmp_path):
-    """The shipped offline config, on a synthetic tree of two of its categories: one finite row per job."""
+def test_offline_config_runs_with_its_loader_workers_and_the_same_metrics_for_every_model(tmp_path):
+    """The shipped offline config as shipped (its loader workers), on a synthetic tree of two of its categories."""
     config = yaml.safe_load((CONFIGS / "benchmark_offline.yaml").read_text())
     data = config["benchmark"]["data"]["init_args"]
+    assert data["num_workers"] >= 2
     categories = data["category"]["grid"][:2]
     data.update(root=str(write_tree(tmp_path / "target", categories, num_test_good=4, num_test_defect=4)))
     data["category"]["grid"] = categories
@@ -143,7 +146,8 @@ def test_offline_config_runs(tmp_path):
         product(models, categories)
     )
     assert results["error"].isna().all(), results["error"]
-    assert results[METRICS].apply(lambda metric: metric.between(0, 1)).all().all(), results[METRICS]
+    assert results[COMMON_METRICS].apply(lambda metric: metric.between(0, 1)).all().all(), results[COMMON_METRICS]
+    assert "not_computed" not in results
 
 
 def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
@@ -164,7 +168,8 @@ def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
     bayes_pfl["init_args"] = {**TINY_ARGUMENTS, "prompt_weights": str(checkpoint), "k_shot": {"grid": [0, 4]}}
     padim = {"class_path": "Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}}
     config["benchmark"]["model"]["grid"] = [bayes_pfl, padim]
-    config["benchmark"]["data"]["init_args"].update(root=str(mvtec), num_workers=0, train_batch_size=4)
+    assert config["benchmark"]["data"]["init_args"]["num_workers"] >= 2  # the config's own workers are kept
+    config["benchmark"]["data"]["init_args"].update(root=str(mvtec), train_batch_size=4)
     config["benchmark"]["data"]["init_args"]["category"]["grid"] = ["bottle", "metal_nut"]
 
     result, table = run_benchmark(config, tmp_path)
@@ -182,8 +187,10 @@ def test_benchmark_compares_bayes_pfl_with_padim(tmp_path, mvtec):
         ("Padim", "bottle", -1),
         ("Padim", "metal_nut", -1),
     ]
-    assert rows["image_AUROC"].between(0, 1).all()
+    # Every model on the same metrics; BayesPFL's own per-category columns as well.
+    assert rows[COMMON_METRICS].apply(lambda metric: metric.between(0, 1)).all().all(), rows[COMMON_METRICS]
     assert rows.loc["BayesPFL", "category_mean_image_AUROC"].between(0, 1).all()
+    assert rows.loc["Padim", "category_mean_image_AUROC"].isna().all()
     bayes_pfl_rows = rows.loc["BayesPFL"]
     for category in ("bottle", "metal_nut"):  # the memory changes the scores
         assert bayes_pfl_rows.loc[(category, 0), "pixel_AUROC"] != bayes_pfl_rows.loc[(category, 4), "pixel_AUROC"]
@@ -276,3 +283,33 @@ def test_a_job_over_the_memory_limit_is_stopped_and_named_once_in_the_log(tmp_pa
     lines = [line for line in (tmp_path / "runs" / "pipeline.log").read_text().splitlines() if line.strip()]
     assert lines, result.stderr[-3000:]
     assert len(lines) == len(set(lines))  # each line once
+
+
+def test_a_job_that_stops_making_progress_is_stopped_with_its_loader_workers(tmp_path):
+    """A test image that never arrives (a pipe with no writer, as on a hung network share) holds a loader worker.
+
+    The job is stopped after ``--stall_timeout`` seconds without a batch or a line of output, with its workers, and
+    its row says so with the last progress it made.
+    """
+    tree = write_tree(tmp_path / "MVTecAD", ["stuck"], num_test_good=2, num_test_defect=2, seed=1)
+    never_written = sorted((tree / "stuck" / "test" / "good").glob("*.png"))[0]
+    never_written.unlink()
+    os.mkfifo(never_written)
+    config = {
+        "accelerator": "cpu",
+        "benchmark": {
+            "seed": 0,
+            "model": {"class_path": "Padim", "init_args": {"backbone": "resnet18", "pre_trained": False}},
+            "data": {"class_path": "MVTecAD", "init_args": {"root": str(tree), "num_workers": 2, "category": "stuck"}},
+        },
+    }
+
+    result, table = run_benchmark(config, tmp_path, "--stall_timeout", "10")
+
+    assert result.returncode == 1, result.stderr[-3000:]
+    error = pd.read_csv(table).loc[0, "error"]
+    assert error.startswith("Stalled: stopped after 10 s without progress (--stall_timeout); its last progress: fit ")
+    assert result.stderr.strip().splitlines()[-1].endswith(error)
+    # The worker that waited for the image was stopped with the job: nothing has the pipe open any more.
+    with pytest.raises(OSError, match="No such device or address"):
+        os.open(never_written, os.O_WRONLY | os.O_NONBLOCK)

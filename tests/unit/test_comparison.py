@@ -33,6 +33,7 @@ def results() -> pd.DataFrame:
             "pixel_AUPRO": [0.4, 0.2, NAN, NAN],
             "job_duration": [10.0, 11.0, 5.0, NAN],
             "log": [f"runs/benchmark/t/logs/00{index}.log" for index in range(4)],
+            "not_computed": [NAN, NAN, "pixel_AUPRO: the model gives no <anomaly maps>", NAN],
             "error": [NAN, NAN, NAN, "RuntimeError: <out of memory> & more"],
         }
     )
@@ -82,6 +83,7 @@ def test_the_page_holds_the_chart_and_every_job_with_its_error_and_log(results, 
     assert f'src="{RESULTS_PNG}"' in text
     assert text.count("</tr>") == 1 + len(results)  # the header and one row per job
     assert "RuntimeError: &lt;out of memory&gt; &amp; more" in text  # the error, as text
+    assert "<td>pixel_AUPRO: the model gives no &lt;anomaly maps&gt;</td>" in text  # why a value is missing
     for index in range(4):
         assert f'href="logs/00{index}.log"' in text  # relative to the page: a copied folder keeps its links
     assert "<script" not in text

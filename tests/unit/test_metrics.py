@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from anomalib.data import ImageBatch
 from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.reporting import MEAN_ROW, PerCategoryMetrics
+from anomalib_bayes_pfl.reporting import MEAN_ROW, ApplicableMetricsEvaluator, PerCategoryMetrics, side_by_side_metrics
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
 # image path -> (dataset, category)
@@ -113,3 +114,53 @@ def test_uncertainty_columns_say_what_cannot_be_computed(tmp_path, caplog):
     columns = ["image_ause", "image_ause_random", "image_ece", "image_error_rate"]
     assert not table[columns].isna().any().any()
     assert "review_share" not in table.columns  # no review_fraction
+
+
+def _evaluate(evaluator: ApplicableMetricsEvaluator, batches: list[ImageBatch]) -> dict[str, float]:
+    """Feed ``batches`` to the evaluator as a one-process test run; return what it logged."""
+    logged = {}
+    evaluator.log = lambda name, metric: logged.__setitem__(name, float(metric.compute()))
+    trainer = SimpleNamespace(strategy=SimpleNamespace(reduce_boolean_decision=lambda decision, all: decision))
+    evaluator.on_test_start(trainer, None)
+    for index, batch in enumerate(batches):
+        evaluator.on_test_batch_end(trainer, None, None, batch, index)
+    evaluator.on_test_epoch_end(trainer, None)
+    return logged
+
+
+@pytest.mark.parametrize(
+    ("maps", "masks", "reason"),
+    [
+        (True, True, None),
+        (True, False, "the test data has no masks"),
+        (False, True, "the model gives no anomaly maps"),
+        (False, False, "the model gives no anomaly maps; the test data has no masks"),
+    ],
+)
+def test_every_side_by_side_metric_has_a_value_or_its_reason(maps, masks, reason):
+    """The benchmark's one metric set: image metrics always; pixel metrics where maps meet masks, else why not."""
+    labels = torch.tensor([0, 1, 0, 1])
+    gt_mask = torch.zeros(4, 8, 8, dtype=torch.bool)
+    gt_mask[labels == 1, 2:5, 2:5] = True
+    batch = ImageBatch(
+        image=torch.zeros(4, 3, 8, 8),
+        gt_label=labels,
+        gt_mask=gt_mask if masks else None,
+        pred_score=torch.tensor([0.1, 0.9, 0.6, 0.4]),
+        anomaly_map=gt_mask.float() * 0.8 + 0.1 if maps else None,
+    )
+    evaluator = ApplicableMetricsEvaluator(test_metrics=side_by_side_metrics())
+    logged = _evaluate(evaluator, [batch, batch])
+    image = ["image_AUROC", "image_AUPR", "image_F1Max"]
+    pixel = ["pixel_AUROC", "pixel_AUPRO", "pixel_AUPR"]
+    assert logged["image_AUROC"] == pytest.approx(roc_auc_score(labels.tolist() * 2, [0.1, 0.9, 0.6, 0.4] * 2))
+    if reason is None:
+        assert sorted(logged) == sorted(image + pixel)
+        assert logged["pixel_AUROC"] == 1.0
+        assert evaluator.not_computed == {}
+    else:
+        assert sorted(logged) == sorted(image)
+        assert evaluator.not_computed == dict.fromkeys(pixel, reason)
+    unfed = ApplicableMetricsEvaluator(test_metrics=side_by_side_metrics())
+    assert not _evaluate(unfed, [])
+    assert unfed.not_computed == dict.fromkeys(image + pixel, "no test image reached it")

@@ -1,0 +1,248 @@
+# Copyright (C) 2026 anomalib-bayes-pfl contributors
+# SPDX-License-Identifier: Apache-2.0
+
+"""One benchmark job: a model fitted and tested in a process of its own, watched for memory and for progress.
+
+The job's process is not a daemon, so that its datamodule can start DataLoader workers (a daemon may not have
+children; anomalib's ``MVTecAD`` starts 8). It reports progress to the benchmark at every batch, and everything it
+prints goes to its log; a job that does neither for ``stall_timeout`` seconds, or whose processes hold more than the
+memory limit, is stopped with its workers, and its row says why.
+"""
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any, Literal
+
+import psutil
+from anomalib.data import get_datamodule
+from anomalib.engine import Engine
+from anomalib.models import get_model
+from anomalib.utils.config import flatten_dict
+from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+
+from anomalib_bayes_pfl.reporting.metrics import ApplicableMetricsEvaluator, side_by_side_metrics
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.2
+GIB = 2**30
+# Seconds a job's process may take to end once it has sent its row (DataLoader workers stopping, files closing).
+EXIT_SECONDS = 60
+# Earlier errors named in a row's error, beside the last one (the one raised while handling them).
+EARLIER_ERRORS = 2
+
+Metrics = Literal["common", "model"]
+
+
+def one_line(error: BaseException | str) -> str:
+    """The error as one CSV- and table-friendly line, with the errors it was raised while handling.
+
+    Lightning, failing to start a loader's workers, raises an error of its own that names nothing of the cause.
+    """
+    if not isinstance(error, BaseException):
+        return " ".join(error.split())
+    texts, seen = [], error
+    while seen is not None and len(texts) <= EARLIER_ERRORS:
+        texts.append(f"{type(seen).__name__}: {seen}")
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    text = texts[0] + "".join(f" (after {earlier})" for earlier in texts[1:])
+    return " ".join(text.split())
+
+
+def _tree_memory(process: psutil.Process) -> int:
+    """Anonymous resident memory (tensors, heaps) of a process and its descendants, in bytes.
+
+    File-backed pages (the libraries every worker maps) are shared and can be dropped, so they are not counted.
+    """
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error, OSError):  # a process that has just ended
+            status = Path(f"/proc/{member.pid}/status").read_text()
+            # A process that is ending (a zombie) has no memory left and no RssAnon line.
+            total += sum(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("RssAnon:"))
+    return total
+
+
+def _stop_tree(process: psutil.Process) -> None:
+    """Kill a job's process and every process it started (its DataLoader workers)."""
+    with contextlib.suppress(psutil.Error):
+        members = [process, *process.children(recursive=True)]
+        for member in members:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        psutil.wait_procs(members, timeout=10)
+
+
+class ProgressReport(Callback):
+    """Tells the benchmark which stage and batch the job has reached, at every batch: a few bytes on a pipe."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def send(self, where: str) -> None:
+        """The job has reached ``where``."""
+        self.connection.send(("progress", where))
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        """A training batch ended."""
+        del pl_module, outputs, batch
+        self.send(f"fit batch {batch_idx + 1} of epoch {trainer.current_epoch + 1}")
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        """A validation batch ended."""
+        del trainer, pl_module, outputs, batch, dataloader_idx
+        self.send(f"validation batch {batch_idx + 1}")
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                          batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+        """A test batch ended."""
+        del trainer, pl_module, outputs, batch, dataloader_idx
+        self.send(f"test batch {batch_idx + 1}")
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """A stage starts: before its data are loaded."""
+        del trainer, pl_module
+        self.send(f"{getattr(stage, 'value', stage)} setup")
+
+
+@dataclass(frozen=True)
+class BenchmarkJob:
+    """One grid point: a model and a datamodule, fitted and tested in a process of its own."""
+
+    index: int
+    accelerator: str
+    seed: int
+    config: dict[str, Any]
+    metrics: Metrics = "common"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The columns that say what the job was: its accelerator and its flattened grid point."""
+        return {"accelerator": self.accelerator, **flatten_dict(self.config)}
+
+    def run(self, device: int | None, folder: Path, memory_limit: float, stall_timeout: float) -> dict[str, Any]:
+        """The job's row: settings, durations, peak memory and test metrics, or settings and why it stopped."""
+        log = folder / "logs" / f"{self.index:03d}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.touch()
+        context = multiprocessing.get_context("forkserver")
+        receiving, sending = context.Pipe(duplex=False)
+        child = context.Process(target=_job_process, args=(self, device, str(log), sending))
+        child.start()
+        sending.close()
+        watched, peak, message, stopped = psutil.Process(child.pid), 0, None, None
+        where, progressed, log_size = "starting", time.monotonic(), 0
+        while message is None and stopped is None:
+            if receiving.poll(POLL_SECONDS):
+                try:
+                    kind, content = receiving.recv()
+                except EOFError:  # the process ended without a row
+                    break
+                if kind != "progress":
+                    message = (kind, content)
+                    break
+                where, progressed = content, time.monotonic()
+            elif not child.is_alive():
+                break
+            with contextlib.suppress(OSError):
+                if log.stat().st_size != log_size:  # output counts as progress: downloads, progress bars
+                    log_size, progressed = log.stat().st_size, time.monotonic()
+            with contextlib.suppress(psutil.Error):
+                peak = max(peak, _tree_memory(watched))
+            if peak > memory_limit * GIB:
+                stopped = (
+                    f"MemoryError: stopped when its processes held more than the memory limit of {memory_limit:g} "
+                    f"GiB (--memory_limit)"
+                )
+            elif time.monotonic() - progressed > stall_timeout:
+                stopped = (
+                    f"Stalled: stopped after {stall_timeout:g} s without progress (--stall_timeout); its last "
+                    f"progress: {where}"
+                )
+        if stopped is not None:
+            _stop_tree(watched)
+        child.join(EXIT_SECONDS)
+        if child.is_alive():  # its row is kept; whatever holds the process up is stopped
+            logger.warning("Benchmark job %d did not end %d s after its row; stopped.", self.index, EXIT_SECONDS)
+            _stop_tree(watched)
+            child.join()
+        row = {**self.settings, "peak_memory_gb": round(peak / GIB, 3), "log": str(log)}
+        if message is not None and message[0] == "row":
+            return {**row, **message[1]}
+        reason = message[1] if message is not None else stopped or self._death(child.exitcode)
+        logger.error("Benchmark job %d %s failed: %s; its log: %s", self.index, self.settings, reason, log)
+        return {**row, "error": reason}
+
+    @staticmethod
+    def _death(exitcode: int | None) -> str:
+        """Why a process that sent no row ended."""
+        if exitcode is not None and exitcode < 0:
+            name = signal.Signals(-exitcode).name
+            cause = " (the kernel's out-of-memory killer, or another process)" if name == "SIGKILL" else ""
+            return f"JobDied: killed by {name}{cause} without an error of its own"
+        return f"JobDied: its process ended with exit status {exitcode} without a result"
+
+    def fit_and_test(self, device: int | None, progress: ProgressReport) -> dict[str, Any]:
+        """Durations and test metrics, and why any metric has no value (``not_computed``).
+
+        The datamodule goes to ``Engine.fit`` by keyword: passed positionally, it becomes ``train_dataloaders``, and
+        the Engine then "fits" a zero-shot model by validating it with no data.
+        """
+        seed_everything(self.seed)
+        progress.send("building the model and the datamodule")
+        model, datamodule = get_model(self.config["model"]), get_datamodule(self.config["data"])
+        if self.metrics == "common":
+            model.evaluator = ApplicableMetricsEvaluator(test_metrics=side_by_side_metrics())
+        devices: str | list[int] = "auto" if device is None else [device]
+        started = time.time()
+        with TemporaryDirectory() as folder:
+            engine = Engine(
+                accelerator=self.accelerator, devices=devices, default_root_dir=folder, callbacks=[progress]
+            )
+            engine.fit(model, datamodule=datamodule)
+            fitted = time.time()
+            metrics = engine.test(model, datamodule=datamodule)[0]
+        finished = time.time()
+        not_computed = getattr(model.evaluator, "not_computed", {})
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in not_computed.items())
+        return {
+            "job_duration": finished - started,
+            "fit_duration": fitted - started,
+            "test_duration": finished - fitted,
+            **metrics,
+            **({"not_computed": reasons} if reasons else {}),
+        }
+
+
+def _job_process(job: BenchmarkJob, device: int | None, log: str, connection: Connection) -> None:
+    """The job's own process: everything it prints or logs goes to ``log``; its progress and row to the parent.
+
+    Its loader workers start as in a user's own anomalib run (the platform's default, ``fork`` on Linux): a process
+    started by a fork server inherits ``forkserver``, whose workers import torch and anomalib again, for seconds
+    each, at every epoch.
+    """
+    multiprocessing.set_start_method(None, force=True)
+    with open(log, "a") as output:
+        os.dup2(output.fileno(), sys.stdout.fileno())
+        os.dup2(output.fileno(), sys.stderr.fileno())
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, force=True)
+    logging.captureWarnings(capture=True)
+    try:
+        connection.send(("row", job.fit_and_test(device, ProgressReport(connection))))
+    except Exception as error:  # every failure of the job is its row's error
+        traceback.print_exc()
+        connection.send(("error", one_line(error)))
+    sys.stdout.flush()
+    sys.stderr.flush()
