@@ -266,11 +266,16 @@ class FewShotPreparation(Callback):
         self.transform, self.prepared = transform, prepared
 
     def prepare(self, trainer: Trainer, images: list[str]) -> None:
-        """Give every category of ``images`` its references and thresholds."""
+        """Give every category of ``images`` its references and thresholds.
+
+        Under the trainer's precision (``--trainer.precision bf16-mixed``), as the steps score: thresholds are
+        calibrated on the scores they are compared with.
+        """
         datamodule = getattr(trainer, "datamodule", None)
         folder = Path(trainer.default_root_dir) if trainer.is_global_zero else None
-        prepare_references(self.model(), self.settings(), images, class_names_of=self.class_names_of,
-                           transform=self.transform, datamodule=datamodule, folder=folder)  # fmt: skip
+        with trainer.precision_plugin.forward_context():
+            prepare_references(self.model(), self.settings(), images, class_names_of=self.class_names_of,
+                               transform=self.transform, datamodule=datamodule, folder=folder)  # fmt: skip
         self.prepared()
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -5,7 +5,8 @@
 
 The seed that anomalib 2.7's CLI parses but ignores, the options ``anomalib export --ckpt_path`` drops (applied
 here), a file given as ``--ckpt_path`` that is not a checkpoint (Lightning's error would advise running code from it),
-a run without ``--data``, and a ``latest`` results folder that anomalib would leave as a plain folder.
+a run without ``--data``, a ``latest`` results folder that anomalib would leave as a plain folder, and a
+``--trainer.precision`` that Lightning changes (``16-mixed`` on a CPU) or that casts the head (``bf16-true``).
 :class:`CommandLineHooks` is a base of ``BayesPFL`` that holds the hooks for them.
 """
 
@@ -23,6 +24,11 @@ from lightning.pytorch.cli import SaveConfigCallback
 from .checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
 
 logger = logging.getLogger(__name__)
+
+# ``--trainer.precision`` values that ask for float16 autocast (``16`` is Lightning's older spelling), and those that
+# cast the weights.
+FLOAT16_MIXED = ("16", "16-mixed")
+HALF_WEIGHTS = ("16-true", "bf16-true")
 
 
 def _command_line_option(trainer: Trainer, name: str) -> Any:
@@ -92,6 +98,31 @@ class CommandLineHooks:
     """The hooks of ``BayesPFL`` that speak to a user of the command line."""
 
     trainer: Trainer
+
+    def check_precision(self) -> None:
+        """Refuse a ``--trainer.precision`` the run would not get or the head cannot take, before any image is read.
+
+        Lightning runs no float16 autocast on a CPU: for ``16-mixed`` it runs ``bf16-mixed`` instead, with a warning
+        lost in the log, so the figures would not be those of the precision asked for. ``16-true`` and ``bf16-true``
+        cast the head's weights, which then meet the float32 features (``mat1 and mat2 must have the same dtype``).
+        """
+        precision = self.trainer.precision
+        asked = _command_line_option(self.trainer, "trainer.precision")
+        if str(asked) in FLOAT16_MIXED and precision not in FLOAT16_MIXED:
+            device = self.trainer.strategy.root_device.type.upper()
+            msg = (
+                f"--trainer.precision {asked}: float16 mixed precision needs a GPU, and this run is on the {device}, "
+                f"where Lightning would run {precision} instead. Pass --trainer.precision bf16-mixed on a CPU, or run "
+                f"16-mixed on a GPU (--trainer.accelerator gpu)."
+            )
+            raise ValueError(msg)
+        if precision in HALF_WEIGHTS:
+            msg = (
+                f"--trainer.precision {precision}: BayesPFL keeps its head in float32 (planar-flow log-determinants, "
+                f"probabilities and thresholds); pass --trainer.precision bf16-mixed (16-mixed on a GPU), under which "
+                f"the CLIP towers compute in half precision and the head in float32."
+            )
+            raise ValueError(msg)
 
     def check_command_line_checkpoint(self) -> None:
         """Refuse a ``--ckpt_path`` that is not a checkpoint; Lightning loads it after ``setup``, and says worse."""

@@ -104,7 +104,8 @@ class BayesPFLConfig:
         residual_attention: Use the residual cross-modal attention (RCA). ``False`` is the "RCA off" ablation.
         attention_heads: Heads of the RCA attention (4 in the authors' code).
         clip_precision: Autocast precision of the frozen CLIP's two towers (``bf16`` or ``fp16`` for speed on
-            GPUs); the head always computes in float32. The authors run CLIP in float32.
+            GPUs); ``fp32`` leaves them to the trainer's precision (``--trainer.precision bf16-mixed``: bfloat16).
+            The head always computes in float32. The authors run CLIP in float32.
         prompt: Prompt-bank sizes.
         flow: Distribution settings.
         scoring: Evaluation settings.

@@ -54,7 +54,7 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         clip_model: open_clip model name (``ViT-L-14-336``), ``bayes-pfl-tiny``, or an open_clip model-config JSON.
         clip_pretrained: open_clip tag (``openai``), local CLIP checkpoint, or ``None`` for random weights.
         clip_quick_gelu: Force QuickGELU towers; the authors' heads were trained with exact GELU.
-        clip_precision: Autocast precision of the frozen CLIP (``fp32``, ``bf16``, ``fp16``); the head stays fp32.
+        clip_precision: Autocast precision of the frozen CLIP (``fp32``: the trainer's); the head stays fp32.
         image_size: Side of the square model input (518 in the paper).
         tap_layers: 1-based vision blocks to tap; ``None``: the quarter points of the depth (6, 12, 18, 24).
         num_prompts: B, prompt sets in the bank.
@@ -238,8 +238,9 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         return stage_optimizers(self.model, self.learning_rates, self.warmup_ratio, steps)
 
     def setup(self, stage: str) -> None:
-        """Refuse contradicting label options and a ``--ckpt_path`` that is not a checkpoint before anything runs."""
+        """Refuse contradicting options, a ``--ckpt_path`` that is no checkpoint, a bad precision, before any image."""
         del stage
+        self.check_precision()
         self.settings.check_labels()
         calibration.check_calibration(self.settings)
         self.check_command_line_checkpoint()

@@ -12,11 +12,13 @@ gets its own samples (its Gaussian and flows depend on its features), and its sc
 it is in or on the evaluation order. The authors redraw the image-specific noise per image and cache the
 image-agnostic samples at the first test image (authors: VPB.py L277-283).
 
+Only the frozen CLIP towers compute in reduced precision (``clip_precision`` or the trainer's mixed precision); the
+head computes in float32 under any autocast (``precision.py``).
+
 Shape legend: N images, B prompt sets, R samples, L patch tokens, C vision width, D joint width.
 """
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -30,13 +32,12 @@ from .backbone import ImageFeatures, check_image_tower, encode_image_taps
 from .config import BayesPFLConfig, resolve_tap_layers
 from .flows import PromptDistributions
 from .image_head import ImageClassificationHead
+from .precision import clip_precision, head_precision
 from .prompts import ClassNameTokenizer, ClassTokens, PromptBank, encode_prompts
 from .rca import ResidualCrossModalAttention
 from .references import ReferenceMemory, fuse_few_shot
 from .scoring import image_probability, pair_image_probabilities, pixel_logits, sampled_anomaly_maps, smooth
 from .uncertainty import UncertaintyMeasure, sample_uncertainty
-
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class BayesPFLTrainOutput(NamedTuple):
@@ -137,7 +138,8 @@ class BayesPFLModel(nn.Module):
         self.image_head = ImageClassificationHead(vision_width, embed_dim, len(self.tap_layers))
         self.pixel_logit_scale = nn.Parameter(torch.log(torch.tensor(1 / 0.07)))
         generator = torch.Generator().manual_seed(config.scoring.eval_seed)
-        noise = torch.randn(3, config.scoring.num_samples, embed_dim, generator=generator)
+        # On the CPU, as the generator: Lightning builds the model under its root device as the default device.
+        noise = torch.randn(3, config.scoring.num_samples, embed_dim, generator=generator, device="cpu")
         self.register_buffer("eval_context_noise", noise[0].unsqueeze(1), persistent=False)
         self.register_buffer("eval_normal_noise", noise[1], persistent=False)
         self.register_buffer("eval_abnormal_noise", noise[2], persistent=False)
@@ -161,16 +163,9 @@ class BayesPFLModel(nn.Module):
         self.is_trained = bool(state["is_trained"])
         self.references.load(state.get("references"))
 
-    @contextlib.contextmanager
-    def clip_autocast(self, device: torch.device) -> Iterator[None]:
-        """Run the frozen CLIP under autocast when ``config.clip_precision`` asks for it."""
-        dtype = AUTOCAST_DTYPES.get(self.config.clip_precision)
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            yield
-
     def encode_images(self, images: torch.Tensor) -> ImageFeatures:
         """Global feature and tapped patch tokens of ``images``, in float32 whatever the CLIP precision."""
-        with self.clip_autocast(images.device):
+        with clip_precision(self.config.clip_precision, images.device):
             features = encode_image_taps(self.clip, images, self.tap_layers)
         return ImageFeatures(features.global_features.float(), [tokens.float() for tokens in features.patch_tokens])
 
@@ -254,26 +249,28 @@ class BayesPFLModel(nn.Module):
             half) and the unweighted KL term.
         """
         num_samples = noise[1].shape[0]
-        shifts = self.distributions(features, *noise)
-        learnable = self.prompts(
-            shifts.context,
-            shifts.normal,
-            shifts.abnormal,
-            num_images=features.shape[0],
-            num_samples=num_samples,
-        )
+        with head_precision(features.device):
+            shifts = self.distributions(features, *noise)
+            learnable = self.prompts(
+                shifts.context,
+                shifts.normal,
+                shifts.abnormal,
+                num_images=features.shape[0],
+                num_samples=num_samples,
+            )
         num_images, _, _, bank, num_tokens, width = learnable.shape
         learnable = learnable.reshape(num_images, 2 * num_samples * bank, num_tokens, width)
-        with self.clip_autocast(features.device):
+        with clip_precision(self.config.clip_precision, features.device):
             text = encode_prompts(self.clip, learnable, tokens)
         return nn.functional.normalize(text.float(), dim=-1), shifts.kl
 
     def layer_pixel_logits(self, text: torch.Tensor, patch_tokens: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per tapped layer, RCA-updated text against projected patches: ``(N, T, g, g)`` each."""
+        """Per tapped layer, RCA-updated text against projected patches: ``(N, T, g, g)`` each, in float32."""
         logits = []
-        for layer, tokens in enumerate(patch_tokens):
-            patches = self.rca.project_patches(tokens, layer)
-            logits.append(pixel_logits(patches, self.rca(text, patches), self.pixel_logit_scale))
+        with head_precision(text.device):
+            for layer, tokens in enumerate(patch_tokens):
+                patches = self.rca.project_patches(tokens, layer)
+                logits.append(pixel_logits(patches, self.rca(text, patches), self.pixel_logit_scale))
         return logits
 
     def forward(
@@ -317,31 +314,36 @@ class BayesPFLModel(nn.Module):
         features = self.encode_images(images)
         noise = (self.eval_context_noise, self.eval_normal_noise, self.eval_abnormal_noise)
         text, _ = self.encode_text(features.global_features, tokens, noise)
-        layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
-        raw_map, pair_maps = sampled_anomaly_maps(layer_logits, images.shape[-2:], keep_pairs=uncertainty is not None)
-        image_logits = self.image_head(
-            text, features.global_features, features.patch_tokens, stage=self.image_head_stage
-        )
-        pred_score = image_probability(image_logits)
-        # (M, N), samples first; only when the uncertainty asks for them
-        pair_scores = pair_image_probabilities(image_logits).transpose(0, 1) if pair_maps is not None else None
-        if self.few_shot if few_shot is None else few_shot:
-            patch_scores = self.references.patch_scores(features.patch_tokens, class_names, self.default_class_name)
-            pred_score, raw_map = fuse_few_shot(pred_score, raw_map, patch_scores)
-            if pair_maps is not None:  # each sample's scores are fused as the mean is
-                pair_scores, pair_maps = fuse_few_shot(pair_scores, pair_maps, patch_scores)
-        sigma = self.config.scoring.smoothing_sigma
-        scores = BayesPFLScores(pred_score, smooth(raw_map, sigma), raw_map)
-        if pair_maps is None:
-            return scores
-        if torch.compiler.is_exporting():  # one reduction: a loop over the images would fix the exported batch size
-            pixel_uncertainty = sample_uncertainty(pair_maps, uncertainty)
-        else:  # one image at a time: the reduction's temporaries then take M maps of memory, not M * N
-            pixel_uncertainty = torch.stack([sample_uncertainty(maps, uncertainty) for maps in pair_maps.unbind(dim=1)])
-        return scores._replace(
-            uncertainty=sample_uncertainty(pair_scores, uncertainty),
-            uncertainty_map=smooth(pixel_uncertainty, sigma),
-        )
+        with head_precision(images.device):  # under any autocast: float32 scores, maps and uncertainties
+            layer_logits = self.layer_pixel_logits(text, features.patch_tokens)
+            raw_map, pair_maps = sampled_anomaly_maps(
+                layer_logits, images.shape[-2:], keep_pairs=uncertainty is not None
+            )
+            image_logits = self.image_head(
+                text, features.global_features, features.patch_tokens, stage=self.image_head_stage
+            )
+            pred_score = image_probability(image_logits)
+            # (M, N), samples first; only when the uncertainty asks for them
+            pair_scores = pair_image_probabilities(image_logits).transpose(0, 1) if pair_maps is not None else None
+            if self.few_shot if few_shot is None else few_shot:
+                patch_scores = self.references.patch_scores(features.patch_tokens, class_names, self.default_class_name)
+                pred_score, raw_map = fuse_few_shot(pred_score, raw_map, patch_scores)
+                if pair_maps is not None:  # each sample's scores are fused as the mean is
+                    pair_scores, pair_maps = fuse_few_shot(pair_scores, pair_maps, patch_scores)
+            sigma = self.config.scoring.smoothing_sigma
+            scores = BayesPFLScores(pred_score, smooth(raw_map, sigma), raw_map)
+            if pair_maps is None:
+                return scores
+            if torch.compiler.is_exporting():  # one reduction: a loop over the images would fix the exported batch size
+                pixel_uncertainty = sample_uncertainty(pair_maps, uncertainty)
+            else:  # one image at a time: the reduction's temporaries then take M maps of memory, not M * N
+                pixel_uncertainty = torch.stack(
+                    [sample_uncertainty(maps, uncertainty) for maps in pair_maps.unbind(dim=1)]
+                )
+            return scores._replace(
+                uncertainty=sample_uncertainty(pair_scores, uncertainty),
+                uncertainty_map=smooth(pixel_uncertainty, sigma),
+            )
 
     def _training_forward(
         self,
@@ -364,5 +366,6 @@ class BayesPFLModel(nn.Module):
         with torch.set_grad_enabled(stage == 1 and torch.is_grad_enabled()):
             text, kl = self.encode_text(global_features, tokens, noise)
         pixel = self.layer_pixel_logits(text, patch_tokens) if stage == 1 else []
-        image_logits = self.image_head(text, global_features, patch_tokens, stage=stage)
+        with head_precision(text.device):
+            image_logits = self.image_head(text, global_features, patch_tokens, stage=stage)
         return BayesPFLTrainOutput(image_logits, pixel, text, kl)

@@ -21,6 +21,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from anomalib_bayes_pfl.data.synthetic_anomalies import known_masks
 
 from .loss import BayesPFLLoss, LossTerms
+from .precision import head_precision
 from .torch_model import BayesPFLModel, BayesPFLTrainOutput, TrainingNoise
 
 ADAM_BETAS = (0.5, 0.999)
@@ -50,17 +51,18 @@ def training_loss(
     output = model(batch.image, class_names, noise)
     if prompt_index is None:
         prompt_index = int(torch.randint(model.config.prompt.num_prompts, (1,)))
-    terms = loss(
-        output.image_logits,
-        output.pixel_logits,
-        output.text_embeddings,
-        output.kl,
-        batch.gt_label,
-        batch.gt_mask.float() if batch.gt_mask is not None else None,
-        prompt_index=prompt_index,
-        stage=stage,
-        has_mask=known_masks(batch),
-    )
+    with head_precision(batch.image.device):  # float32 losses under the trainer's mixed precision too
+        terms = loss(
+            output.image_logits,
+            output.pixel_logits,
+            output.text_embeddings,
+            output.kl,
+            batch.gt_label,
+            batch.gt_mask.float() if batch.gt_mask is not None else None,
+            prompt_index=prompt_index,
+            stage=stage,
+            has_mask=known_masks(batch),
+        )
     return output, terms
 
 
