@@ -220,9 +220,11 @@ def load_clip(
     """
     model_name = _resolve_model_name(clip_model)
     # Random weights are seeded, so that a head-only checkpoint of a randomly initialised CLIP (tests,
-    # benchmarks) rebuilds the same CLIP on load; the global RNG is left untouched.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
+    # benchmarks) rebuilds the same CLIP on load; the global RNG is left untouched. They are drawn on the CPU whatever
+    # the default device (Lightning's configure_model sets its root device), and only the CPU generator is seeded:
+    # fork_rng(devices=[]) restores no CUDA generator, which draws the training noise under the run's own seed.
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.random.default_generator.manual_seed(RANDOM_INIT_SEED)
         clip = open_clip.create_model(model_name, pretrained=None, force_quick_gelu=quick_gelu)
     if not isinstance(clip, CLIP):
         msg = f"'{clip_model}' builds a {type(clip).__name__}; Bayes-PFL needs a standard open_clip CLIP model."
