@@ -282,8 +282,16 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
                         uncertainty=uncertainty)  # fmt: skip
 
     def validation_step(self, batch: Batch, *_: Any) -> STEP_OUTPUT:
-        """Score zero-shot without uncertainty: a zero- or few-shot model is validated only to write its checkpoint."""
-        return self._evaluate(batch, few_shot=False, uncertainty=False)
+        """A zero- or few-shot model is validated only so that the Engine writes its checkpoint: score nothing.
+
+        Labels come from the thresholds, never from validation statistics, so the scores would go unread (one batch
+        of the test set, before every ``anomalib test`` with ``prompt_weights``). Validation metrics or another
+        post-processor read them: then it scores zero-shot, without uncertainty.
+        """
+        read = not isinstance(self.post_processor, ProbabilityPostProcessor) or (
+            self.evaluator and self.evaluator.val_metrics
+        )
+        return self._evaluate(batch, few_shot=False, uncertainty=False) if read else batch
 
     def test_step(self, batch: Batch, *_: Any) -> STEP_OUTPUT:
         """Score and label the test batch; it carries each image's category, thresholds and uncertainty."""

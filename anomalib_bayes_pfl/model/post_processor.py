@@ -12,6 +12,8 @@ category's thresholds (:meth:`ProbabilityPostProcessor.label`). The review mark 
 (:meth:`ProbabilityPostProcessor.review`), with its category's calibrated review threshold.
 """
 
+from typing import Any
+
 import torch
 from anomalib.data import Batch
 from anomalib.post_processing import PostProcessor
@@ -59,6 +61,12 @@ class ProbabilityPostProcessor(PostProcessor):
         """
         batch.pred_label = batch.pred_score > image_thresholds.to(batch.pred_score)
         batch.pred_mask = batch.anomaly_map > pixel_thresholds.to(batch.anomaly_map).view(-1, 1, 1)
+
+    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Collect nothing: labels come from the thresholds, never from statistics of validation (test) images."""
+
+    def on_validation_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+        """Compute nothing: there is nothing collected."""
 
     @staticmethod
     def review(uncertainty: torch.Tensor, review_thresholds: torch.Tensor | float) -> torch.Tensor:

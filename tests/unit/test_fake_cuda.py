@@ -19,6 +19,7 @@ import pytest
 import torch
 from anomalib.data import ImageBatch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from anomalib.metrics import AUROC, Evaluator
 from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
@@ -163,8 +164,12 @@ def test_stage_two_training_step(cuda, monkeypatch):
 
 @pytest.mark.parametrize(("clip_precision", "precision"), [("fp32", "32"), ("bf16", "32"), ("fp32", "bf16-mixed")])
 def test_validation_step(cuda, clip_precision, precision):
-    """Zero-shot scores and labels on cuda, in float32 whether the CLIP or the whole step runs under autocast."""
-    module = cuda_module(cuda, clip_precision=clip_precision).eval()
+    """Zero-shot scores and labels on cuda, in float32 whether the CLIP or the whole step runs under autocast.
+
+    Validation scores only where something reads the scores: here validation metrics.
+    """
+    evaluator = Evaluator(val_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
+    module = cuda_module(cuda, clip_precision=clip_precision, evaluator=evaluator).eval()
     with cuda:
         batch = cuda.image_batch(paths=PATHS)
         with step_precision(precision):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from anomalib import LearningType
 from anomalib.data import ImageBatch
+from anomalib.metrics import AUROC, Evaluator
 
 from anomalib_bayes_pfl import BayesPFL
 from anomalib_bayes_pfl.data.validation import DataCheck
@@ -158,3 +159,25 @@ def test_command_line_seed_is_applied_and_true_draws_a_new_one(monkeypatch):
     assert len(drawn) == 3  # a random seed each time, never a fixed one
     torch.manual_seed(5)
     assert initial_seed_after(False) == 5  # left alone
+
+
+def test_validation_scores_only_what_something_reads(tiny_clip_path, monkeypatch):
+    """A trained model is validated only so that the Engine writes its checkpoint: no image is scored, and the
+    post-processor takes no statistics of the validation (test) images; validation metrics get scores."""
+    module = tiny_module(tiny_clip_path)
+    module._build()
+    scored = []
+    monkeypatch.setattr(module.model, "score", lambda *args, **kwargs: scored.append(args) or pytest.fail("scored"))
+    batch = ImageBatch(image=torch.rand(2, 3, 64, 64), gt_label=torch.tensor([0, 1]), image_path=["a.png", "b.png"])
+    assert module.validation_step(batch) is batch
+    assert batch.pred_score is None
+    module.post_processor.on_validation_batch_end(None, module, batch, batch, 0)  # a score-less batch is fine
+    module.post_processor.on_validation_epoch_end(None, module)
+    assert module.post_processor.thresholds == pytest.approx((0.5, 0.5))
+    assert not scored
+
+    monkeypatch.undo()
+    module.evaluator = Evaluator(val_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
+    output = module.validation_step(batch)
+    assert output.pred_score.shape == (2,)
+    assert output.pred_label is not None
