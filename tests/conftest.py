@@ -21,9 +21,19 @@ from .helpers import TINY_CLIP, tiny_config, train_tiny
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also where torch was imported before this file
 
-# The longest modules, about 90-150 s each on 2 cores. xdist hands each worker whole modules, so the suite ends when
-# the last one started ends: these start first, then the other slow modules, then the quick ones fill the gaps.
-LONGEST_MODULES = ("test_demo.py", "test_benchmark.py", "test_benchmark_scripts.py", "test_deploy.py")
+# The longest modules, longest first (about 50-180 s each on 2 cores, --durations). xdist hands each worker whole
+# modules, so the suite ends when the last one started ends: these start first, then the other slow modules, then the
+# quick ones fill the gaps.
+LONGEST_MODULES = (
+    "test_benchmark.py",
+    "test_demo.py",
+    "test_few_shot.py",
+    "test_deploy.py",
+    "test_paper_scale.py",
+    "test_engine_contract.py",
+    "test_reproducible_cli.py",
+    "test_fidelity_mutations.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

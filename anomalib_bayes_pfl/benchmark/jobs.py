@@ -59,18 +59,29 @@ def one_line(error: BaseException | str) -> str:
     return " ".join(text.split())
 
 
+def _anonymous_memory(pid: int) -> int:
+    """The anonymous memory (tensors, heaps) of one process, in bytes, its share of what it shares counted.
+
+    Loader workers are forked: until written, their pages are the job's, and each worker's ``RssAnon`` counts them
+    again. Proportional memory (``Pss_Anon``, Linux 5.8) splits each shared page between its processes, so that a
+    job's processes add up to the memory they hold; ``RssAnon`` where the kernel has no ``Pss_Anon``.
+    """
+    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss_Anon:"), (f"/proc/{pid}/status", "RssAnon:")):
+        with contextlib.suppress(OSError):
+            lines = [line for line in Path(path).read_text().splitlines() if line.startswith(key)]
+            if lines:
+                return int(lines[0].split()[1]) * 1024
+    return 0  # a process that is ending (a zombie) has no memory left
+
+
 def _tree_memory(process: psutil.Process) -> int:
-    """Anonymous resident memory (tensors, heaps) of a process and its descendants, in bytes.
+    """Anonymous memory of a job's process and its descendants (loader workers), in bytes.
 
     File-backed pages (the libraries every worker maps) are shared and can be dropped, so they are not counted.
     """
-    total = 0
-    for member in [process, *process.children(recursive=True)]:
-        with contextlib.suppress(psutil.Error, OSError):  # a process that has just ended
-            status = Path(f"/proc/{member.pid}/status").read_text()
-            # A process that is ending (a zombie) has no memory left and no RssAnon line.
-            total += sum(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("RssAnon:"))
-    return total
+    with contextlib.suppress(psutil.Error):
+        return sum(_anonymous_memory(member.pid) for member in [process, *process.children(recursive=True)])
+    return 0
 
 
 def _stop_tree(process: psutil.Process) -> None:

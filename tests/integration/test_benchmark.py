@@ -304,11 +304,11 @@ def test_a_job_that_stops_making_progress_is_stopped_with_its_loader_workers(tmp
         },
     }
 
-    result, table = run_benchmark(config, tmp_path, "--stall_timeout", "10")
+    result, table = run_benchmark(config, tmp_path, "--stall_timeout", "5")
 
     assert result.returncode == 1, result.stderr[-3000:]
     error = pd.read_csv(table).loc[0, "error"]
-    assert error.startswith("Stalled: stopped after 10 s without progress (--stall_timeout); its last progress: fit ")
+    assert error.startswith("Stalled: stopped after 5 s without progress (--stall_timeout); its last progress: fit ")
     assert result.stderr.strip().splitlines()[-1].endswith(error)
     # The worker that waited for the image was stopped with the job: nothing has the pipe open any more.
     with pytest.raises(OSError, match="No such device or address"):
