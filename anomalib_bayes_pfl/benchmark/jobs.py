@@ -11,6 +11,7 @@ memory limit, is stopped with its workers, and its row says why.
 
 import contextlib
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -35,6 +36,9 @@ from anomalib_bayes_pfl.reporting.metrics import ApplicableMetricsEvaluator, sid
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
+# Share of one core that reading a job's proportional memory may take (see MemoryWatch): while its resident memory is
+# under the limit, and while it is over.
+READING_SHARE = {False: 0.05, True: 0.5}
 GIB = 2**30
 # Seconds a job's process may take to end once it has sent its row (DataLoader workers stopping, files closing).
 EXIT_SECONDS = 60
@@ -59,29 +63,56 @@ def one_line(error: BaseException | str) -> str:
     return " ".join(text.split())
 
 
-def _anonymous_memory(pid: int) -> int:
-    """The anonymous memory (tensors, heaps) of one process, in bytes, its share of what it shares counted.
+def _process_memory(pid: int, *, proportional: bool) -> int:
+    """The anonymous memory (tensors, heaps) of one process, in bytes; 0 for a process that has ended.
 
-    Loader workers are forked: until written, their pages are the job's, and each worker's ``RssAnon`` counts them
-    again. Proportional memory (``Pss_Anon``, Linux 5.8) splits each shared page between its processes, so that a
-    job's processes add up to the memory they hold; ``RssAnon`` where the kernel has no ``Pss_Anon``.
+    ``RssAnon`` counts every page the process holds; ``Pss_Anon`` (Linux 5.8) splits each shared page between the
+    processes that share it, as forked loader workers share the job's pages until they write them.
     """
-    for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss_Anon:"), (f"/proc/{pid}/status", "RssAnon:")):
-        with contextlib.suppress(OSError):
-            lines = [line for line in Path(path).read_text().splitlines() if line.startswith(key)]
-            if lines:
-                return int(lines[0].split()[1]) * 1024
-    return 0  # a process that is ending (a zombie) has no memory left
+    path, key = (f"/proc/{pid}/smaps_rollup", "Pss_Anon:") if proportional else (f"/proc/{pid}/status", "RssAnon:")
+    with contextlib.suppress(OSError):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    return _process_memory(pid, proportional=False) if proportional else 0  # a kernel without Pss_Anon
 
 
-def _tree_memory(process: psutil.Process) -> int:
+def _tree_memory(process: psutil.Process, *, proportional: bool = True) -> int:
     """Anonymous memory of a job's process and its descendants (loader workers), in bytes.
 
     File-backed pages (the libraries every worker maps) are shared and can be dropped, so they are not counted.
     """
     with contextlib.suppress(psutil.Error):
-        return sum(_anonymous_memory(member.pid) for member in [process, *process.children(recursive=True)])
+        members = [process, *process.children(recursive=True)]
+        return sum(_process_memory(member.pid, proportional=proportional) for member in members)
     return 0
+
+
+class MemoryWatch:
+    """A job's peak memory, its processes' proportional anonymous memory, read at a pace that costs little.
+
+    Proportional memory counts the pages that forked loader workers share with the job once, but reading it walks
+    each process's page tables (38 ms for a process of 1.6 GB here), the job's and each worker's. So it is read as
+    often as :data:`READING_SHARE` of one core allows, judged by what the last reading took: a small job at every
+    poll, a job of many gigabytes with 8 workers every few seconds. Resident memory, read at every poll for next to
+    nothing and never below it, says when the limit may be passed: the proportional memory then decides, read ten
+    times as often.
+    """
+
+    def __init__(self, process: psutil.Process, limit: float) -> None:
+        self.process, self.limit = process, limit
+        self.peak, self._read_at, self._reading_seconds = 0, -math.inf, 0.0
+
+    def over_limit(self) -> bool:
+        """Read the memory as the pace allows; whether the job's processes have held more than the limit."""
+        resident = _tree_memory(self.process, proportional=False)
+        pace = self._reading_seconds / READING_SHARE[resident > self.limit]
+        if time.monotonic() - self._read_at >= pace:
+            started = time.monotonic()
+            self.peak = max(self.peak, _tree_memory(self.process))
+            self._read_at = time.monotonic()
+            self._reading_seconds = self._read_at - started
+        return self.peak > self.limit
 
 
 def _stop_tree(process: psutil.Process) -> None:
@@ -153,26 +184,28 @@ class BenchmarkJob:
         child = context.Process(target=_job_process, args=(self, device, str(log), sending))
         child.start()
         sending.close()
-        watched, peak, message, stopped = psutil.Process(child.pid), 0, None, None
+        watched, message, stopped = psutil.Process(child.pid), None, None
+        memory = MemoryWatch(watched, memory_limit * GIB)
         where, progressed, log_size = "starting", time.monotonic(), 0
         while message is None and stopped is None:
             if receiving.poll(POLL_SECONDS):
                 try:
-                    kind, content = receiving.recv()
+                    while message is None and receiving.poll():  # every message that has come, then one check
+                        kind, content = receiving.recv()
+                        if kind == "progress":
+                            where, progressed = content, time.monotonic()
+                        else:
+                            message = (kind, content)
                 except EOFError:  # the process ended without a row
                     break
-                if kind != "progress":
-                    message = (kind, content)
+                if message is not None:
                     break
-                where, progressed = content, time.monotonic()
             elif not child.is_alive():
                 break
             with contextlib.suppress(OSError):
                 if log.stat().st_size != log_size:  # output counts as progress: downloads, progress bars
                     log_size, progressed = log.stat().st_size, time.monotonic()
-            with contextlib.suppress(psutil.Error):
-                peak = max(peak, _tree_memory(watched))
-            if peak > memory_limit * GIB:
+            if memory.over_limit():
                 stopped = (
                     f"MemoryError: stopped when its processes held more than the memory limit of {memory_limit:g} "
                     f"GiB (--memory_limit)"
@@ -189,7 +222,7 @@ class BenchmarkJob:
             logger.warning("Benchmark job %d did not end %d s after its row; stopped.", self.index, EXIT_SECONDS)
             _stop_tree(watched)
             child.join()
-        row = {**self.settings, "peak_memory_gb": round(peak / GIB, 3), "log": str(log)}
+        row = {**self.settings, "peak_memory_gb": round(memory.peak / GIB, 3), "log": str(log)}
         if message is not None and message[0] == "row":
             return {**row, **message[1]}
         reason = message[1] if message is not None else stopped or self._death(child.exitcode)

@@ -45,7 +45,8 @@ def test_paper_protocol_configs_train_with_the_authors_augmentations(config, mos
 
 @pytest.mark.slow
 def test_paper_config_as_shipped_trains_then_tests_and_predicts_with_its_checkpoint(tmp_path, visa_and_mvtec):
-    """The config's own loader workers, batch sizes and data options; only roots, CLIP and model size overridden."""
+    """The config's own loader workers, batch sizes, accelerator and data options; only roots, CLIP and model size
+    overridden."""
     config = CONFIGS / "bayes_pfl_visa_to_mvtec.yaml"
     assert yaml.safe_load(config.read_text())["data"]["init_args"]["num_workers"] >= 2
     common = (
@@ -53,7 +54,6 @@ def test_paper_config_as_shipped_trains_then_tests_and_predicts_with_its_checkpo
         *TINY_MODEL,
         f"--data.auxiliary_root={visa_and_mvtec[0]}",
         f"--data.target_root={visa_and_mvtec[1]}",
-        "--trainer.accelerator=cpu",
     )
     trained = anomalib_cli("train", *common, cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]

@@ -9,7 +9,8 @@ import sys
 
 import psutil
 
-from anomalib_bayes_pfl.benchmark.jobs import _anonymous_memory, _tree_memory, one_line
+from anomalib_bayes_pfl.benchmark import jobs
+from anomalib_bayes_pfl.benchmark.jobs import GIB, _process_memory, _tree_memory, one_line
 
 
 def _raised(function) -> BaseException:
@@ -69,7 +70,8 @@ def test_a_job_s_memory_counts_the_pages_its_forked_workers_share_once():
         assert len(job.children()) == 1
         held = _tree_memory(job)
         assert 256 * 2**20 < held < 300 * 2**20, held / 2**20  # RssAnon would count the shared 256 MiB twice
-        assert _anonymous_memory(holder.pid) < 0.75 * held  # the job's share: about half of what both share
+        assert _tree_memory(job, proportional=False) > 2 * 256 * 2**20  # resident memory counts them in each process
+        assert _process_memory(holder.pid, proportional=True) < 0.75 * held  # the job's share: about half
     finally:
         for process in psutil.Process(holder.pid).children():
             process.kill()
@@ -89,3 +91,36 @@ if os.fork() == 0:
 print("ready", flush=True)
 time.sleep(60)
 """
+
+
+def test_proportional_memory_is_read_at_a_pace_its_cost_allows(monkeypatch):
+    """A reading that takes 0.1 s is repeated after 2 s (5 % of a core) while resident memory is under the limit, after
+    0.2 s while it is over; the peak is the largest proportional reading."""
+    clock = [0.0]
+    readings = []
+
+    def tree_memory(process, *, proportional=True):
+        if not proportional:
+            return resident[0]
+        readings.append(clock[0])
+        clock[0] += 0.1  # what a reading of a large job with its workers takes
+        return resident[0] // 4  # the workers share three quarters of what each holds
+
+    resident = [2 * GIB]
+    monkeypatch.setattr(jobs, "_tree_memory", tree_memory)
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
+    watch = jobs.MemoryWatch(process=None, limit=6 * GIB)
+    for _ in range(50):  # 10 s of polls under the limit
+        assert not watch.over_limit()
+        clock[0] += jobs.POLL_SECONDS
+    assert len(readings) == 5
+    assert watch.peak == GIB // 2
+    resident[0] = 20 * GIB  # over the limit in resident memory, not in proportional memory
+    for _ in range(10):
+        assert not watch.over_limit()
+        clock[0] += jobs.POLL_SECONDS
+    assert len(readings) == 5 + 10  # at every poll: a reading is due 0.2 s after the last
+    resident[0] = 28 * GIB
+    while not watch.over_limit():
+        clock[0] += jobs.POLL_SECONDS
+    assert watch.peak == 7 * GIB
