@@ -280,7 +280,11 @@ def main(
     initial_head = copy.deepcopy(model.head_state_dict())  # with its extra state: not trained yet
     finite = True
     for precision in PRECISIONS:
-        model.load_state_dict(initial_head, strict=False)  # each precision trains the same head from the same seed
+        # Each precision trains the same head from the same seed; the frozen CLIP is not in the head's state.
+        loaded = model.load_state_dict(initial_head, strict=False)
+        if loaded.unexpected_keys or any(not key.startswith("clip.") for key in loaded.missing_keys):
+            msg = f"the head's state does not fit the model: {loaded}"
+            raise RuntimeError(msg)
         torch.manual_seed(0)
         records = training_steps(module, precision, "gpu", train_steps, train_batch_size, image_size)
         losses = [loss for loss, _ in records]

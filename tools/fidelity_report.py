@@ -103,7 +103,8 @@ def _fidelity_test_on(copy: str, output: str) -> None:
     os.chdir(copy)
     sys.path.insert(0, copy)
     with open(output, "w") as report, contextlib.redirect_stdout(report), contextlib.redirect_stderr(report):
-        pytest.main(["-q", "-p", "no:cacheprovider", "--numprocesses=0", TEST])
+        status = pytest.main(["-q", "-p", "no:cacheprovider", "--numprocesses=0", TEST])
+    sys.exit(int(status))
 
 
 def failing_quantities(name: str) -> int:
@@ -128,6 +129,9 @@ def failing_quantities(name: str) -> int:
         process.start()
         process.join()
         report = output.read_text() if output.is_file() else ""
+    if process.exitcode not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):  # not a verdict: it did not run
+        msg = f"{name}: the fidelity test did not run on the copy (exit status {process.exitcode}):\n{report[-3000:]}"
+        raise RuntimeError(msg)
     return sum(int(count) for count in re.findall(r"(\d+) of \d+ quantities differ", report))
 
 

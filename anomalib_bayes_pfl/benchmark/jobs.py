@@ -20,6 +20,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any, Literal
@@ -31,12 +32,12 @@ from anomalib.models import get_model
 from anomalib.utils.config import flatten_dict
 from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
 
-from anomalib_bayes_pfl.reporting.metrics import ApplicableMetricsEvaluator, side_by_side_metrics
+from anomalib_bayes_pfl.reporting.evaluator import ApplicableMetricsEvaluator, side_by_side_metrics
 
 logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2
-# Share of one core that reading a job's proportional memory may take (see MemoryWatch): while its resident memory is
+# Share of one core that reading a job's proportional memory may take (see JobProcesses): while its resident memory is
 # under the limit, and while it is over.
 READING_SHARE = {False: 0.05, True: 0.5}
 GIB = 2**30
@@ -77,48 +78,58 @@ def _process_memory(pid: int, *, proportional: bool) -> int:
     return _process_memory(pid, proportional=False) if proportional else 0  # a kernel without Pss_Anon
 
 
-def _tree_memory(process: psutil.Process, *, proportional: bool = True) -> int:
-    """Anonymous memory of a job's process and its descendants (loader workers), in bytes.
+def _tree_memory(members: list[psutil.Process], *, proportional: bool = True) -> int:
+    """Anonymous memory of a job's processes, in bytes.
 
     File-backed pages (the libraries every worker maps) are shared and can be dropped, so they are not counted.
     """
-    with contextlib.suppress(psutil.Error):
-        members = [process, *process.children(recursive=True)]
-        return sum(_process_memory(member.pid, proportional=proportional) for member in members)
-    return 0
+    return sum(_process_memory(member.pid, proportional=proportional) for member in members)
 
 
-class MemoryWatch:
-    """A job's peak memory, its processes' proportional anonymous memory, read at a pace that costs little.
+class JobProcesses:
+    """A job's process and every process it has started (loader workers), and their peak memory.
 
-    Proportional memory counts the pages that forked loader workers share with the job once, but reading it walks
-    each process's page tables (38 ms for a process of 1.6 GB here), the job's and each worker's. So it is read as
-    often as :data:`READING_SHARE` of one core allows, judged by what the last reading took: a small job at every
-    poll, a job of many gigabytes with 8 workers every few seconds. Resident memory, read at every poll for next to
-    nothing and never below it, says when the limit may be passed: the proportional memory then decides, read ten
+    Each process seen is remembered, so that a worker whose job has died (the kernel's out-of-memory killer, a crash)
+    is still stopped with the job: a process that has ended has no children to list.
+
+    The peak is the processes' proportional anonymous memory, which counts the pages that forked loader workers share
+    with the job once. Reading it walks each process's page tables (38 ms for a process of 1.6 GB here), so it is
+    sampled as often as :data:`READING_SHARE` of one core allows, judged by what the last reading took: a small job at
+    every poll, a job of many gigabytes with 8 workers every few seconds. Resident memory, read at every poll for next
+    to nothing and never below it, says when the limit may be passed: the proportional memory then decides, read ten
     times as often.
     """
 
-    def __init__(self, process: psutil.Process, limit: float) -> None:
-        self.process, self.limit = process, limit
-        self.peak, self._read_at, self._reading_seconds = 0, -math.inf, 0.0
+    def __init__(self, pid: int, limit: float) -> None:
+        self.limit, self.peak = limit, 0
+        self._known: dict[int, psutil.Process] = {}
+        with contextlib.suppress(psutil.Error):  # a process that has already ended has nothing to watch
+            self._known[pid] = psutil.Process(pid)
+        self._read_at, self._reading_seconds = -math.inf, 0.0
+
+    def running(self) -> list[psutil.Process]:
+        """The job's processes that run now, those started since the last look included."""
+        for process in list(self._known.values()):
+            with contextlib.suppress(psutil.Error):
+                for child in process.children(recursive=True):
+                    self._known.setdefault(child.pid, child)
+        self._known = {pid: process for pid, process in self._known.items() if process.is_running()}
+        return list(self._known.values())
 
     def over_limit(self) -> bool:
         """Read the memory as the pace allows; whether the job's processes have held more than the limit."""
-        resident = _tree_memory(self.process, proportional=False)
-        pace = self._reading_seconds / READING_SHARE[resident > self.limit]
+        members = self.running()
+        pace = self._reading_seconds / READING_SHARE[_tree_memory(members, proportional=False) > self.limit]
         if time.monotonic() - self._read_at >= pace:
             started = time.monotonic()
-            self.peak = max(self.peak, _tree_memory(self.process))
+            self.peak = max(self.peak, _tree_memory(members))
             self._read_at = time.monotonic()
             self._reading_seconds = self._read_at - started
         return self.peak > self.limit
 
-
-def _stop_tree(process: psutil.Process) -> None:
-    """Kill a job's process and every process it started (its DataLoader workers)."""
-    with contextlib.suppress(psutil.Error):
-        members = [process, *process.children(recursive=True)]
+    def stop(self) -> None:
+        """Kill every process of the job that still runs."""
+        members = self.running()
         for member in members:
             with contextlib.suppress(psutil.Error):
                 member.kill()
@@ -184,56 +195,69 @@ class BenchmarkJob:
         child = context.Process(target=_job_process, args=(self, device, str(log), sending))
         child.start()
         sending.close()
-        watched, message, stopped = psutil.Process(child.pid), None, None
-        memory = MemoryWatch(watched, memory_limit * GIB)
+        processes = JobProcesses(child.pid, memory_limit * GIB)
+        try:
+            message = self._watch(child, receiving, log, processes, stall_timeout)
+            child.join(EXIT_SECONDS)
+            if child.is_alive():  # a row is kept; whatever holds the process up is stopped below
+                logger.warning("Benchmark job %d did not end %d s after its row; stopped.", self.index, EXIT_SECONDS)
+        finally:  # the job's processes never outlive its row, whatever happened while watching them
+            processes.stop()
+            child.join()
+            receiving.close()
+        row = {**self.settings, "peak_memory_gb": round(processes.peak / GIB, 3), "log": str(log)}
+        if message[0] == "row":
+            return {**row, **message[1]}
+        reason = message[1] or self._death(child.exitcode)
+        logger.error("Benchmark job %d %s failed: %s; its log: %s", self.index, self.settings, reason, log)
+        return {**row, "error": reason}
+
+    @staticmethod
+    def _watch(
+        child: BaseProcess, receiving: Connection, log: Path, processes: JobProcesses, stall_timeout: float
+    ) -> tuple[str, Any]:
+        """Wait for the job's ``("row", metrics)`` or ``("error", text)``.
+
+        ``("stopped", reason)`` for a job stopped here, ``("ended", None)`` for one that ended without either.
+        """
         where, progressed, log_size = "starting", time.monotonic(), 0
-        while message is None and stopped is None:
-            if receiving.poll(POLL_SECONDS):
-                try:
-                    while message is None and receiving.poll():  # every message that has come, then one check
+        while True:
+            try:
+                if receiving.poll(POLL_SECONDS):
+                    while receiving.poll():  # every message that has come, then one check
                         kind, content = receiving.recv()
-                        if kind == "progress":
-                            where, progressed = content, time.monotonic()
-                        else:
-                            message = (kind, content)
-                except EOFError:  # the process ended without a row
-                    break
-                if message is not None:
-                    break
-            elif not child.is_alive():
-                break
+                        if kind != "progress":
+                            return kind, content
+                        where, progressed = content, time.monotonic()
+                elif not child.is_alive():
+                    if receiving.poll():  # a row sent just before the process ended
+                        continue
+                    return "ended", None
+            except EOFError:  # the process and its workers have closed the pipe without a row
+                return "ended", None
             with contextlib.suppress(OSError):
                 if log.stat().st_size != log_size:  # output counts as progress: downloads, progress bars
                     log_size, progressed = log.stat().st_size, time.monotonic()
-            if memory.over_limit():
-                stopped = (
-                    f"MemoryError: stopped when its processes held more than the memory limit of {memory_limit:g} "
-                    f"GiB (--memory_limit)"
+            if processes.over_limit():
+                limit = processes.limit / GIB
+                return "stopped", (
+                    f"MemoryError: stopped when its processes held more than the memory limit of {limit:g} GiB "
+                    f"(--memory_limit)"
                 )
-            elif time.monotonic() - progressed > stall_timeout:
-                stopped = (
+            if time.monotonic() - progressed > stall_timeout:
+                return "stopped", (
                     f"Stalled: stopped after {stall_timeout:g} s without progress (--stall_timeout); its last "
                     f"progress: {where}"
                 )
-        if stopped is not None:
-            _stop_tree(watched)
-        child.join(EXIT_SECONDS)
-        if child.is_alive():  # its row is kept; whatever holds the process up is stopped
-            logger.warning("Benchmark job %d did not end %d s after its row; stopped.", self.index, EXIT_SECONDS)
-            _stop_tree(watched)
-            child.join()
-        row = {**self.settings, "peak_memory_gb": round(memory.peak / GIB, 3), "log": str(log)}
-        if message is not None and message[0] == "row":
-            return {**row, **message[1]}
-        reason = message[1] if message is not None else stopped or self._death(child.exitcode)
-        logger.error("Benchmark job %d %s failed: %s; its log: %s", self.index, self.settings, reason, log)
-        return {**row, "error": reason}
 
     @staticmethod
     def _death(exitcode: int | None) -> str:
         """Why a process that sent no row ended."""
         if exitcode is not None and exitcode < 0:
-            name = signal.Signals(-exitcode).name
+            try:
+                name = signal.Signals(-exitcode).name
+            except ValueError:  # a real-time signal has no name
+                name = f"signal {-exitcode}"
             cause = " (the kernel's out-of-memory killer, or another process)" if name == "SIGKILL" else ""
             return f"JobDied: killed by {name}{cause} without an error of its own"
         return f"JobDied: its process ended with exit status {exitcode} without a result"
@@ -273,9 +297,9 @@ class BenchmarkJob:
 def _job_process(job: BenchmarkJob, device: int | None, log: str, connection: Connection) -> None:
     """The job's own process: everything it prints or logs goes to ``log``; its progress and row to the parent.
 
-    Its loader workers start as in a user's own anomalib run (the platform's default, ``fork`` on Linux): a process
-    started by a fork server inherits ``forkserver``, whose workers import torch and anomalib again, for seconds
-    each, at every epoch.
+    Its loader workers start as in a user's own anomalib run (the platform's default, ``fork`` on Linux before Python
+    3.14): a process started by a fork server inherits ``forkserver``, whose workers import torch and anomalib again,
+    for seconds each, at every epoch.
     """
     multiprocessing.set_start_method(None, force=True)
     with open(log, "a") as output:

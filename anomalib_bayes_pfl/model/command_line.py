@@ -25,10 +25,10 @@ from .checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# ``--trainer.precision`` values that ask for float16 autocast (``16`` is Lightning's older spelling), and those that
-# cast the weights.
+# ``--trainer.precision`` values that ask for float16 autocast (``16`` is Lightning's older spelling); the precisions
+# that keep the weights in float32 (the others, ``16-true``, ``bf16-true``, ``64-true``, cast them).
 FLOAT16_MIXED = ("16", "16-mixed")
-HALF_WEIGHTS = ("16-true", "bf16-true")
+FLOAT32_WEIGHTS = ("32-true", "16-mixed", "bf16-mixed")
 
 
 def _command_line_option(trainer: Trainer, name: str) -> Any:
@@ -103,8 +103,10 @@ class CommandLineHooks:
         """Refuse a ``--trainer.precision`` the run would not get or the head cannot take, before any image is read.
 
         Lightning runs no float16 autocast on a CPU: for ``16-mixed`` it runs ``bf16-mixed`` instead, with a warning
-        lost in the log, so the figures would not be those of the precision asked for. ``16-true`` and ``bf16-true``
-        cast the head's weights, which then meet the float32 features (``mat1 and mat2 must have the same dtype``).
+        lost in the log, so the figures would not be those of the precision asked for. ``16-true``, ``bf16-true`` and
+        ``64-true`` cast the head's weights, which then meet float32 features (``mat1 and mat2 must have the same
+        dtype``). Only the command line keeps what was asked: ``Engine(precision="16-mixed")`` on a CPU gets
+        Lightning's swap and its warning.
         """
         precision = self.trainer.precision
         asked = _command_line_option(self.trainer, "trainer.precision")
@@ -116,11 +118,11 @@ class CommandLineHooks:
                 f"16-mixed on a GPU (--trainer.accelerator gpu)."
             )
             raise ValueError(msg)
-        if precision in HALF_WEIGHTS:
+        if precision not in FLOAT32_WEIGHTS:
             msg = (
-                f"--trainer.precision {precision}: BayesPFL keeps its head in float32 (planar-flow log-determinants, "
-                f"probabilities and thresholds); pass --trainer.precision bf16-mixed (16-mixed on a GPU), under which "
-                f"the CLIP towers compute in half precision and the head in float32."
+                f"--trainer.precision {precision} casts the weights: BayesPFL keeps its head in float32 (planar-flow "
+                f"log-determinants, probabilities and thresholds). Pass --trainer.precision bf16-mixed (16-mixed on a "
+                f"GPU), under which the CLIP towers compute in half precision and the head in float32, or 32-true."
             )
             raise ValueError(msg)
 

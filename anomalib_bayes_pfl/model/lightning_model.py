@@ -282,11 +282,9 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
                         uncertainty=uncertainty)  # fmt: skip
 
     def validation_step(self, batch: Batch, *_: Any) -> STEP_OUTPUT:
-        """A zero- or few-shot model is validated only so that the Engine writes its checkpoint: score nothing.
+        """Score nothing unless validation metrics or another post-processor read the scores (zero-shot, then).
 
-        Labels come from the thresholds, never from validation statistics, so the scores would go unread (one batch
-        of the test set, before every ``anomalib test`` with ``prompt_weights``). Validation metrics or another
-        post-processor read them: then it scores zero-shot, without uncertainty.
+        A trained model is validated only so that the Engine writes its checkpoint; labels never come from validation.
         """
         read = not isinstance(self.post_processor, ProbabilityPostProcessor) or (
             self.evaluator and self.evaluator.val_metrics

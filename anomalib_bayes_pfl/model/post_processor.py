@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from anomalib.data import Batch
 from anomalib.post_processing import PostProcessor
+from lightning.pytorch import LightningModule, Trainer
 
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
@@ -62,11 +63,16 @@ class ProbabilityPostProcessor(PostProcessor):
         batch.pred_label = batch.pred_score > image_thresholds.to(batch.pred_score)
         batch.pred_mask = batch.anomaly_map > pixel_thresholds.to(batch.anomaly_map).view(-1, 1, 1)
 
-    def on_validation_batch_end(self, *args: Any, **kwargs: Any) -> None:
+    def on_validation_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Batch, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:  # fmt: skip
         """Collect nothing: labels come from the thresholds, never from statistics of validation (test) images."""
+        del trainer, pl_module, outputs, batch, batch_idx, dataloader_idx
 
-    def on_validation_epoch_end(self, *args: Any, **kwargs: Any) -> None:
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Compute nothing: there is nothing collected."""
+        del trainer, pl_module
 
     @staticmethod
     def review(uncertainty: torch.Tensor, review_thresholds: torch.Tensor | float) -> torch.Tensor:

@@ -4,11 +4,11 @@
 """The side-by-side benchmark's pictures, beside its ``results.csv``: ``results.png`` and ``results.html``.
 
 The chart has one panel per test metric that some job reports (anomalib's ``image_*`` and ``pixel_*`` figures): the
-categories along the axis, one bar per model with its value above it, and the mean over the categories. Where a
-model has no bar, the panel says why: ``failed`` (the job's ``error``), ``n/a`` (the metric was not computed for
-that job: its ``not_computed`` column says why), or, for the mean, ``n/a`` when one of its categories has no value,
-since a mean over the categories that succeeded would not compare with the others'. The page holds the chart and
-every job's row, with why a metric was not computed, its error and a link to its log.
+categories along the axis, one bar per model with its value above it, and the mean over the categories. Where a model
+has no bar, the panel says why: ``failed`` (the job's ``error``), ``n/a`` (the metric was not computed for that job:
+with ``--metrics common`` its ``not_computed`` column says why), or, for the mean, ``n/a`` when one of its categories
+has no value, since a mean over the categories that succeeded would not compare with the others'. The page holds the
+chart and every job's row, with why a metric was not computed, its error and a link to its log.
 """
 
 import html
@@ -109,9 +109,9 @@ def write_comparison(results: pd.DataFrame, models: pd.Series, categories: pd.Se
     page = Page(f"Benchmark: {folder.name}")
     chart = f'<p><img class="plot" src="{RESULTS_PNG}" alt="benchmark chart"></p>'
     legend = (
-        "Each model's value per category and the mean over the categories; 'n/a': not computed for that job (the "
-        "table's not_computed column says why), or a mean with a category missing; 'failed': the job failed (its "
-        "error is in the table)."
+        "Each model's value per category and the mean over the categories; 'n/a': not computed for that job (with "
+        "--metrics common, the table's not_computed column says why), or a mean with a category missing; 'failed': "
+        "the job failed (its error is in the table)."
     )
     page.add("Metrics", chart, legend)
     page.add("Jobs", table, "One row per job, as in results.csv (which has every column).")

@@ -20,8 +20,6 @@ from typing import Any
 
 import torch
 from anomalib.data import ImageBatch
-from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Max
-from anomalib.metrics.base import AnomalibMetric
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC
@@ -33,6 +31,7 @@ from anomalib_bayes_pfl.data.validation import loader_files
 from anomalib_bayes_pfl.reporting.review import indices_by_group
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
+from .evaluator import side_by_side_metrics
 from .plots import PLOTS_DIR, write_plots
 from .table import CSV_NAME, CategoryResults, per_category_table, print_table
 
@@ -55,84 +54,6 @@ COUNTS = (
 # Each image's values that the image-level columns read.
 VALUES = ("probability", "label", "pred_label", "uncertainty", "needs_review", "map")
 Key = tuple[str, str]
-
-
-def zero_shot_metrics() -> list[AnomalibMetric]:
-    """The zero-shot literature's metrics: image AUROC, AP (AUPR) and F1Max; pixel AUROC and AUPRO."""
-    return [
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        AUPR(fields=["pred_score", "gt_label"], prefix="image_"),
-        F1Max(fields=["pred_score", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-    ]
-
-
-def side_by_side_metrics() -> list[AnomalibMetric]:
-    """:func:`zero_shot_metrics` and pixel AUPR: the per-category table's, and every benchmark job's by default.
-
-    Each reads only scores, maps and ground truth, so that it applies to every model that gives them, whatever its
-    thresholds.
-    """
-    return [*zero_shot_metrics(), AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False)]
-
-
-# Why a metric got no value, by the batch field that no test image had.
-MISSING_FIELD_REASONS = {
-    "pred_score": "the model gives no image scores",
-    "anomaly_map": "the model gives no anomaly maps",
-    "gt_label": "the test data has no labels",
-    "gt_mask": "the test data has no masks",
-}
-
-
-class ApplicableMetricsEvaluator(Evaluator):
-    """anomalib's evaluator that logs only the metrics some image fed, and says why each other one has no value.
-
-    Pixel metrics do not apply without masks, nor to a model without anomaly maps. anomalib's evaluator would compute
-    every metric, and torchmetrics warns for each one computed before any update. :attr:`not_computed` maps each
-    metric that got no value to the reason, for the benchmark's rows.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.not_computed: dict[str, str] = {}
-        self._missing_fields: dict[str, set[str]] = {}
-
-    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Forget the previous test run's reasons."""
-        del trainer, pl_module
-        self.not_computed, self._missing_fields = {}, {}
-
-    def on_test_batch_end(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        """Note the fields each metric found missing, then update the metrics as anomalib does."""
-        for metric in self.test_metrics:
-            missing = {field for field in metric.fields if getattr(batch, field, None) is None}
-            self._missing_fields.setdefault(metric.name, set()).update(missing)
-        super().on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx, dataloader_idx)
-
-    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Log the metrics that some process updated; say which do not apply, and why."""
-        del pl_module
-        for metric in self.test_metrics:
-            if trainer.strategy.reduce_boolean_decision(metric.update_called, all=False):
-                self.log(metric.name, metric)
-                continue
-            missing = sorted(self._missing_fields.get(metric.name, ()))
-            reasons = [MISSING_FIELD_REASONS.get(field, f"no test image has {field}") for field in missing]
-            self.not_computed[metric.name] = "; ".join(reasons) or "no test image reached it"
-        if self.not_computed:
-            logger.info(
-                "Not computed: %s.", "; ".join(f"{name} ({reason})" for name, reason in self.not_computed.items())
-            )
 
 
 class CategoryCounts(Metric):

@@ -5,7 +5,8 @@
 
 Under Lightning's mixed precision the frozen CLIP towers compute in bfloat16 and the head in float32
 (``model/precision.py``), as ``--model.clip_precision bf16`` does. ``16-mixed`` on a CPU, which Lightning would turn
-into ``bf16-mixed`` behind the user's back, and ``bf16-true``, which would cast the head, are refused with the fix.
+into ``bf16-mixed`` behind the user's back, and ``bf16-true`` or ``64-true``, which would cast the head, are refused
+with the fix.
 
 Tolerances, from the same tiny setting (R = 2, one epoch per stage, 3 normal and 3 anomalous test images) trained under
 ``bf16-mixed`` with seeds 0 to 11 and tested in both precisions: image scores differed by at most 0.011, anomaly-map
@@ -159,14 +160,16 @@ def test_bf16_mixed_predict_writes_float32_scores_close_to_float32(tmp_path, mvt
     ("precision", "reason"),
     [
         ("16-mixed", "--trainer.precision 16-mixed: float16 mixed precision needs a GPU"),
-        ("bf16-true", "--trainer.precision bf16-true: BayesPFL keeps its head in float32"),
+        ("bf16-true", "--trainer.precision bf16-true casts the weights: BayesPFL keeps its head in float32"),
+        ("64-true", "--trainer.precision 64-true casts the weights: BayesPFL keeps its head in float32"),
     ],
-    ids=["16-mixed", "bf16-true"],
+    ids=["16-mixed", "bf16-true", "64-true"],
 )
 def test_a_precision_the_run_would_not_get_is_refused_with_the_fix_before_any_image_is_read(
     tmp_path, mvtec_tree, precision, reason
 ):
-    """``16-mixed`` would become ``bf16-mixed`` on a CPU; ``bf16-true`` would cast the head (a dtype error)."""
+    """``16-mixed`` would become ``bf16-mixed`` on a CPU; ``bf16-true`` and ``64-true`` would cast the head (a dtype
+    error)."""
     result = anomalib_cli(
         "train", *COMMON, *TINY_MODEL, *cross_data_cli(mvtec_tree), f"--trainer.precision={precision}", cwd=tmp_path
     )

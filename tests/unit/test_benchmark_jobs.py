@@ -7,8 +7,6 @@ import os
 import subprocess
 import sys
 
-import psutil
-
 from anomalib_bayes_pfl.benchmark import jobs
 from anomalib_bayes_pfl.benchmark.jobs import GIB, _process_memory, _tree_memory, one_line
 
@@ -59,22 +57,29 @@ def test_an_error_raised_from_another_names_it_and_a_suppressed_context_is_left_
     assert one_line("two\n  lines") == "two lines"
 
 
-def test_a_job_s_memory_counts_the_pages_its_forked_workers_share_once():
-    """A loader worker forked from a job shares the job's pages until it writes them: counted once, not twice."""
+def test_a_job_s_memory_counts_shared_pages_once_and_its_workers_are_stopped_when_it_has_died():
+    """A loader worker forked from a job shares the job's pages until it writes them: counted once, not twice. A
+    worker whose job was killed (as by the kernel's out-of-memory killer) is still stopped with the job."""
     holder = subprocess.Popen(
         [sys.executable, "-c", FORKED_HOLDER], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": ""}
     )
+    processes = jobs.JobProcesses(holder.pid, limit=GIB)
     try:
         assert holder.stdout.readline().strip() == "ready"
-        job = psutil.Process(holder.pid)
-        assert len(job.children()) == 1
-        held = _tree_memory(job)
-        assert 256 * 2**20 < held < 300 * 2**20, held / 2**20  # RssAnon would count the shared 256 MiB twice
-        assert _tree_memory(job, proportional=False) > 2 * 256 * 2**20  # resident memory counts them in each process
+        members = processes.running()
+        assert len(members) == 2
+        held = _tree_memory(members)
+        assert 256 * 2**20 < held < 300 * 2**20, held / 2**20
+        assert _tree_memory(members, proportional=False) > 2 * 256 * 2**20  # resident memory counts it in each
         assert _process_memory(holder.pid, proportional=True) < 0.75 * held  # the job's share: about half
+        worker = next(member for member in members if member.pid != holder.pid)
+        holder.kill()
+        holder.wait()
+        assert worker.is_running()  # orphaned, no longer a child of anything the job's process can list
+        processes.stop()
+        assert not worker.is_running()
     finally:
-        for process in psutil.Process(holder.pid).children():
-            process.kill()
+        processes.stop()
         holder.kill()
         holder.wait()
 
@@ -99,7 +104,7 @@ def test_proportional_memory_is_read_at_a_pace_its_cost_allows(monkeypatch):
     clock = [0.0]
     readings = []
 
-    def tree_memory(process, *, proportional=True):
+    def tree_memory(members, *, proportional=True):
         if not proportional:
             return resident[0]
         readings.append(clock[0])
@@ -109,7 +114,7 @@ def test_proportional_memory_is_read_at_a_pace_its_cost_allows(monkeypatch):
     resident = [2 * GIB]
     monkeypatch.setattr(jobs, "_tree_memory", tree_memory)
     monkeypatch.setattr(jobs.time, "monotonic", lambda: clock[0])
-    watch = jobs.MemoryWatch(process=None, limit=6 * GIB)
+    watch = jobs.JobProcesses(os.getpid(), limit=6 * GIB)  # the readings are the stand-in's
     for _ in range(50):  # 10 s of polls under the limit
         assert not watch.over_limit()
         clock[0] += jobs.POLL_SECONDS

@@ -171,10 +171,14 @@ def test_validation_scores_only_what_something_reads(tiny_clip_path, monkeypatch
     batch = ImageBatch(image=torch.rand(2, 3, 64, 64), gt_label=torch.tensor([0, 1]), image_path=["a.png", "b.png"])
     assert module.validation_step(batch) is batch
     assert batch.pred_score is None
-    module.post_processor.on_validation_batch_end(None, module, batch, batch, 0)  # a score-less batch is fine
-    module.post_processor.on_validation_epoch_end(None, module)
-    assert module.post_processor.thresholds == pytest.approx((0.5, 0.5))
     assert not scored
+    # The post-processor takes no statistics of validation images, scored or not (anomalib's takes F1 thresholds).
+    scored_batch = ImageBatch(image=batch.image, gt_label=batch.gt_label, pred_score=torch.tensor([0.2, 0.9]))
+    for outputs in (batch, scored_batch):
+        module.post_processor.on_validation_batch_end(None, module, outputs, outputs, 0)
+    module.post_processor.on_validation_epoch_end(None, module)
+    assert not module.post_processor._image_threshold_metric.update_called
+    assert torch.isnan(module.post_processor._image_threshold)
 
     monkeypatch.undo()
     module.evaluator = Evaluator(val_metrics=[AUROC(fields=["pred_score", "gt_label"], prefix="image_")])
