@@ -198,9 +198,12 @@ class BenchmarkJob:
         processes = JobProcesses(child.pid, memory_limit * GIB)
         try:
             message = self._watch(child, receiving, log, processes, stall_timeout)
-            child.join(EXIT_SECONDS)
-            if child.is_alive():  # a row is kept; whatever holds the process up is stopped below
-                logger.warning("Benchmark job %d did not end %d s after its row; stopped.", self.index, EXIT_SECONDS)
+            if message[0] != "stopped":  # a job stopped here is stopped at once, below; another may end on its own
+                child.join(EXIT_SECONDS)
+                if child.is_alive():  # its row is kept; what holds it up is stopped below
+                    logger.warning(
+                        "Benchmark job %d did not end %d s after its row; stopped.", self.index, EXIT_SECONDS
+                    )
         finally:  # the job's processes never outlive its row, whatever happened while watching them
             processes.stop()
             child.join()
