@@ -41,3 +41,19 @@ def test_each_stage_checks_the_subsets_it_reads(datamodule):
         DataCheck().setup(trainer, None, stage)
     with pytest.raises(ValueError, match=r"image gone_train\.png does not exist"):
         DataCheck().setup(trainer, None, "fit")
+
+
+def test_truncated_and_16_bit_files_are_all_named_at_setup(datamodule, tmp_path):
+    """Before any scoring (PIL's verify() passes a cut JPEG; anomalib would fail on it inside a loader worker)."""
+    from PIL import Image
+
+    whole, cut, deep = tmp_path / "whole.jpg", tmp_path / "cut.jpg", tmp_path / "deep.png"
+    Image.effect_noise((600, 400), 64).convert("RGB").save(whole)
+    cut.write_bytes(whole.read_bytes()[:2000])
+    Image.new("I;16", (8, 8), 40000).save(deep)
+    test = datamodule.test_data.samples
+    test.loc[test.index[test.label_index == 0][:3], "image_path"] = [str(whole), str(cut), str(deep)]
+    with pytest.raises(ValueError, match=r"^2 problem\(s\) with the dataset files") as error:
+        DataCheck().setup(SimpleNamespace(datamodule=datamodule), None, "test")
+    assert f"image {cut} cannot be read (image file is truncated" in str(error.value)
+    assert f"image {deep} has I;16 pixels" in str(error.value)
