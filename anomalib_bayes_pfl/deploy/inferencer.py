@@ -8,21 +8,29 @@ with ``--model.export_uncertainty true`` also returns the uncertainty, its map a
 mark, which :class:`BayesPFLInferencer` reads from any of the three files: ``model.pt`` (torch), ``model.onnx`` or
 ``model.xml`` (both run by OpenVINO). A part that needs review goes to a person, whatever its label; the others pass or
 fail on their label.
+
+A ``model.pt`` is a pickle, which can run any code when loaded: as anomalib's ``TorchInferencer`` does, it is loaded
+only with ``TRUST_REMOTE_CODE=1`` in the environment. ONNX and OpenVINO files hold no code and need no opt-in.
 """
 
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from anomalib.data.utils import read_image
+
+from anomalib_bayes_pfl.data.image_reader import as_image_batch
 
 from .openvino import check_openvino_export
 
 PASS, FAIL, PERSON = "pass", "fail", "person"
 # OpenVINO computes in f32 unless told otherwise: some CPUs default to bf16, which moves the scores and so the marks.
 F32 = {"INFERENCE_PRECISION_HINT": "f32"}
+# anomalib's opt-in for unpickling a model file (``TorchInferencer``): the variable and the values that set it.
+TRUST_REMOTE_CODE = "TRUST_REMOTE_CODE"
+TRUSTED = frozenset({"1", "true"})
 
 
 @dataclass
@@ -56,6 +64,9 @@ class BayesPFLInferencer:
         device: OpenVINO's device for ``.onnx`` / ``.xml`` (``CPU``, ``GPU``); torch files run on the CPU.
         config: OpenVINO's compile options; by default f32 on every device, as the checkpoint scores.
 
+    Raises:
+        ValueError: For a ``model.pt`` without the ``TRUST_REMOTE_CODE=1`` opt-in (see the module docstring).
+
     ``BayesPFLInferencer("line/weights/openvino/model.xml").predict("part_0001.png").decision`` is ``['pass']``,
     ``['fail']`` or ``['person']``.
     """
@@ -66,6 +77,14 @@ class BayesPFLInferencer:
             msg = f"{self.path} is not a file: give the exported model.pt, model.onnx or model.xml."
             raise FileNotFoundError(msg)
         if self.path.suffix == ".pt":
+            if os.environ.get(TRUST_REMOTE_CODE, "0").lower() not in TRUSTED:
+                msg = (
+                    f"{self.path} is a pickle, and loading it runs any code it holds; as anomalib's TorchInferencer, "
+                    f"BayesPFLInferencer loads it only if you trust its source and set {TRUST_REMOTE_CODE}=1 in the "
+                    f"environment (export {TRUST_REMOTE_CODE}=1). ONNX and OpenVINO exports (model.onnx, model.xml) "
+                    f"hold no code and need no opt-in."
+                )
+                raise ValueError(msg)
             self._torch = torch.load(self.path, map_location="cpu", weights_only=False)["model"].eval()
             return
         if self.path.suffix not in {".onnx", ".xml"}:
@@ -78,17 +97,20 @@ class BayesPFLInferencer:
         self._compiled = ov.Core().compile_model(str(self.path), device, F32 if config is None else config)
 
     def predict(self, image: str | Path | np.ndarray | torch.Tensor) -> BayesPFLPrediction:
-        """The outputs for one image (a file, ``(H, W, 3)`` array or ``(3, H, W)`` tensor) or a batch ``(N, 3, H, W)``.
+        """The outputs for one image or a batch ``(N, 3, H, W)``, read by the package's one image reader.
 
-        Pixel values are in [0, 1], as anomalib reads files.
+        A file is read as anomalib reads it; an array or tensor holds RGB, uint8 (0-255) or float in [0, 1], as
+        ``(H, W)``, ``(H, W, 1 | 3 | 4)`` or ``(3, H, W)``. OpenCV's BGR needs
+        ``cv2.cvtColor(image, cv2.COLOR_BGR2RGB)`` first. Anything else is refused, naming the file or the shape
+        and dtype (:func:`~anomalib_bayes_pfl.data.image_reader.as_image_batch`).
         """
-        images = _as_batch(image)
+        images = as_image_batch(image).detach().cpu()  # both kinds of export run on the CPU
         if self._torch is not None:
             with torch.no_grad():
-                output = self._torch(torch.from_numpy(images))
+                output = self._torch(images)
             values = {name: value.numpy() for name, value in output._asdict().items() if value is not None}
         else:
-            result = self._compiled(images)
+            result = self._compiled(images.numpy())
             values = {output.get_any_name(): result[output] for output in self._compiled.outputs}
         count = images.shape[0]
         shaped = {}
@@ -98,13 +120,3 @@ class BayesPFLInferencer:
                 map_field = field.name in {"anomaly_map", "pred_mask", "uncertainty_map"}
                 shaped[field.name] = value.reshape(count, *value.shape[-2:]) if map_field else value.reshape(count)
         return BayesPFLPrediction(**shaped)
-
-
-def _as_batch(image: str | Path | np.ndarray | torch.Tensor) -> np.ndarray:
-    """Images as exported models take them: ``(N, 3, H, W)`` float32 in [0, 1]."""
-    if isinstance(image, str | Path):
-        image = read_image(image, as_tensor=True)
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image).permute(2, 0, 1) if image.ndim == 3 and image.shape[-1] == 3 else image
-    images = torch.as_tensor(image, dtype=torch.float32)
-    return (images.unsqueeze(0) if images.ndim == 3 else images).contiguous().numpy()

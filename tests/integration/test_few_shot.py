@@ -441,7 +441,7 @@ def _loose_parts(tree: Path, folder: Path) -> Path:
     return folder
 
 
-def test_the_on_line_recipe_calibrate_export_load_and_decide_per_part(head, tree, tmp_path):
+def test_the_on_line_recipe_calibrate_export_load_and_decide_per_part(head, tree, tmp_path, monkeypatch):
     """The README's recipe as typed: calibrate into a checkpoint on anomalib's Folder, export it to OpenVINO with its
     uncertainty, load it with BayesPFLInferencer and decide each part. ``anomalib predict`` of the checkpoint marks
     each part on its own (uncertainty above the calibrated threshold), and the OpenVINO and torch exports mark the
@@ -482,6 +482,7 @@ def test_the_on_line_recipe_calibrate_export_load_and_decide_per_part(head, tree
     assert table.needs_review.tolist() == (table.uncertainty > stored.review_threshold).tolist()
     assert 0 < table.needs_review.sum() < len(table)  # the test can tell marks apart
     exported = [next((tmp_path / "exported").rglob("model.xml")), module.to_torch(tmp_path / "torch")]
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")  # anomalib's opt-in for unpickling model.pt
     for inferencer in map(BayesPFLInferencer, exported):
         for row in table.itertuples():
             output = inferencer.predict(row.image_path)
