@@ -73,6 +73,7 @@ class Entry:
     needs_review: bool | None
     anomaly_map: torch.Tensor | None = None
     uncertainty_map: torch.Tensor | None = None
+    key: tuple[int, int] = (0, 0)  # the process that scored it and its place there: paths and names may repeat
 
 
 @dataclass
@@ -259,7 +260,7 @@ class RunReport(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         """Keep each image's scores, and the maps of those that may enter a gallery."""
-        del trainer, pl_module, batch, batch_idx, dataloader_idx
+        del pl_module, batch, batch_idx, dataloader_idx
         review_fraction = self.settings().review_fraction
 
         def values(name: str) -> list[Any]:
@@ -275,7 +276,7 @@ class RunReport(Callback):
             strict=True,
         )
         for index, (path, dataset, category, *rest) in enumerate(columns):
-            entry = Entry(path, dataset, category, *rest)
+            entry = Entry(path, dataset, category, *rest, key=(trainer.global_rank, len(self.rows)))
             entry.label = None if entry.label is None else int(entry.label)
             entry.pred_label = None if entry.pred_label is None else int(entry.pred_label)
             self.rows.append(entry)
@@ -300,7 +301,12 @@ class RunReport(Callback):
         return entry.uncertainty is not None and (bool(entry.needs_review) or bool(review_fraction))
 
     def _gathered(self, trainer: Trainer) -> bool:
-        """Every process's rows and candidates on the first process; ``False`` on the others."""
+        """Every process's rows and candidates on the first process; ``False`` on the others.
+
+        Each image arrives from one process only (the test's padded repeats are cut before scoring, by
+        ``DropSamplerPadding``; Lightning's predict sampler repeats none), so nothing is merged: two images that share a
+        path or a name are two rows.
+        """
         if trainer.world_size == 1:
             return True
         shares: list[Any] = [None] * trainer.world_size
@@ -308,41 +314,37 @@ class RunReport(Callback):
         torch.distributed.all_gather_object(shares, (self.rows, heaps))
         if not trainer.is_global_zero:
             return False
-        unique = {entry.path or id(entry): entry for rows, _ in shares for entry in rows}  # padded repeats once
-        self.rows = list(unique.values())
+        self.rows = [entry for rows, _ in shares for entry in rows]
         for name, gallery in self.galleries.items():
-            seen = set()
             merged = Gallery(gallery.title, gallery.explanation, gallery.rank, gallery.size)
             for _, galleries in shares:
                 for group, heap in galleries[name].items():
                     for *_, entry in heap:
-                        if entry.path not in seen:
-                            seen.add(entry.path)
-                            merged.offer(entry, group)
+                        merged.offer(entry, group)
             self.galleries[name] = merged
         return True
 
-    def _review_marks(self) -> set[str]:
-        """The paths marked ``needs_review``: each image's own mark, or ``review_fraction``'s ranks over the run."""
+    def _review_marks(self) -> set[tuple[int, int]]:
+        """The entries marked ``needs_review``: each image's own mark, or ``review_fraction``'s ranks over the run."""
         fraction = self.settings().review_fraction
         if not fraction:
-            return {entry.path for entry in self.rows if entry.needs_review}
+            return {entry.key for entry in self.rows if entry.needs_review}
         scored = [entry for entry in self.rows if entry.uncertainty is not None]
         if not scored:
             return set()
         groups = [(entry.dataset, entry.category) for entry in scored]
         flags = grouped_review_flags(groups, torch.tensor([entry.uncertainty for entry in scored]), fraction)
-        return {entry.path for entry, flagged in zip(scored, flags.tolist(), strict=True) if flagged}
+        return {entry.key for entry, flagged in zip(scored, flags.tolist(), strict=True) if flagged}
 
     def _galleries(self, page: Page) -> None:
         settings = self.settings()
         marked = self._review_marks()
         for name, gallery in self.galleries.items():
             if name == "review":
-                shown = lambda entry: entry.path in marked  # noqa: E731
+                shown = lambda entry: entry.key in marked  # noqa: E731
             else:
                 shown = lambda entry, name=name: self._candidate(name, entry, 0.0)  # noqa: E731
-            entries = [replace(entry, needs_review=entry.path in marked) for entry in gallery.entries(shown)]
+            entries = [replace(entry, needs_review=entry.key in marked) for entry in gallery.entries(shown)]
             total = sum(shown(entry) for entry in self.rows)
             note = gallery.explanation
             if name == "review" and settings.review_rate is None and not settings.review_fraction:
@@ -391,7 +393,7 @@ class RunReport(Callback):
                 "category": categories,
                 "images": 1,
                 "labelled anomalous": [int(entry.pred_label == 1) for entry in self.rows],
-                "needs review": [int(entry.path in marked) for entry in self.rows],
+                "needs review": [int(entry.key in marked) for entry in self.rows],
             }
         )
         counts = rows.groupby("category").sum()

@@ -216,8 +216,9 @@ class UncertaintyVisualizer(ImageVisualizer):
             torch.distributed.all_gather_object(shares, written)
             if not trainer.is_global_zero:
                 return 0
-            unique = {tuple(files): (key, value, files) for share in shares for key, value, files in share}
-            written = list(unique.values())  # the sampler's padded repeats once
+            # Each image comes from one process (the test's padded repeats are cut before scoring): two images whose
+            # visualisations share a file name are still two images.
+            written = [image for share in shares for image in share]
         if not written:
             return 0
         keys, uncertainties, files = zip(*written, strict=True)
