@@ -29,10 +29,13 @@ def big_jpeg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.mark.parametrize("share", [None, 0.6])
-def test_a_truncated_jpeg_is_named_as_a_full_decode_names_it(big_jpeg, tmp_path, share):
-    """PIL's verify() passes both cut files; the 1/8-scale decode of the check catches them, as anomalib's read does."""
-    data = big_jpeg.read_bytes()
+@pytest.mark.parametrize(("share", "progressive"), [(None, False), (0.6, False), (0.6, True)])
+def test_a_truncated_jpeg_is_named_as_a_full_decode_names_it(big_jpeg, tmp_path, share, progressive):
+    """PIL's verify() passes the cut files; the 1/8-scale decode of the check catches them, as anomalib's read does."""
+    whole = tmp_path / "progressive.jpg" if progressive else big_jpeg
+    if progressive:
+        Image.open(big_jpeg).save(whole, progressive=True, quality=90)
+    data = whole.read_bytes()
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: 2000 if share is None else int(len(data) * share)])
     with Image.open(cut) as image:
@@ -45,7 +48,7 @@ def test_a_truncated_jpeg_is_named_as_a_full_decode_names_it(big_jpeg, tmp_path,
     assert problem.endswith("copy it again from its source, or remove it from the data")
     with pytest.raises(ValueError, match=f"image {cut} cannot be read"):
         read_image_file(cut)
-    assert check_image_file(big_jpeg) == ((1500, 1000), None)
+    assert check_image_file(whole) == ((1500, 1000), None)
 
 
 def test_a_truncated_png_is_named(pixels, tmp_path):
@@ -139,7 +142,7 @@ def test_a_3_by_w_by_3_input_is_channels_last_as_an_array_and_channels_first_as_
         (np.full((8, 8, 3), np.nan), r"dtype float64 has NaN or Inf values"),
         (torch.full((3, 8, 8), float("inf")), r"NaN or Inf"),
         (np.zeros((8, 8, 2), np.uint8), r"shape \(8, 8, 2\) and dtype uint8 cannot be read as an image; accepted"),
-        (torch.zeros(2, 4, 8, 8), r"shape \(2, 4, 8, 8\) .* accepted are \(H, W\) gray"),
+        (torch.zeros(2, 4, 8, 8), r"shape \(2, 4, 8, 8\) .* accepted are \(H, W\) or \(H, W, 1\) gray"),
         (torch.zeros(1, 8, 8), r"shape \(1, 8, 8\)"),
         (np.zeros((1, 1, 3, 8, 8), np.float32), r"shape \(1, 1, 3, 8, 8\)"),
     ],
