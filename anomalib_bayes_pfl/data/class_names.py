@@ -14,7 +14,7 @@ given.
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -26,6 +26,8 @@ DEFAULT_CLASS_NAME = "object"
 # The authors' names of categories that an anomalib datamodule names otherwise (authors: dataset/datasets/BTAD.py
 # L28); they write them into the prompts, so a head they trained knows these words.
 NO_CATEGORY = "nothing: no category in the data or its path, and no --model.class_name"
+CLASS_NAME_OPTION = "--model.class_name"
+STORED_CATEGORY = "the one category the checkpoint stores"
 AUTHORS_CATEGORY_NAMES = {"BTech": {"01": "metal1", "02": "wood", "03": "metal2"}}
 
 
@@ -70,8 +72,48 @@ def class_name_from_path(image_path: str) -> str | None:
     return None
 
 
+def fallback_category(
+    class_name: str | None, stored_categories: Sequence[str] = (), class_name_source: str = CLASS_NAME_OPTION
+) -> tuple[str, str]:
+    """The category of an image that neither its datamodule nor its path names, and what it came from.
+
+    ``class_name``; else the one category a checkpoint stores references or thresholds for (a few-shot or calibrated
+    checkpoint of one part); else ``"object"``. Predict gives loose files this category, and an export, whose
+    images carry no path, scores it: one rule for both (``calibration/thresholds.py``).
+
+    Args:
+        class_name: The model's ``class_name`` option.
+        stored_categories: The categories the model's head stores references or thresholds for.
+        class_name_source: Where ``class_name`` was set, for the logs (the command line, or a checkpoint).
+
+    Example:
+        >>> fallback_category(None, ["grain_plank"])
+        ('grain_plank', 'the one category the checkpoint stores')
+        >>> fallback_category(None, ["tile_c", "tile_d"])[0], fallback_category("gear", ["tile_c"])[0]
+        ('object', 'gear')
+    """
+    if class_name:
+        return class_name, class_name_source
+    if len(stored_categories) == 1:
+        return next(iter(stored_categories)), STORED_CATEGORY
+    return DEFAULT_CLASS_NAME, NO_CATEGORY
+
+
+def class_name_source(given: Collection[str], stored_in: str | None) -> str:
+    """Where the ``class_name`` option was set, for the logs: the command line, or the checkpoint that stored it.
+
+    Example:
+        >>> class_name_source({"class_name"}, None), class_name_source(set(), "checkpoint x.ckpt")
+        ('--model.class_name', 'the class_name stored in checkpoint x.ckpt')
+    """
+    return CLASS_NAME_OPTION if "class_name" in given or stored_in is None else f"the class_name stored in {stored_in}"
+
+
 def _category_and_source(
-    path: str | None, lookup: Callable[[str], str | None] | None, datamodule_category: str, class_name: str | None
+    path: str | None,
+    lookup: Callable[[str], str | None] | None,
+    datamodule_category: str,
+    fallback: tuple[str, str],
 ) -> tuple[str, str]:
     if path is not None:
         listed = lookup(str(path)) if lookup is not None else None
@@ -82,18 +124,23 @@ def _category_and_source(
             return from_path, "the MVTec AD / VisA layout of its path"
     if datamodule_category:
         return datamodule_category, "the datamodule's category"
-    if class_name:
-        return class_name, "--model.class_name"
-    return DEFAULT_CLASS_NAME, NO_CATEGORY
+    return fallback
 
 
 def image_categories(
-    image_paths: Sequence[str | None] | None, count: int, *, class_name: str | None, datamodule: Any | None
+    image_paths: Sequence[str | None] | None,
+    count: int,
+    *,
+    class_name: str | None,
+    datamodule: Any | None,
+    stored_categories: Sequence[str] = (),
+    class_name_source: str = CLASS_NAME_OPTION,
 ) -> list[ImageCategory]:
     """Return each of ``count`` images' dataset, category and class name.
 
     The category is, in this order: the one ``datamodule`` lists for the image (``ZeroShotCrossDataset``); the
-    category folder of an MVTec AD / VisA path; the datamodule's category; ``class_name``; ``"object"``. Categories of
+    category folder of an MVTec AD / VisA path; the datamodule's category; then :func:`fallback_category`
+    (``class_name``, the one stored category, ``"object"``), the rule an export follows too. Categories of
     anomalib's ``dataset`` datamodules take the authors' names where they have one (BTech's ``01`` is ``metal1``). The
     class name is ``class_name`` when given (one word for every image), else the category.
 
@@ -102,6 +149,8 @@ def image_categories(
         count: The number of images.
         class_name: The model's ``class_name`` option.
         datamodule: The run's datamodule, or ``None`` (loose files given to ``anomalib predict``).
+        stored_categories: The categories the model's head stores references or thresholds for.
+        class_name_source: Where ``class_name`` was set, for the logs.
 
     Example:
         >>> [name.category for name in image_categories(
@@ -115,10 +164,11 @@ def image_categories(
     default_dataset = str(getattr(datamodule, "name", "") or "")
     datamodule_category = str(getattr(datamodule, "category", "") or "")
     paths = list(image_paths) if image_paths is not None else [None] * count
+    fallback = fallback_category(class_name, stored_categories, class_name_source)
     names = []
     for path in paths:
         dataset = (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset
-        category, source = _category_and_source(path, lookup, datamodule_category, class_name)
+        category, source = _category_and_source(path, lookup, datamodule_category, fallback)
         category = authors_category_name(dataset, category)
         names.append(ImageCategory(dataset, category, class_name or category, source))
     return names

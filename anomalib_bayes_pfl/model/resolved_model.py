@@ -14,7 +14,7 @@ from typing import Any
 
 from anomalib.pre_processing import PreProcessor
 
-from anomalib_bayes_pfl.data.class_names import ImageCategory, image_categories
+from anomalib_bayes_pfl.data.class_names import ImageCategory, class_name_source, image_categories
 from anomalib_bayes_pfl.settings import BayesPFLSettings, same_option
 
 from .building import build_model, set_image_size
@@ -87,7 +87,10 @@ class ResolvedModel:
         """Each image's dataset, category and class name, by the one rule (``data/class_names.py``)."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         count = len(image_paths) if count is None else count
-        return image_categories(image_paths, count, class_name=self.settings.class_name, datamodule=datamodule)
+        stored = list(self.model.references.categories) if self.is_built else []
+        source = class_name_source(self.settings.given, self.settings.stored_in)
+        return image_categories(image_paths, count, class_name=self.settings.class_name, datamodule=datamodule,
+                                stored_categories=stored, class_name_source=source)  # fmt: skip
 
     def class_names_of(self, image_paths: Sequence[str]) -> list[str]:
         """The word in each image's prompts."""
