@@ -11,6 +11,10 @@ an unknown option, the closest option the class has::
     In short: --model.kshot 1: BayesPFL has no option 'kshot'; did you mean --model.k_shot? (anomalib <command>
     --model.help BayesPFL lists them)
 
+An error that one of these classes raises while the command line builds it (``--model.prompt_weights`` naming a
+missing file) reaches the user inside jsonargparse's report about the union of models, followed by a dump of every
+option; :func:`install` raises it again alone, so that its sentence, which names the fix, is the last thing printed.
+
 Other errors are printed as jsonargparse prints them.
 """
 
@@ -19,6 +23,7 @@ import functools
 import importlib
 import inspect
 import re
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from jsonargparse import ArgumentParser
@@ -77,8 +82,42 @@ def summarise(message: str) -> str | None:
     return f"In short: {option} {value}: {'; '.join(reasons)}"
 
 
+_BUILDING = re.compile(rf"Given value: Namespace\(class_path='{PACKAGE}\.")
+_ERRORS = re.compile(r"\nErrors:\n(?P<errors>.*?)\nGiven value type:", re.S)
+
+
+def construction_error(message: str) -> str | None:
+    """The error one of this package's classes raised while jsonargparse built it; ``None`` for other reports."""
+    errors = _ERRORS.search(message)
+    if _BUILDING.search(message) is None or errors is None:
+        return None
+    items = re.split(r"^  - ", errors["errors"], flags=re.M)
+    reasons = [" ".join(line.strip() for line in item.splitlines()) for item in items if item.strip()]
+    reasons = [reason for reason in reasons if not reason.startswith("Expected a <class 'NoneType'>")]
+    return "\n".join(reasons) or None
+
+
+def _instantiate_classes_raising_the_reason(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def instantiate_classes(self: ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        except ValueError as error:
+            reason = construction_error(str(error))
+            if reason is None:
+                raise
+        raise ValueError(reason)  # alone, after the dump of every option: its sentence names the fix
+
+    instantiate_classes._raises_reason = True  # type: ignore[attr-defined]
+    return instantiate_classes
+
+
 def install() -> None:
-    """Add the summary line to the command line's errors, once per process."""
+    """Add the summary line to the command line's errors, and raise construction errors alone, once per process."""
+    if not getattr(ArgumentParser.instantiate_classes, "_raises_reason", False):
+        ArgumentParser.instantiate_classes = _instantiate_classes_raising_the_reason(  # type: ignore[method-assign]
+            ArgumentParser.instantiate_classes
+        )
     if getattr(ArgumentParser.error, "_adds_summary", False):
         return
     original = ArgumentParser.error

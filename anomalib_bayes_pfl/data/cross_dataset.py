@@ -273,7 +273,14 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         except (FileNotFoundError, ValueError) as error:
             if self._needs_auxiliary(stage):
                 raise
-            logger.info("No validation data: the auxiliary dataset is not there (%s)", error)
+            # Only news for a model that sets thresholds on validation data (BayesPFL runs none before testing);
+            # nothing to download for a run that does not fit.
+            logger.info(
+                "No validation data: the auxiliary dataset (%s) is not there; a model that sets thresholds on "
+                "validation data gets none.",
+                source.option,
+            )
+            logger.debug("The auxiliary dataset cannot be read: %s", error)
             return None
         same_dataset = source.dataset_name == self._source("target").dataset_name
         overlap = sorted(set(categories) & set(target)) if same_dataset else []

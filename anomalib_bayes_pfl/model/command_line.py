@@ -5,14 +5,18 @@
 
 The seed that anomalib 2.7's CLI parses but ignores, the options ``anomalib export --ckpt_path`` drops (applied
 here), a file given as ``--ckpt_path`` that is not a checkpoint (Lightning's error would advise running code from it),
-a run without ``--data``, a ``latest`` results folder that anomalib would leave as a plain folder, and a
+or a checkpoint of another model, a run without ``--data``, results folders (a test or predict run writes to a folder
+of its own, never into the training run that ``latest`` points to; training says where its checkpoint is), and a
 ``--trainer.precision`` that Lightning changes (``16-mixed`` on a CPU) or that casts the head (``bf16-true``).
 :class:`CommandLineHooks` is a base of ``BayesPFL`` that holds the hooks for them.
 """
 
+import inspect
 import logging
+import re
 import secrets
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -20,8 +24,10 @@ from anomalib.utils.path import create_versioned_dir
 from jsonargparse import ArgumentParser
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
+from lightning.pytorch.trainer.states import TrainerFn
 
 from .checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
+from .post_processor import ProbabilityPostProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,11 @@ logger = logging.getLogger(__name__)
 # that keep the weights in float32 (the others, ``16-true``, ``bf16-true``, ``64-true``, cast them).
 FLOAT16_MIXED = ("16", "16-mixed")
 FLOAT32_WEIGHTS = ("32-true", "16-mixed", "bf16-mixed")
+VERSION_FOLDER = re.compile(r"v\d+")  # anomalib's run folders, <root>/<model>/<dataset>/<category>/v<n>
+# The keys of every Lightning checkpoint, and the options only a BayesPFL checkpoint has.
+LIGHTNING_KEYS = ("pytorch-lightning_version", "state_dict")
+BAYES_PFL_OPTIONS = {"clip_model", "num_flow_steps"}
+COMPONENTS = {"pre_processor", "post_processor", "evaluator", "visualizer"}
 
 
 def _command_line_option(trainer: Trainer, name: str) -> Any:
@@ -84,6 +95,31 @@ def export_model_options(model_class: type) -> dict[str, Any]:
     return {name: parsed[f"model.{name}"] for name in names}
 
 
+def skip_validation_for_own_thresholds() -> None:
+    """Let anomalib's Engine test and predict a trained BayesPFL without validating it first; idempotent.
+
+    Called by every ``BayesPFL`` as it is built. The Engine validates a zero- or few-shot model before ``test`` and
+    ``predict`` without a checkpoint (with ``--model.prompt_weights``), only to collect its post-processor's adaptive
+    thresholds and normalisation. BayesPFL's post-processor labels with probability thresholds and collects nothing,
+    and that validation would read validation data a test does not need (loose files given to predict have none), and
+    save a checkpoint into the folder ``latest`` points to. Other models, and BayesPFL with another post-processor,
+    are validated as anomalib does.
+    """
+    from anomalib.engine import Engine  # not at import: the autoload hook imports this while anomalib.engine loads
+
+    original = Engine._should_run_validation
+    if getattr(original, "_bayes_pfl", False):
+        return
+
+    def should_run_validation(model: Any, ckpt_path: str | Path | None) -> bool:
+        if isinstance(model, CommandLineHooks) and isinstance(model.post_processor, ProbabilityPostProcessor):
+            return False
+        return original(model, ckpt_path)
+
+    should_run_validation._bayes_pfl = True  # type: ignore[attr-defined]
+    Engine._should_run_validation = staticmethod(should_run_validation)  # type: ignore[method-assign]
+
+
 def refuse_without_data(what: str) -> NoReturn:
     """Say what to give to a run that has no images (Lightning's message names a method to implement)."""
     msg = (
@@ -94,10 +130,79 @@ def refuse_without_data(what: str) -> NoReturn:
     raise ValueError(msg)
 
 
+def _relative(path: Path) -> Path:
+    """``path`` from the working directory when it lies below it, as a user would type it; else as it is."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _model_classes(options: set[str]) -> list[str]:
+    """The anomalib models whose arguments are exactly ``options`` (a checkpoint's ``hyper_parameters``)."""
+    from anomalib.models import AnomalibModule  # every built-in model is imported with it
+
+    found, pending = set(), list(AnomalibModule.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending += cls.__subclasses__()
+        arguments = set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"} - COMPONENTS
+        if arguments == options and not inspect.isabstract(cls):
+            found.add(cls.__name__)
+    return sorted(found)
+
+
+def check_bayes_pfl_checkpoint(stored: Any, path: str | Path, option: str, expected: str) -> None:
+    """Refuse a file that torch reads but that is no Lightning checkpoint of BayesPFL, naming what it is.
+
+    Lightning would stop at a missing key (``KeyError: 'pytorch-lightning_version'``), and another model's checkpoint
+    would first build BayesPFL's default CLIP (a download) before its weights fail to fit.
+    """
+    if not isinstance(stored, Mapping) or not all(key in stored for key in LIGHTNING_KEYS):
+        keys = ", ".join(repr(key) for key in list(stored)[:5]) if isinstance(stored, Mapping) else ""
+        held = f"a dict of {keys}" if keys else f"a {type(stored).__name__}"
+        msg = (
+            f"{option} {path} is not a Lightning checkpoint: it holds {held}, without 'pytorch-lightning_version' "
+            f"and 'state_dict'. Pass {expected}; a trained head saved another way (the authors' train_visa.pth) goes "
+            f"to --model.prompt_weights instead."
+        )
+        raise ValueError(msg)
+    options = set(stored.get("hyper_parameters") or {})
+    if options & BAYES_PFL_OPTIONS:
+        return
+    models = _model_classes(options)
+    if models:
+        what, fix = f"a checkpoint of {' or '.join(models)}", f"or test it with --model {models[0]}"
+    else:
+        listed = ", ".join(sorted(options)) or "none"
+        what = f"the checkpoint of another model (its options: {listed})"
+        fix = "or test it with the model that wrote it"
+    msg = f"{option} {path} is {what}, not of BayesPFL. Pass {expected}, {fix}."
+    raise ValueError(msg)
+
+
+def new_results_folder(root: Path) -> Path:
+    """A new ``v<n>`` folder beside ``root``, numbered after the highest; ``latest`` keeps pointing where it did.
+
+    ``latest`` stays on the training run, so that ``--ckpt_path <...>/latest/weights/lightning/model.ckpt`` keeps
+    naming the trained model after any number of test and predict runs.
+    """
+    parent = root.parent
+    while True:
+        numbers = [int(folder.name[1:]) for folder in parent.iterdir() if VERSION_FOLDER.fullmatch(folder.name)]
+        folder = parent / f"v{max(numbers, default=-1) + 1}"
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another run took this number meanwhile
+            continue
+        return folder
+
+
 class CommandLineHooks:
     """The hooks of ``BayesPFL`` that speak to a user of the command line."""
 
     trainer: Trainer
+    post_processor: Any
 
     def check_precision(self) -> None:
         """Refuse a ``--trainer.precision`` the run would not get or the head cannot take, before any image is read.
@@ -127,27 +232,63 @@ class CommandLineHooks:
             raise ValueError(msg)
 
     def check_command_line_checkpoint(self) -> None:
-        """Refuse a ``--ckpt_path`` that is not a checkpoint; Lightning loads it after ``setup``, and says worse."""
+        """Refuse a ``--ckpt_path`` that is no BayesPFL checkpoint; Lightning loads it after ``setup``, saying worse."""
         checkpoint = command_line_checkpoint(self.trainer)
         if checkpoint is not None:
-            read_checkpoint(checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+            stored = read_checkpoint(checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+            check_bayes_pfl_checkpoint(stored, checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
         """Load as anomalib does (``anomalib export --ckpt_path``), after checking that the file is a checkpoint."""
-        read_checkpoint(checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+        stored = read_checkpoint(checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+        check_bayes_pfl_checkpoint(stored, checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
-    def prepare_data(self) -> None:
-        """Make anomalib's ``latest`` results folder a link to a new version folder where no run has made one yet.
+    _own_results: Path | None = None  # the folder this process's fit or validation writes to
 
-        anomalib's test and predict write into ``<root>/latest``; where no run has made it, it becomes a plain folder,
-        on which every later ``anomalib train`` there fails (``IsADirectoryError``), also after a run that stopped.
-        Lightning's ``prepare_data`` precedes every ``setup``, so nothing is written there yet.
+    def prepare_data(self) -> None:
+        """Give a test or predict run a results folder of its own, before anything is written (``config.yaml`` first).
+
+        anomalib's Engine points test and predict at the folder ``latest`` links to, which after ``anomalib train`` is
+        the training run's: its table, page and config would be overwritten. Such a run gets a new ``v<n>`` folder
+        instead (the fit and test of one ``anomalib train`` share theirs). Where no run has made ``latest``, it becomes
+        a link to a new version folder: anomalib would leave a plain folder, on which every later ``anomalib train``
+        there fails (``IsADirectoryError``). Lightning's ``prepare_data`` precedes every ``setup``; with several
+        processes the first one decides and :meth:`share_results_folder` tells the others.
         """
-        root = Path(self.trainer.default_root_dir)
+        root, stage = Path(self.trainer.default_root_dir), self.trainer.state.fn
+        if stage in {TrainerFn.FITTING, TrainerFn.VALIDATING}:
+            self._own_results = root
         if root.name == "latest" and not root.exists() and not root.is_symlink():
-            create_versioned_dir(root.parent)
+            self._own_results = create_versioned_dir(root.parent)
+            self.trainer._default_root_dir = str(self._own_results)  # Lightning has no setter
+            return
+        earlier_run = VERSION_FOLDER.fullmatch(root.name) and (root.parent / "latest").is_symlink()
+        evaluating = stage in {TrainerFn.TESTING, TrainerFn.PREDICTING} and self.trainer.is_global_zero
+        if evaluating and earlier_run and root != self._own_results:
+            self._own_results = new_results_folder(root)
+            self.trainer._default_root_dir = str(self._own_results)
+            logger.info("Results of this run go to %s; %s, which latest points to, is left as it is.",
+                        self._own_results, root)  # fmt: skip
+
+    def share_results_folder(self) -> None:
+        """With several processes, every one writes where the first one's :meth:`prepare_data` decided."""
+        if self.trainer.world_size > 1:
+            folder = self.trainer.strategy.broadcast(str(self.trainer.default_root_dir), src=0)
+            self.trainer._default_root_dir = folder
+            self._own_results = Path(folder)
+
+    def say_where_the_checkpoint_is(self) -> None:
+        """Print the checkpoint a training run wrote, and the command that tests it (once per file)."""
+        callback = self.trainer.checkpoint_callback
+        path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
+        if not path or not self.trainer.is_global_zero or path == getattr(self, "_announced", None):
+            return
+        self._announced = path
+        shown = _relative(Path(path))
+        print(f"Checkpoint written to {shown}: test it with anomalib test --model BayesPFL --ckpt_path {shown} "
+              f"--data <data>")  # fmt: skip
 
     def val_dataloader(self) -> Any:
         """Only reached without ``--data``: say what to give."""

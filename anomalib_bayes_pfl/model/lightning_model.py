@@ -35,7 +35,7 @@ from anomalib_bayes_pfl.settings import AUTO, BayesPFLSettings, ReviewFraction, 
 
 from .building import clip_pre_processor
 from .checkpoint_files import PROMPT_WEIGHTS, keep_head_only, put_back_clip, read_checkpoint
-from .command_line import CommandLineHooks, seed_from_command_line
+from .command_line import CommandLineHooks, seed_from_command_line, skip_validation_for_own_thresholds
 from .loss import BayesPFLLoss
 from .post_processor import ProbabilityPostProcessor
 from .resolved_model import ResolvedModel
@@ -166,6 +166,7 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         if post_processor is True:
             post_processor = ProbabilityPostProcessor(settings.image_threshold, settings.pixel_threshold)
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
+        skip_validation_for_own_thresholds()  # the Engine's validation before test and predict collects nothing here
         if stage_one_epochs < 0 or stage_two_epochs < 0 or stage_one_epochs + stage_two_epochs == 0:
             msg = f"stage_one_epochs={stage_one_epochs}, stage_two_epochs={stage_two_epochs}: both >= 0, one positive."
             raise ValueError(msg)
@@ -240,6 +241,7 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
     def setup(self, stage: str) -> None:
         """Refuse contradicting options, a ``--ckpt_path`` that is no checkpoint, a bad precision, before any image."""
         del stage
+        self.share_results_folder()
         self.check_precision()
         self.settings.check_labels()
         calibration.check_calibration(self.settings)
@@ -250,6 +252,15 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and not self.is_built:
             seed_from_command_line(self.trainer)
             self._build()
+
+    def on_fit_end(self) -> None:
+        """Say where the trained checkpoint is, and how to test it."""
+        self.say_where_the_checkpoint_is()
+
+    def on_validation_end(self) -> None:
+        """Say where the checkpoint is that anomalib writes when it validates a trained model (``anomalib train``)."""
+        if not self.trainer.sanity_checking:
+            self.say_where_the_checkpoint_is()
 
     def on_train_epoch_start(self) -> None:
         """Switch the image head to the epoch's stage; stage 2 frees stage 1's Adam moments (checkpoints shrink)."""

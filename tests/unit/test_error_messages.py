@@ -9,8 +9,11 @@ The command line runs in this process (anomalib's ``AnomalibCLI``), as ``anomali
 from pathlib import Path
 
 import pytest
+import torch
+from anomalib import LearningType
 from anomalib.cli import AnomalibCLI
 from anomalib.engine import Engine
+from anomalib.post_processing import PostProcessor
 from anomalib.utils.path import create_versioned_dir
 from PIL import Image
 
@@ -120,3 +123,53 @@ def test_testing_without_data_says_what_to_give_and_leaves_a_usable_results_fold
     latest = tmp_path / "results" / "BayesPFL" / "latest"
     assert latest.is_symlink()  # anomalib would leave a plain folder, on which a later train fails
     assert create_versioned_dir(latest.parent).name == "v1"
+
+
+def test_a_missing_or_wrong_prompt_weights_file_ends_the_command_line_s_error(tmp_path, png):
+    """jsonargparse would bury the sentence in its report on every model, then dump every option."""
+    for weights, named in ((tmp_path / "gone.ckpt", "does not exist"), (png, "is not a checkpoint: it is a PNG image")):
+        with pytest.raises(ValueError, match=r"gone|photo") as error:
+            AnomalibCLI(["test", "--model", "BayesPFL", *TINY_CLI, f"--model.prompt_weights={weights}"], run=False)
+        message = str(error.value)
+        assert message.startswith(f"--model.prompt_weights {weights} {named}"), message
+        assert message.endswith("or the authors' train_visa.pth / train_mvtec.pth."), message
+        assert "Namespace(" not in message
+        _no_unsafe_advice(error.value)
+
+
+PADIM_LIKE = {
+    "epoch": 0,
+    "global_step": 1,
+    "pytorch-lightning_version": "2.6.6",
+    "state_dict": {"model.feature_extractor.conv1.weight": torch.zeros(1)},
+    "hparams_name": "kwargs",
+    "hyper_parameters": {"backbone": "resnet18", "layers": ["layer1"], "pre_trained": False, "n_features": None},
+}
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (PADIM_LIKE, r"is a checkpoint of Padim, not of BayesPFL\. Pass the model\.ckpt .*, or test it with "
+                     r"--model Padim\."),
+        ({"a": 1}, r"is not a Lightning checkpoint: it holds a dict of 'a', without 'pytorch-lightning_version' and "
+                   r"'state_dict'\. Pass the model\.ckpt .*goes to --model\.prompt_weights instead\."),
+    ],
+)  # fmt: skip
+def test_another_model_s_checkpoint_or_a_hand_made_file_is_named_by_export_and_every_stage(tmp_path, stored, expected):
+    checkpoint = tmp_path / "other.ckpt"
+    torch.save(stored, checkpoint)
+    with pytest.raises(ValueError, match=rf"^--ckpt_path .*other\.ckpt {expected}$"):
+        BayesPFL.load_from_checkpoint(checkpoint)  # anomalib export --ckpt_path
+    image = tmp_path / "part.png"
+    Image.new("RGB", (32, 32)).save(image)
+    with pytest.raises(ValueError, match=rf"^--ckpt_path .*other\.ckpt {expected}$"):
+        AnomalibCLI(["predict", "--model", "BayesPFL", *TINY_CLI, f"--ckpt_path={checkpoint}", f"--data={image}",
+                     f"--default_root_dir={tmp_path / 'results'}"])  # fmt: skip
+
+
+def test_the_engine_validates_bayes_pfl_before_testing_only_for_another_post_processor(monkeypatch):
+    """anomalib validates zero-shot models before test and predict for adaptive thresholds; BayesPFL sets its own."""
+    monkeypatch.setattr(BayesPFL, "learning_type", property(lambda self: LearningType.ZERO_SHOT))
+    assert not Engine._should_run_validation(BayesPFL(**TINY_ARGUMENTS), None)
+    assert Engine._should_run_validation(BayesPFL(**TINY_ARGUMENTS, post_processor=PostProcessor()), None)
