@@ -78,8 +78,9 @@ def draw(candidates: Sequence[str], k_shot: int, calibration_images: int, seed: 
     needed = k_shot + calibration_images
     if len(candidates) < needed:
         raise ValueError(str(needed))
-    order = torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed)).tolist()
-    shuffled = [sorted(candidates)[index] for index in order]
+    ordered = sorted(candidates)
+    order = torch.randperm(len(ordered), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [ordered[index] for index in order]
     return shuffled[:k_shot], shuffled[len(shuffled) - calibration_images :]
 
 

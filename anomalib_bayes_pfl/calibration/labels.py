@@ -3,7 +3,8 @@
 
 """One evaluation step: a batch of images in, the scored and labelled ``BayesPFLBatch`` out.
 
-Each image's dataset, category, class name and thresholds are set here, once, for everything that reports on it.
+Each image's dataset, category, class name and thresholds are set here, once, for everything that reports on it. The
+prompts, references and thresholds follow the class name; the authors' paper score, like the table, the category.
 """
 
 import dataclasses
@@ -19,7 +20,7 @@ from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.reporting.paper_score import paper_map_scores
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
-from .thresholds import thresholds_of
+from .thresholds import check_calibrated, thresholds_of
 
 
 def score_and_label(
@@ -46,6 +47,7 @@ def score_and_label(
     class_names = [name.class_name for name in names]
     thresholds = thresholds_of(model.references, settings, class_names)
     reviews = uncertainty and thresholds.review is not None
+    check_calibrated(model.references, settings, class_names, review=reviews)
     fields = {
         "dataset": [name.dataset for name in names],
         "category": [name.category for name in names],
@@ -67,14 +69,9 @@ def score_and_label(
     batch.update(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
     if isinstance(post_processor, ProbabilityPostProcessor):
         post_processor.label(batch, thresholds.image, thresholds.pixel)
-    paper = paper_map_scores(scores.raw_anomaly_map, class_names) if settings.image_score == "paper" else None
+    paper = paper_map_scores(scores.raw_anomaly_map, fields["category"]) if settings.image_score == "paper" else None
     needs_review = None
     if reviews:
-        missing = torch.isnan(thresholds.review).tolist()
-        uncalibrated = sorted({name for name, absent in zip(class_names, missing, strict=True) if absent})
-        if uncalibrated:
-            msg = f"class names {uncalibrated} have no calibrated review threshold: review_rate needs one per category."
-            raise RuntimeError(msg)
         needs_review = ProbabilityPostProcessor.review(scores.uncertainty, thresholds.review)
     return _as_bayes_pfl_batch(
         batch,

@@ -84,6 +84,9 @@ def prepare_references(
         else ("the datamodule's training split" if datamodule is not None else "no datamodule (loose files)")
     )
     for category in categories:
+        stale = _stale_note(references.differences(category, wanted), category)
+        if stale:
+            logger.warning("%s Drawing and calibrating them again.", stale)
         if references.matches(category, wanted):
             stored = references.get(category)
             scored_again = [p for p in [*stored.reference_images, *stored.calibration_images] if p in scored]
@@ -119,7 +122,7 @@ def prepare_references(
                 short_list(overlap),
             )
         candidates = [resolved_path(path) for path in candidates if path not in overlap]
-        _prepare_category(model, settings, category, candidates, wanted, where, transform)
+        _prepare_category(model, settings, category, candidates, wanted, where, transform, stale)
     if folder is not None:
         write_image_list(folder / FEW_SHOT_IMAGES_CSV, references, categories)
 
@@ -132,6 +135,7 @@ def _prepare_category(
     wanted: dict[str, Any],
     where: str,
     transform: Transform | None,
+    stale: str,
 ) -> None:
     k_shot = settings.k_shot
     calibration_count = _calibration_count(settings, category, len(candidates))
@@ -140,6 +144,7 @@ def _prepare_category(
     except ValueError as error:
         known = sorted(name for name in model.references.categories if name != category)
         hint = f" The model holds references for {known}: name one with --model.class_name." if known else ""
+        hint += f" {stale}" if stale else ""
         msg = (
             f"category '{category}' needs {error} normal images ({k_shot} references + {calibration_count} "
             f"calibration images), and {where} holds {len(candidates)}. Give a folder of its normal images with "
@@ -154,16 +159,30 @@ def _prepare_category(
         tokens = memory_tokens([torch.cat(layer) for layer in zip(*patch_tokens, strict=True)])
     stored = CategoryReferences(tokens, dict(wanted), references, calibration)
     model.references.set(category, stored)
-    logger.info(
-        "Category '%s': %d reference image(s) (%s) drawn with eval_seed %d from %s.",
-        category,
-        len(references),
-        short_list(references),
-        settings.eval_seed,
-        where,
-    )
+    if references:
+        logger.info(
+            "Category '%s': %d reference image(s) (%s) drawn with eval_seed %d from %s.",
+            category,
+            len(references),
+            short_list(references),
+            settings.eval_seed,
+            where,
+        )
     if calibration:
         _calibrate(model, settings, category, stored, _batches(model, calibration, transform))
+
+
+def _stale_note(differences: dict[str, tuple[Any, Any]], category: str) -> str:
+    """Say that the references and thresholds stored for ``category`` were made under other options, and the fix."""
+    if not differences:
+        return ""
+    listed = ", ".join(f"{name} {stored!r} (now {now!r})" for name, (stored, now) in differences.items())
+    options = " / ".join(f"--model.{name}" for name in differences)
+    return (
+        f"The references and thresholds stored with the head for '{category}' were made with {listed}, so they are "
+        f"not used: leave out {options} (or give the stored value) to use them, or give normal images of "
+        f"'{category}' to calibrate again."
+    )
 
 
 def _calibration_count(settings: BayesPFLSettings, category: str, candidates: int) -> int:

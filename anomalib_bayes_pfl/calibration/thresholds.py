@@ -3,19 +3,21 @@
 
 """Which thresholds label an image, which class name an exported model scores, and when stored references serve.
 
-One home for each rule: an image's thresholds are its category's calibrated ones when the run calibrates and the
-category has them, else the options' fixed ones; its review threshold, with ``review_rate``, is its category's
-calibrated one; an exported model scores its ``class_name``, else the one category the head stores references or
-thresholds for, else ``object``.
+One home for each rule: an image's thresholds are its class name's calibrated ones when the run calibrates (refused
+where it has none), else the options' fixed ones; its review threshold, with ``review_rate``, is its class name's
+calibrated one; an exported model scores the category an image without a path gets (``data/class_names.py``): its
+``class_name``, else the one category the head stores references or thresholds for, else ``object``. References
+and thresholds are stored and looked up by class name, the word in the prompts, as the few-shot memory is.
 """
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 
-from anomalib_bayes_pfl.data.class_names import DEFAULT_CLASS_NAME
+from anomalib_bayes_pfl.data.class_names import fallback_category
 from anomalib_bayes_pfl.model.references import ReferenceMemory
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
@@ -24,9 +26,10 @@ class Thresholds(NamedTuple):
     """Each image's thresholds, ``(N,)`` float64.
 
     Attributes:
-        image: Above it, the image probability labels the image anomalous.
-        pixel: Above it, a pixel of the anomaly map is labelled anomalous.
-        review: Above it, the image uncertainty marks the image ``needs_review`` (NaN where its category has not
+        image: Above it, the image probability labels the image anomalous (NaN, with ``false_alarm_rate``, where its
+            class name has not been calibrated yet).
+        pixel: Above it, a pixel of the anomaly map is labelled anomalous (NaN where ``image`` is).
+        review: Above it, the image uncertainty marks the image ``needs_review`` (NaN where its class name has not
             been calibrated yet); ``None`` without ``review_rate``.
     """
 
@@ -38,39 +41,80 @@ class Thresholds(NamedTuple):
 def thresholds_of(
     references: ReferenceMemory | None, settings: BayesPFLSettings, class_names: Sequence[str]
 ) -> Thresholds:
-    """The thresholds of each class name: its calibrated ones, else the options'.
+    """The thresholds of each class name: its calibrated ones when the run calibrates, else the options' fixed ones.
+
+    A calibrating run never falls back to the fixed thresholds: a class name without calibrated ones gets NaN, and
+    :func:`check_calibrated` refuses to label it. Before calibration has run, nothing is labelled with them.
 
     Args:
         references: The head's stored references and thresholds (``None`` before the head is built).
         settings: The run's options.
         class_names: One class name per image.
     """
-    fixed = (settings.image_threshold, settings.pixel_threshold)
     stored = [references.get(name) if references is not None else None for name in class_names]
+    missing = (math.nan, math.nan) if settings.false_alarm_rate is not None else None
     pairs = [
         (category.image_threshold, category.pixel_threshold)
-        if settings.false_alarm_rate is not None and category is not None and category.image_threshold is not None
-        else fixed
+        if missing is not None and category is not None and category.image_threshold is not None
+        else missing or (settings.image_threshold, settings.pixel_threshold)
         for category in stored
     ]
     image, pixel = torch.tensor(pairs, dtype=torch.float64).reshape(-1, 2).unbind(dim=1)
     if settings.review_rate is None:
         return Thresholds(image, pixel, None)
     review = [category.review_threshold if category is not None else None for category in stored]
-    review = torch.tensor([float("nan") if value is None else value for value in review], dtype=torch.float64)
+    review = torch.tensor([math.nan if value is None else value for value in review], dtype=torch.float64)
     return Thresholds(image, pixel, review)
 
 
+def uncalibrated(
+    references: ReferenceMemory | None,
+    class_names: Sequence[str],
+    kind: Literal["image_threshold", "review_threshold"],
+) -> list[str]:
+    """The class names among ``class_names`` that have no calibrated ``kind`` threshold, sorted.
+
+    Read from the stored values, never from threshold tensors, which may be fake while a graph is traced.
+    """
+    stored = {name: references.get(name) if references is not None else None for name in class_names}
+    return sorted(name for name, category in stored.items() if category is None or getattr(category, kind) is None)
+
+
+def check_calibrated(
+    references: ReferenceMemory | None, settings: BayesPFLSettings, class_names: Sequence[str], *, review: bool
+) -> None:
+    """Refuse to label images whose class name lacks a threshold that the run calibrates.
+
+    Args:
+        references: The head's stored references and thresholds.
+        settings: The run's options.
+        class_names: One class name per image.
+        review: Whether the images are marked for review (then ``review_rate``'s threshold is needed too).
+
+    Raises:
+        RuntimeError: Naming the class names, the rate and how to calibrate them.
+    """
+    rates = [("image", "false_alarm_rate", settings.false_alarm_rate)]
+    rates += [("review", "review_rate", settings.review_rate)] if review else []
+    for kind, option, rate in rates:
+        missing = uncalibrated(references, class_names, f"{kind}_threshold") if rate is not None else []
+        if missing:
+            msg = (
+                f"class names {missing} have no calibrated {kind} threshold, and --model.{option} {rate} labels each "
+                f"image with its own. Calibrate them on their normal images (the datamodule's training split or "
+                f"--model.few_shot_source), or leave out --model.{option}."
+            )
+            raise RuntimeError(msg)
+
+
 def export_class_name(references: ReferenceMemory | None, settings: BayesPFLSettings) -> str:
-    """What an exported model's prompts say.
+    """What an exported model's prompts say: the category an image without a path gets in predict.
 
     The class name; else the one category the head stores references or calibrated thresholds for (a few-shot
-    checkpoint of one part); else ``"object"``.
+    checkpoint of one part); else ``"object"`` (:func:`~anomalib_bayes_pfl.data.class_names.fallback_category`).
     """
-    if settings.class_name is not None:
-        return settings.class_name
     stored = list(references.categories) if references is not None else []
-    return stored[0] if len(stored) == 1 else DEFAULT_CLASS_NAME
+    return fallback_category(settings.class_name, stored)[0]
 
 
 def reference_settings(settings: BayesPFLSettings) -> dict[str, Any]:

@@ -80,8 +80,22 @@ class ReferenceMemory:
 
     def matches(self, category: str, settings: dict[str, Any]) -> bool:
         """Whether ``category`` has references made under ``settings`` (a subset of their stored settings)."""
+        return category in self.categories and not self.differences(category, settings)
+
+    def differences(self, category: str, settings: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """The options in ``settings`` that ``category``'s stored references were made under otherwise.
+
+        Each as ``(stored, now)``: empty when the category has none stored or they match; a message names them when
+        they are not reused.
+        """
         stored = self.categories.get(category)
-        return stored is not None and all(stored.settings.get(name) == value for name, value in settings.items())
+        if stored is None:
+            return {}
+        return {
+            name: (stored.settings.get(name), value)
+            for name, value in settings.items()
+            if stored.settings.get(name) != value
+        }
 
     @property
     def has_memory(self) -> bool:
