@@ -55,6 +55,10 @@ def test_train_prints_metrics_and_writes_images(tmp_path, mvtec_tree, model, dat
         assert metric in result.stdout
     assert "Per-category test metrics" in result.stdout
     run = tmp_path / "results" / "BayesPFL" / mvtec_tree.name / "tile_c" / "latest"
+    checkpoint = f"results/BayesPFL/{mvtec_tree.name}/tile_c/v0/weights/lightning/model.ckpt"
+    assert f"Checkpoint written to {checkpoint}: test it with anomalib test --model BayesPFL --ckpt_path" in " ".join(
+        result.stdout.split()
+    )
     images = list((run / "images").rglob("*.png"))
     assert len([image for image in images if not image.stem.endswith("_uncertainty")]) == 6
     assert len(images) == 12  # each with its uncertainty image beside it

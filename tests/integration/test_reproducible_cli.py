@@ -44,8 +44,13 @@ def _train(cwd: Path, tree: Path, *extra: str, pythonpath: str | None = None) ->
     return _table(cwd / "results"), next((cwd / "results").rglob("model.ckpt"))
 
 
-def _test(cwd: Path, checkpoint: Path, tree: Path, *extra: str) -> tuple[pd.DataFrame, str]:
-    """``anomalib test`` of a checkpoint with no ``--model.*`` option: its per-category table and its log."""
+def _test(
+    cwd: Path, checkpoint: Path, tree: Path, *extra: str, table_of: Path | None = None
+) -> tuple[pd.DataFrame, str]:
+    """``anomalib test`` of a checkpoint with no ``--model.*`` option: its per-category table and its log.
+
+    With ``table_of``, the table is the one of the newest version folder there.
+    """
     cwd.mkdir(exist_ok=True)
     result = anomalib_cli(
         "test",
@@ -58,7 +63,11 @@ def _test(cwd: Path, checkpoint: Path, tree: Path, *extra: str) -> tuple[pd.Data
         cwd=cwd,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return _table(cwd / "results"), result.stderr
+    if table_of is None:
+        return _table(cwd / "results"), result.stderr
+    newest = max(table_of.glob("v*"), key=lambda folder: int(folder.name[1:]))
+    assert newest.name != "v0"
+    return pd.read_csv(newest / CSV_NAME, index_col="category"), result.stderr
 
 
 def _table(root: Path) -> pd.DataFrame:
@@ -71,11 +80,21 @@ def seeded_run(tmp_path_factory, mvtec_tree):
 
 
 def test_checkpoint_alone_scores_like_the_run_that_wrote_it(tmp_path, mvtec_tree, seeded_run):
-    """No --model.* option: 64 px, R = 2, the tiny CLIP and its random weights all come from the checkpoint."""
+    """No --model.* option: 64 px, R = 2, the tiny CLIP and its random weights all come from the checkpoint.
+
+    The test runs where the training did, with the checkpoint through ``latest``: it writes a new version folder, and
+    leaves every file of the training run as it was.
+    """
     table, checkpoint = seeded_run
-    again, log = _test(tmp_path, checkpoint, mvtec_tree, "--data.eval_batch_size=5")
+    results = next(path for path in checkpoint.parents if path.name == "results")
+    cwd, training_run = results.parent, checkpoint.parents[2]
+    through_latest = training_run.parent / "latest" / checkpoint.relative_to(training_run)
+    before = {path: path.read_bytes() for path in training_run.rglob("*") if path.is_file()}
+    again, log = _test(cwd, through_latest, mvtec_tree, "--data.eval_batch_size=5", table_of=training_run.parent)
     pd.testing.assert_frame_equal(again, table, check_exact=False, rtol=0, atol=1e-6)
     assert "instead of" not in log  # nothing was overridden
+    assert {path: path.read_bytes() for path in training_run.rglob("*") if path.is_file()} == before
+    assert (training_run.parent / "latest").resolve() == training_run
 
 
 def test_predict_and_export_take_the_checkpoint_s_options_and_export_applies_its_own(
