@@ -9,7 +9,10 @@ checkpoint of several parts names none. By default it returns anomalib's four fi
 read; with ``export_uncertainty`` it also returns the uncertainty, its map and, with ``review_rate``, the review mark
 (:class:`~anomalib_bayes_pfl.batch.BayesPFLInferenceBatch`, read by ``inferencer.py``). ONNX files, and the
 OpenVINO IRs made from them, resize by matrix products (``resize.py``) at opset 18. INT8 calibrates on training
-images only (``openvino.py``).
+images only (``openvino.py``). Every export names :class:`~anomalib_bayes_pfl.BayesPFLInferencer`, which reads it
+whatever it returns, in its last log lines and in its file (the torch file's ``metadata``, ONNX ``metadata_props``,
+which OpenVINO keeps in the IR's ``rt_info`` under ``framework``); an export that leaves out the review mark of a
+checkpoint calibrated for review says so last.
 
 :class:`ExportMixin` is a base of ``BayesPFL`` before anomalib's module, whose exports it wraps: it uses the
 module's ``model``, ``is_built``, ``settings``, ``pre_processor`` and ``post_processor``, and keeps the
@@ -18,16 +21,17 @@ post-processor, which labels exported models, at the exported class name's thres
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from anomalib.data import AnomalibDataModule, InferenceBatch
-from anomalib.deploy import CompressionType
+from anomalib.deploy import CompressionType, ExportType
 
 from anomalib_bayes_pfl.batch import BayesPFLInferenceBatch
-from anomalib_bayes_pfl.calibration.thresholds import export_class_name, thresholds_of
+from anomalib_bayes_pfl.calibration.thresholds import export_class_name, thresholds_of, uncalibrated
 from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.settings import BayesPFLSettings
@@ -47,6 +51,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ONNX_OPSET = 18
+INFERENCER = "anomalib_bayes_pfl.BayesPFLInferencer"
+# Loggers of the ONNX optimiser that torch.onnx.export runs: at info they name each of about 1,300 deduplicated
+# initializers and each rewrite, some 2,500 lines.
+ONNX_OPTIMIZER_LOGGERS = ("onnx_ir", "onnxscript")
+ANOMALIB_FIELDS = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 
 
 def check_exportable(
@@ -59,7 +68,8 @@ def check_exportable(
 
     Raises:
         ValueError: If the head stores several categories and no class name says which, the class name has no
-            references while the model is few-shot, or no calibrated review threshold while the export marks review.
+            references while the model is few-shot, no calibrated image threshold while the run calibrates one, or
+            no calibrated review threshold while the export marks review.
     """
     stored = sorted(model.references.categories)
     fix = (
@@ -74,6 +84,15 @@ def check_exportable(
     if model.few_shot and name not in stored:
         msg = f"the model is {settings.k_shot}-shot and has no references for class name '{name}' "
         msg += f"(it has them for {stored}). {fix}"
+        raise ValueError(msg)
+    if settings.false_alarm_rate is not None and uncalibrated(model.references, [name], "image_threshold"):
+        msg = (
+            f"--model.false_alarm_rate {settings.false_alarm_rate}: the head stores no calibrated image threshold for "
+            f"class name '{name}', so the exported model could only label with the fixed {settings.image_threshold}. "
+            f"Calibrate it first: run anomalib train (or test) with --model.prompt_weights <head> "
+            f"--model.false_alarm_rate {settings.false_alarm_rate} on data holding normal images of '{name}', then "
+            f"export the checkpoint it writes; or export with fixed thresholds (--model.image_threshold <value>)."
+        )
         raise ValueError(msg)
     if settings.export_uncertainty and settings.review_rate is not None and review_threshold is None:
         msg = (
@@ -103,10 +122,69 @@ def check_exportable(
     )
 
 
+def export_metadata(settings: BayesPFLSettings, class_name: str, review: bool) -> dict[str, str]:
+    """What an exported file says of itself: which inferencer reads it, how, and what it scores and returns."""
+    outputs = [*ANOMALIB_FIELDS, *(("uncertainty", "uncertainty_map") if settings.export_uncertainty else ())]
+    outputs += ["needs_review"] if settings.export_uncertainty and review else []
+    readers = "anomalib's TorchInferencer and OpenVINOInferencer too" if not settings.export_uncertainty else "only it"
+    return {
+        "inferencer": INFERENCER,
+        "usage": "from anomalib_bayes_pfl import BayesPFLInferencer; "
+        "BayesPFLInferencer('<this file>').predict('part.png').decision",
+        "readers": f"BayesPFLInferencer; {readers}",
+        "class_name": class_name,
+        "outputs": ", ".join(outputs),
+    }
+
+
+def say_how_to_load(path: Path, settings: BayesPFLSettings) -> None:
+    """End an export with how to load it, and, last, what a checkpoint calibrated for review loses without it."""
+    readers = "anomalib's inferencers read it too"
+    if settings.export_uncertainty:
+        readers = "anomalib's TorchInferencer and OpenVINOInferencer cannot: it also returns the uncertainty"
+    logger.info(
+        "Load it with BayesPFLInferencer (%s): from anomalib_bayes_pfl import BayesPFLInferencer; "
+        "BayesPFLInferencer('%s').predict('part.png').decision",
+        readers,
+        path,
+    )
+    if settings.review_rate is not None and not settings.export_uncertainty:
+        logger.warning(
+            "The review mark is left out: the checkpoint sends uncertain parts to a person (review_rate %s), but "
+            "this export returns anomalib's four fields, so it never does. Export with --model.export_uncertainty "
+            "true to keep it (read by BayesPFLInferencer).",
+            settings.review_rate,
+        )
+
+
+@contextmanager
+def quiet_onnx_optimizer() -> Iterator[None]:
+    """Within the block, the ONNX optimiser logs warnings and errors only, not a line per rewrite."""
+    loggers = [logging.getLogger(name) for name in ONNX_OPTIMIZER_LOGGERS]
+    levels = [each.level for each in loggers]
+    for each in loggers:
+        each.setLevel(max(each.getEffectiveLevel(), logging.WARNING))
+    try:
+        yield
+    finally:
+        for each, level in zip(loggers, levels, strict=True):
+            each.setLevel(level)
+
+
+def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
+    """Write ``metadata`` into the ONNX file's ``metadata_props`` (its weights, if stored beside it, untouched)."""
+    import onnx  # the onnx extra, which the export has just used
+
+    model = onnx.load(str(path), load_external_data=False)
+    onnx.helper.set_model_props(model, {**{entry.key: entry.value for entry in model.metadata_props}, **metadata})
+    onnx.save(model, str(path))
+
+
 class ExportMixin:
     """Exports as anomalib makes them, checked first; ONNX and OpenVINO with a resize every runtime reproduces."""
 
     _int8_calibration_paths: list[Path]
+    _exporting_openvino = False  # the ONNX file made on the way is no export of its own
 
     def apply_export_thresholds(self) -> None:
         """Give an exported model its class name, and the post-processor, which labels it, that name's thresholds."""
@@ -117,9 +195,10 @@ class ExportMixin:
         if isinstance(self.post_processor, ProbabilityPostProcessor):
             thresholds = thresholds_of(references, self.settings, [name])
             review = float(thresholds.review) if thresholds.review is not None else math.nan
-            self.post_processor.set_thresholds(
-                float(thresholds.image), float(thresholds.pixel), None if math.isnan(review) else review
-            )
+            image, pixel = float(thresholds.image), float(thresholds.pixel)
+            if math.isnan(image):  # not calibrated (yet): the export refuses it (check_exportable)
+                image, pixel = self.settings.image_threshold, self.settings.pixel_threshold
+            self.post_processor.set_thresholds(image, pixel, None if math.isnan(review) else review)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load the state, then label exported models with the thresholds it holds (a checkpoint's references)."""
@@ -148,21 +227,38 @@ class ExportMixin:
             *labelled, uncertainty=scores.uncertainty, uncertainty_map=scores.uncertainty_map, needs_review=needs_review
         )
 
-    def to_torch(self, *args: Any, **kwargs: Any) -> Path:
-        """Export as anomalib does, refused at once for a class name without references."""
+    def _metadata(self) -> dict[str, str]:
+        review = getattr(self.post_processor, "review_threshold", None) is not None
+        return export_metadata(self.settings, self.model.default_class_name, review)
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Export as anomalib does (``{"model": module}``, which its ``TorchInferencer`` reads), with ``metadata``.
+
+        Refused at once for a class name without references or calibrated thresholds.
+        """
         self._check_exportable()
-        return super().to_torch(*args, **kwargs)
+        folder = Path(export_root) / "weights" / ExportType.TORCH.value
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{model_file_name}.pt"
+        torch.save({"model": self, "metadata": self._metadata()}, path)
+        say_how_to_load(path, self.settings)
+        return path
 
     def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
         """Export as anomalib does, with a resize that every ONNX runtime computes alike, at opset 18.
 
         Opset 18, because the positional-embedding resize is antialiased, which the exporter cannot convert to
-        anomalib's default opset 14 (it would log a failed conversion and keep 18).
+        anomalib's default opset 14 (it would log a failed conversion and keep 18). The optimiser's info lines are
+        left out; the file names its inferencer in ``metadata_props``.
         """
         self._check_exportable()
         kwargs.setdefault("opset_version", ONNX_OPSET)
-        with resize_by_matrices(self.pre_processor):
-            return super().to_onnx(*args, **kwargs)
+        with resize_by_matrices(self.pre_processor), quiet_onnx_optimizer():
+            path = super().to_onnx(*args, **kwargs)
+        _add_onnx_metadata(path, self._metadata())
+        if not self._exporting_openvino:
+            say_how_to_load(path, self.settings)
+        return path
 
     def to_openvino(
         self,
@@ -183,10 +279,15 @@ class ExportMixin:
         check_openvino_export(compression_type, datamodule)  # the exportability check runs in to_onnx
         if compression_type == CompressionType.INT8_PTQ:  # a wrong --data stops before the export, not after
             self._int8_calibration_paths = calibration_image_paths(datamodule, int8_calibration_images)
-        path = super().to_openvino(
-            export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
-        )
+        self._exporting_openvino = True
+        try:
+            path = super().to_openvino(
+                export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
+            )
+        finally:
+            self._exporting_openvino = False
         warn_if_cpu_lowers_precision()
+        say_how_to_load(path, self.settings)
         return path
 
     def _post_training_quantization_ov(self, model: "ov.Model", datamodule: AnomalibDataModule) -> "ov.Model":

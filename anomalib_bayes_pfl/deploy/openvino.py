@@ -105,6 +105,7 @@ def warn_if_cpu_lowers_precision() -> None:
         logger.warning(
             "OpenVINO computes on this CPU in %s by default, which moves the scores away from the checkpoint's. To "
             "score as the checkpoint does, load the model with OpenVINOInferencer(path, device='CPU', "
-            "config={'INFERENCE_PRECISION_HINT': 'f32'}); the README gives the measured difference.",
+            "config={'INFERENCE_PRECISION_HINT': 'f32'}) (BayesPFLInferencer computes in f32 by default); "
+            "docs/deployment.md gives the measured difference.",
             precision.get_type_name(),
         )

@@ -129,3 +129,52 @@ def test_an_export_without_a_class_name_warns_that_it_scores_object(tiny_clip_pa
     with caplog.at_level(logging.WARNING, logger="anomalib_bayes_pfl"):
         tiny_module(tiny_clip_path).to_torch(tmp_path)
     assert "No class name given or stored: the exported model scores every image as 'object'" in caplog.text
+
+
+def _calibrated_for_review(tiny_clip_path, **options):
+    """A tiny module whose head stores image, pixel and review thresholds for 'gear', as a calibrated checkpoint."""
+    from anomalib_bayes_pfl.model.references import CategoryReferences
+
+    module = tiny_module(tiny_clip_path, false_alarm_rate=0.25, review_rate=0.25, **options)
+    stored = CategoryReferences([], {}, image_threshold=0.3, pixel_threshold=0.4, review_threshold=0.01)
+    module.model.references.set("gear", stored)
+    module.apply_export_thresholds()
+    return module
+
+
+def test_a_default_export_of_a_review_checkpoint_says_last_that_the_review_is_left_out(
+    tiny_clip_path, tmp_path, caplog
+):
+    """Item 3 of issue 33: anomalib's four fields by default, and the last line names the option that keeps review."""
+    module = _calibrated_for_review(tiny_clip_path)
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        path = module.to_torch(tmp_path)
+    last = caplog.records[-1]
+    assert last.levelno == logging.WARNING
+    assert "The review mark is left out" in last.getMessage()
+    assert "--model.export_uncertainty true to keep it" in last.getMessage()
+    outputs = torch.load(path, weights_only=False)["metadata"]["outputs"]
+    assert outputs == "pred_score, pred_label, anomaly_map, pred_mask"
+
+
+def test_every_export_names_the_inferencer_that_reads_it_last_and_in_its_file(tiny_clip_path, tmp_path, caplog):
+    """Item 12 of issue 33: anomalib's inferencers cannot read an export with the uncertainty; the log and the file
+    say which one can, and how."""
+    module = _calibrated_for_review(tiny_clip_path, export_uncertainty=True)
+    with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
+        path = module.to_torch(tmp_path)
+    last = caplog.records[-1].getMessage()
+    assert "Load it with BayesPFLInferencer (anomalib's TorchInferencer and OpenVINOInferencer cannot" in last
+    assert f"BayesPFLInferencer('{path}').predict('part.png').decision" in last
+    metadata = torch.load(path, weights_only=False)["metadata"]
+    assert metadata["inferencer"] == "anomalib_bayes_pfl.BayesPFLInferencer"
+    assert metadata["class_name"] == "gear"
+    assert metadata["outputs"].endswith("uncertainty, uncertainty_map, needs_review")
+
+
+def test_an_export_of_a_class_name_without_a_calibrated_image_threshold_is_refused(tiny_clip_path, tmp_path):
+    """Item 6 of issue 33: never the fixed 0.5 in place of a calibrated threshold."""
+    module = _calibrated_for_review(tiny_clip_path, class_name="bolt")
+    with pytest.raises(ValueError, match=r"no calibrated image threshold for class name 'bolt'.*--model.image_thr"):
+        module.to_torch(tmp_path)
+    assert not list(tmp_path.rglob("*.pt"))
