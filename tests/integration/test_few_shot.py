@@ -317,7 +317,8 @@ def _keep_one_category(checkpoint: Path, category: str, path: Path) -> Path:
 
 def test_a_calibrated_few_shot_checkpoint_exports_from_the_checkpoint_alone(few_shot_checkpoint, tree, tmp_path):
     """``anomalib export --ckpt_path``: the model is rebuilt from the checkpoint's own options (its fixed thresholds
-    and its false-alarm rate among them), exports the one part it stores, and labels with that part's thresholds."""
+    and its false-alarm rate among them), exports the one part it stores, and labels with that part's thresholds.
+    ``anomalib predict`` of the same checkpoint scores loose images as that part too, as the export does."""
     from anomalib.data.utils import read_image
     from anomalib.deploy import ExportType
 
@@ -336,6 +337,16 @@ def test_a_calibrated_few_shot_checkpoint_exports_from_the_checkpoint_alone(few_
     torch.testing.assert_close(output.pred_score, expected.pred_score, rtol=0, atol=1e-6)
     assert torch.equal(output.pred_label.flatten(), expected.pred_score > stored.image_threshold)
     assert torch.equal(output.pred_mask.squeeze(1), expected.anomaly_map > stored.pixel_threshold)
+    loose = tmp_path / "loose"  # issue 33, item 4: predict gives loose images the category the export scores
+    loose.mkdir()
+    for image in sorted((tree / "tile_c" / "test" / "defect").glob("*.png"))[:2]:
+        shutil.copy(image, loose / f"part_{image.name}")
+    predictor = Engine(default_root_dir=tmp_path / "predict", accelerator="cpu", devices=1, logger=False)
+    for predicted in predictor.predict(BayesPFL(), dataset=PredictDataset(loose), ckpt_path=single):
+        assert predicted.category == predicted.class_name == ["tile_c"] * len(predicted.image_path)
+        with torch.no_grad():
+            raw = exported(torch.stack([read_image(path, as_tensor=True) for path in predicted.image_path]))
+        torch.testing.assert_close(raw.pred_score.flatten(), predicted.pred_score, rtol=0, atol=1e-6)
     with pytest.raises(
         ValueError, match=r"for \['tile_c', 'tile_d'\].*one model per class name with --model.class_name <name>"
     ):
