@@ -142,11 +142,13 @@ def say_how_to_load(path: Path, settings: BayesPFLSettings) -> None:
     readers = "anomalib's inferencers read it too"
     if settings.export_uncertainty:
         readers = "anomalib's TorchInferencer and OpenVINOInferencer cannot: it also returns the uncertainty"
+    trust = " (a pickle: it loads only with TRUST_REMOTE_CODE=1 set)" if path.suffix == ".pt" else ""
     logger.info(
         "Load it with BayesPFLInferencer (%s): from anomalib_bayes_pfl import BayesPFLInferencer; "
-        "BayesPFLInferencer('%s').predict('part.png').decision",
+        "BayesPFLInferencer('%s').predict('part.png').decision%s",
         readers,
         path,
+        trust,
     )
     if settings.review_rate is not None and not settings.export_uncertainty:
         logger.warning(

@@ -67,7 +67,7 @@ def read_checkpoint(path: str | Path, option: str, expected: str) -> Any:
         raise FileNotFoundError(msg)
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, AttributeError, TypeError):
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError, AttributeError, TypeError, KeyError):
         msg = f"{option} {path} is not a checkpoint: {describe_file(file)}. Pass {expected}."
     raise ValueError(msg)  # outside the except block: torch's message advises unpickling the file, which is unsafe
 

@@ -29,7 +29,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.data.class_names import image_categories, log_categories
+from anomalib_bayes_pfl.data.class_names import log_categories
 from anomalib_bayes_pfl.data.validation import loader_files
 from anomalib_bayes_pfl.model.uncertainty import UNCERTAINTY_UNITS
 from anomalib_bayes_pfl.settings import BayesPFLSettings
@@ -59,10 +59,8 @@ class PredictionTable(BasePredictionWriter):
 
     def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Start the table (this process's part, with several) with its header; say which category each image gets."""
-        del pl_module
         images = loader_files(trainer.predict_dataloaders)
-        class_name, datamodule = self.settings().class_name, getattr(trainer, "datamodule", None)
-        log_categories(image_categories(images, len(images), class_name=class_name, datamodule=datamodule))
+        log_categories(pl_module.image_categories(images))  # the rule that scores them: the checkpoint's category too
         folder = Path(trainer.default_root_dir)
         self.path = folder / PREDICTIONS_CSV
         self.part = folder / (PARTIAL_CSV if trainer.world_size == 1 else f"predictions_rank{trainer.global_rank}.csv")

@@ -103,6 +103,14 @@ def test_an_image_given_as_prompt_weights_is_named(png):
     _no_unsafe_advice(error.value)
 
 
+def test_a_text_file_given_as_prompt_weights_is_named(tmp_path):
+    notes = tmp_path / "notes.ckpt"
+    notes.write_text("hello world, this is text\n")  # torch's safe loader fails on it with a bare KeyError
+    with pytest.raises(ValueError, match=r"--model.prompt_weights .*notes.ckpt is not a checkpoint: .* Pass") as error:
+        BayesPFL(**TINY_ARGUMENTS, prompt_weights=str(notes))
+    _no_unsafe_advice(error.value)
+
+
 def test_an_image_given_as_ckpt_path_is_named_by_export_and_by_every_stage(png, tmp_path):
     expected = r"--ckpt_path .*photo.png is not a checkpoint: it is a PNG image. Pass the model.ckpt that 'anomalib"
     with pytest.raises(ValueError, match=expected) as error:

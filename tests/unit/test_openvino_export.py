@@ -166,6 +166,7 @@ def test_every_export_names_the_inferencer_that_reads_it_last_and_in_its_file(ti
     last = caplog.records[-1].getMessage()
     assert "Load it with BayesPFLInferencer (anomalib's TorchInferencer and OpenVINOInferencer cannot" in last
     assert f"BayesPFLInferencer('{path}').predict('part.png').decision" in last
+    assert last.endswith("(a pickle: it loads only with TRUST_REMOTE_CODE=1 set)")
     metadata = torch.load(path, weights_only=False)["metadata"]
     assert metadata["inferencer"] == "anomalib_bayes_pfl.BayesPFLInferencer"
     assert metadata["class_name"] == "gear"

@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
+from anomalib_bayes_pfl.data.class_names import image_categories
 from anomalib_bayes_pfl.reporting import PredictionTable, RunReport
 from anomalib_bayes_pfl.reporting.predictions import PARTIAL_CSV, PREDICTIONS_CSV
 from anomalib_bayes_pfl.reporting.visualization import UncertaintyVisualizer
@@ -56,11 +57,17 @@ def _settings() -> BayesPFLSettings:
     return BayesPFLSettings()
 
 
+# The model's rule for each image's category, as a BayesPFL without a datamodule or stored categories answers it.
+MODULE = SimpleNamespace(
+    image_categories=lambda paths: image_categories(paths, len(paths), class_name=None, datamodule=None)
+)
+
+
 def test_two_processes_keep_every_image_in_the_dataset_s_order_even_with_shared_names(tmp_path):
     """Rank r scores indices r, r + 2, ...: four rows, in the dataset's order, none merged or dropped."""
     writers = {rank: PredictionTable(_settings) for rank in (0, 1)}
     for rank, writer in writers.items():
-        writer.on_predict_start(_trainer(tmp_path, rank, 2), None)
+        writer.on_predict_start(_trainer(tmp_path, rank, 2), MODULE)
         indices = [rank, rank + 2]
         batch = _batch([PATHS[index] for index in indices], [0.1 * (index + 1) for index in indices])
         writer.write_on_batch_end(_trainer(tmp_path, rank, 2), None, batch, indices, batch, 0, 0)
@@ -75,7 +82,7 @@ def test_two_processes_keep_every_image_in_the_dataset_s_order_even_with_shared_
 def test_without_dataset_indices_several_processes_are_refused_with_the_fix(tmp_path):
     writer = PredictionTable(_settings)
     trainer = _trainer(tmp_path, 1, 2)
-    writer.on_predict_start(trainer, None)
+    writer.on_predict_start(trainer, MODULE)
     batch = _batch(PATHS[:2], [0.1, 0.2])
     with pytest.raises(ValueError, match=r"carries no dataset indices.*2 processes.*--trainer.devices 1"):
         writer.write_on_batch_end(trainer, None, batch, [], batch, 3, 0)
@@ -84,7 +91,7 @@ def test_without_dataset_indices_several_processes_are_refused_with_the_fix(tmp_
 def test_a_failed_predict_leaves_the_earlier_table_and_keeps_its_own_rows(tmp_path, caplog):
     earlier = tmp_path / PREDICTIONS_CSV
     writer = PredictionTable(_settings)
-    writer.on_predict_start(_trainer(tmp_path), None)
+    writer.on_predict_start(_trainer(tmp_path), MODULE)
     batch = _batch(PATHS, [0.1, 0.2, 0.3, 0.4])
     writer.write_on_batch_end(_trainer(tmp_path), None, batch, None, batch, 0, 0)
     writer.on_predict_end(_trainer(tmp_path), None)
@@ -92,7 +99,7 @@ def test_a_failed_predict_leaves_the_earlier_table_and_keeps_its_own_rows(tmp_pa
     assert len(pd.read_csv(earlier)) == 4
 
     again = PredictionTable(_settings)
-    again.on_predict_start(_trainer(tmp_path), None)
+    again.on_predict_start(_trainer(tmp_path), MODULE)
     batch = _batch(PATHS[:3], [0.5, 0.6, 0.7])
     again.write_on_batch_end(_trainer(tmp_path), None, batch, None, batch, 0, 0)
     with caplog.at_level(logging.WARNING):
