@@ -32,6 +32,7 @@ def score_and_label(
     *,
     few_shot: bool = True,
     uncertainty: bool = True,
+    validating: bool = False,
 ) -> BayesPFLBatch:
     """Score ``batch`` (pre-processed images) with each image's class name and label it with its thresholds.
 
@@ -43,11 +44,13 @@ def score_and_label(
         post_processor: BayesPFL's post-processor labels the images; another one is left to anomalib.
         few_shot: Fuse the references' memory, where the model has one.
         uncertainty: Measure the prompt samples' disagreement (``settings.uncertainty``).
+        validating: Label for a fit's validation metrics, which precede calibration (``thresholds_of``).
     """
     class_names = [name.class_name for name in names]
-    thresholds = thresholds_of(model.references, settings, class_names)
+    thresholds = thresholds_of(model.references, settings, class_names, validating=validating)
     reviews = uncertainty and thresholds.review is not None
-    check_calibrated(model.references, settings, class_names, review=reviews)
+    if not validating:
+        check_calibrated(model.references, settings, class_names, review=reviews)
     fields = {
         "dataset": [name.dataset for name in names],
         "category": [name.category for name in names],

@@ -39,28 +39,35 @@ class Thresholds(NamedTuple):
 
 
 def thresholds_of(
-    references: ReferenceMemory | None, settings: BayesPFLSettings, class_names: Sequence[str]
+    references: ReferenceMemory | None,
+    settings: BayesPFLSettings,
+    class_names: Sequence[str],
+    *,
+    validating: bool = False,
 ) -> Thresholds:
     """The thresholds of each class name: its calibrated ones when the run calibrates, else the options' fixed ones.
 
     A calibrating run never falls back to the fixed thresholds: a class name without calibrated ones gets NaN, and
-    :func:`check_calibrated` refuses to label it. Before calibration has run, nothing is labelled with them.
+    :func:`check_calibrated` refuses to label it. Before calibration has run, nothing is labelled with them. Validation
+    in a fit precedes calibration (a test's), and its labels are never reported as the run's: it takes the fixed
+    thresholds where none are calibrated, and marks nothing for review.
 
     Args:
         references: The head's stored references and thresholds (``None`` before the head is built).
         settings: The run's options.
         class_names: One class name per image.
+        validating: Label for validation metrics (see above).
     """
     stored = [references.get(name) if references is not None else None for name in class_names]
-    missing = (math.nan, math.nan) if settings.false_alarm_rate is not None else None
+    missing = (math.nan, math.nan) if settings.false_alarm_rate is not None and not validating else None
     pairs = [
         (category.image_threshold, category.pixel_threshold)
-        if missing is not None and category is not None and category.image_threshold is not None
+        if settings.false_alarm_rate is not None and category is not None and category.image_threshold is not None
         else missing or (settings.image_threshold, settings.pixel_threshold)
         for category in stored
     ]
     image, pixel = torch.tensor(pairs, dtype=torch.float64).reshape(-1, 2).unbind(dim=1)
-    if settings.review_rate is None:
+    if settings.review_rate is None or validating:
         return Thresholds(image, pixel, None)
     review = [category.review_threshold if category is not None else None for category in stored]
     review = torch.tensor([math.nan if value is None else value for value in review], dtype=torch.float64)

@@ -140,9 +140,9 @@ def image_categories(
 
     The category is, in this order: the one ``datamodule`` lists for the image (``ZeroShotCrossDataset``); the
     category folder of an MVTec AD / VisA path; the datamodule's category; then :func:`fallback_category`
-    (``class_name``, the one stored category, ``"object"``), the rule an export follows too. Categories of
-    anomalib's ``dataset`` datamodules take the authors' names where they have one (BTech's ``01`` is ``metal1``). The
-    class name is ``class_name`` when given (one word for every image), else the category.
+    (``class_name``, for loose files the one stored category, ``"object"``), the rule an export follows too.
+    Categories of anomalib's ``dataset`` datamodules take the authors' names where they have one (BTech's ``01`` is
+    ``metal1``). The class name is ``class_name`` when given (one word for every image), else the category.
 
     Args:
         image_paths: The images' paths, or ``None`` (tensors without paths, e.g. an exported model's input).
@@ -164,7 +164,10 @@ def image_categories(
     default_dataset = str(getattr(datamodule, "name", "") or "")
     datamodule_category = str(getattr(datamodule, "category", "") or "")
     paths = list(image_paths) if image_paths is not None else [None] * count
-    fallback = fallback_category(class_name, stored_categories, class_name_source)
+    # A datamodule's images without a category are data of their own (a Folder of another part may be calibrated on
+    # its normal images); only loose files, like an export's inputs, take the checkpoint's one category.
+    stored = stored_categories if datamodule is None else ()
+    fallback = fallback_category(class_name, stored, class_name_source)
     names = []
     for path in paths:
         dataset = (dataset_of(str(path)) if dataset_of is not None and path is not None else None) or default_dataset

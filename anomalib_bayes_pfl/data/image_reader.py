@@ -121,12 +121,20 @@ def _as_float(image: torch.Tensor, described: str) -> torch.Tensor:
             if low < 0
             else "divide 0-255 values by 255, or clamp(0, 1) after a resize that overshoots"
         )
-        msg = f"{described} has values in [{low:.4g}, {high:.4g}], but a float image must be in [0, 1]: {fix}"
+        msg = f"{described} has values in [{low:.9g}, {high:.9g}], but a float image must be in [0, 1]: {fix}"
         raise ValueError(msg)
     return image
 
 
-def as_image_batch(image: str | Path | np.ndarray | torch.Tensor) -> torch.Tensor:
+def _read_pil_image(image: Image.Image) -> torch.Tensor:
+    """A PIL image already open, as anomalib reads its file: ``(3, H, W)`` float32 in [0, 1], or refused."""
+    problem = _bit_depth_problem("image", "(a PIL image)", image.mode)
+    if problem:
+        raise ValueError(problem)
+    return to_dtype(to_image(image.convert("RGB")), torch.float32, scale=True)
+
+
+def as_image_batch(image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """Any image input as a batch ``(N, 3, H, W)`` float32 in [0, 1], read as anomalib reads a file.
 
     Arrays and tensors hold RGB: an OpenCV image (BGR) needs ``cv2.cvtColor(image, cv2.COLOR_BGR2RGB)`` first, which
@@ -136,7 +144,8 @@ def as_image_batch(image: str | Path | np.ndarray | torch.Tensor) -> torch.Tenso
     axis has 3 (torch's channels-first).
 
     Args:
-        image: A file (any 8-bit PIL mode), an array or a tensor: (H, W), (H, W, 1 | 3 | 4), (3, H, W), (N, 3, H, W).
+        image: A file or a PIL image (any 8-bit mode), an array or a tensor: (H, W), (H, W, 1 | 3 | 4), (3, H, W),
+            (N, 3, H, W).
 
     Raises:
         ValueError: Naming the file, or the shape and dtype, with the fix: 16-bit or float files, truncated files,
@@ -145,8 +154,13 @@ def as_image_batch(image: str | Path | np.ndarray | torch.Tensor) -> torch.Tenso
     """
     if isinstance(image, str | Path):
         return read_image_file(image).unsqueeze(0)
+    if isinstance(image, Image.Image):
+        return _read_pil_image(image).unsqueeze(0)
     if not isinstance(image, np.ndarray | torch.Tensor):
-        msg = f"cannot read an image from {type(image).__name__}: give a file path, a numpy array or a torch tensor"
+        msg = (
+            f"cannot read an image from {type(image).__name__}: give a file path, a PIL image, a numpy array or a "
+            f"torch tensor"
+        )
         raise TypeError(msg)
     described = _describe(image)
     is_array = isinstance(image, np.ndarray)

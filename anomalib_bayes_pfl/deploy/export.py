@@ -31,7 +31,7 @@ from anomalib.data import AnomalibDataModule, InferenceBatch
 from anomalib.deploy import CompressionType, ExportType
 
 from anomalib_bayes_pfl.batch import BayesPFLInferenceBatch
-from anomalib_bayes_pfl.calibration.thresholds import export_class_name, thresholds_of, uncalibrated
+from anomalib_bayes_pfl.calibration.thresholds import check_calibrated, export_class_name, thresholds_of, uncalibrated
 from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.settings import BayesPFLSettings
@@ -216,7 +216,12 @@ class ExportMixin:
         """What an exported model computes: anomalib's fields, and with ``export_uncertainty`` the uncertainty too.
 
         The uncertainty comes from the same pass as the scores, which are the same bit for bit (``torch_model.py``).
+        A model loaded in Python and called refuses, as its export does, a class name without the thresholds the run
+        calibrates: the post-processor would otherwise label with the fixed ones.
         """
+        reviews = self.settings.export_uncertainty and self.settings.review_rate is not None
+        if self.is_built:
+            check_calibrated(self.model.references, self.settings, [self.model.default_class_name], review=reviews)
         if not self.settings.export_uncertainty:
             return super().forward(batch, *args, **kwargs)
         images = self.pre_processor(batch) if self.pre_processor else batch

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from anomalib_bayes_pfl.data.image_reader import as_image_batch
 
@@ -96,11 +97,11 @@ class BayesPFLInferencer:
         self._torch = None
         self._compiled = ov.Core().compile_model(str(self.path), device, F32 if config is None else config)
 
-    def predict(self, image: str | Path | np.ndarray | torch.Tensor) -> BayesPFLPrediction:
+    def predict(self, image: str | Path | Image.Image | np.ndarray | torch.Tensor) -> BayesPFLPrediction:
         """The outputs for one image or a batch ``(N, 3, H, W)``, read by the package's one image reader.
 
-        A file is read as anomalib reads it; an array or tensor holds RGB, uint8 (0-255) or float in [0, 1], as
-        ``(H, W)``, ``(H, W, 1 | 3 | 4)`` or ``(3, H, W)``. OpenCV's BGR needs
+        A file or PIL image is read as anomalib reads a file; an array or tensor holds RGB, uint8 (0-255) or float in
+        [0, 1], as ``(H, W)``, ``(H, W, 1 | 3 | 4)`` or ``(3, H, W)``. OpenCV's BGR needs
         ``cv2.cvtColor(image, cv2.COLOR_BGR2RGB)`` first. Anything else is refused, naming the file or the shape
         and dtype (:func:`~anomalib_bayes_pfl.data.image_reader.as_image_batch`).
         """

@@ -246,6 +246,7 @@ class CommandLineHooks:
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     _own_results: Path | None = None  # the folder this process's fit or validation writes to
+    _announced: str | None = None  # the checkpoint path already printed
 
     def prepare_data(self) -> None:
         """Give a test or predict run a results folder of its own, before anything is written (``config.yaml`` first).
@@ -260,13 +261,14 @@ class CommandLineHooks:
         root, stage = Path(self.trainer.default_root_dir), self.trainer.state.fn
         if stage in {TrainerFn.FITTING, TrainerFn.VALIDATING}:
             self._own_results = root
-        if root.name == "latest" and not root.exists() and not root.is_symlink():
+        first = self.trainer.is_global_zero  # prepare_data runs once per node: one folder for all of them
+        if first and root.name == "latest" and not root.exists() and not root.is_symlink():
             self._own_results = create_versioned_dir(root.parent)
             self.trainer._default_root_dir = str(self._own_results)  # Lightning has no setter
             return
         earlier_run = VERSION_FOLDER.fullmatch(root.name) and (root.parent / "latest").is_symlink()
-        evaluating = stage in {TrainerFn.TESTING, TrainerFn.PREDICTING} and self.trainer.is_global_zero
-        if evaluating and earlier_run and root != self._own_results:
+        evaluating = stage in {TrainerFn.TESTING, TrainerFn.PREDICTING}
+        if first and evaluating and earlier_run and root != self._own_results:
             self._own_results = new_results_folder(root)
             self.trainer._default_root_dir = str(self._own_results)
             logger.info("Results of this run go to %s; %s, which latest points to, is left as it is.",
@@ -283,7 +285,7 @@ class CommandLineHooks:
         """Print the checkpoint a training run wrote, and the command that tests it (once per file)."""
         callback = self.trainer.checkpoint_callback
         path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
-        if not path or not self.trainer.is_global_zero or path == getattr(self, "_announced", None):
+        if not path or not self.trainer.is_global_zero or path == self._announced:
             return
         self._announced = path
         shown = _relative(Path(path))

@@ -286,11 +286,11 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
                 self.log(f"train_loss_{name}", value, batch_size=len(batch.image))
         return {"loss": terms.total.detach()}
 
-    def _evaluate(self, batch: Batch, *, few_shot: bool = True, uncertainty: bool = True) -> BayesPFLBatch:
+    def _evaluate(self, batch: Batch, *, validating: bool = False) -> BayesPFLBatch:
         names = self.image_categories(batch.image_path, len(batch))
         labelled = calibration.score_and_label
-        return labelled(batch, self.model, self.settings, names, self.post_processor, few_shot=few_shot,
-                        uncertainty=uncertainty)  # fmt: skip
+        return labelled(batch, self.model, self.settings, names, self.post_processor, few_shot=not validating,
+                        uncertainty=not validating, validating=validating)  # fmt: skip
 
     def validation_step(self, batch: Batch, *_: Any) -> STEP_OUTPUT:
         """Score nothing unless validation metrics or another post-processor read the scores (zero-shot, then).
@@ -300,7 +300,7 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         read = not isinstance(self.post_processor, ProbabilityPostProcessor) or (
             self.evaluator and self.evaluator.val_metrics
         )
-        return self._evaluate(batch, few_shot=False, uncertainty=False) if read else batch
+        return self._evaluate(batch, validating=True) if read else batch
 
     def test_step(self, batch: Batch, *_: Any) -> STEP_OUTPUT:
         """Score and label the test batch; it carries each image's category, thresholds and uncertainty."""

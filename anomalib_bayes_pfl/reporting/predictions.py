@@ -173,11 +173,12 @@ def _read(path: Path) -> pd.DataFrame:
 def _gathered(folder: Path, world_size: int) -> tuple[pd.DataFrame, list[str]]:
     """Every process's part in one table in the dataset's order; the parts are removed.
 
-    Lightning's predict sampler gives each image to one process and repeats none, so no row is dropped.
+    Lightning's predict sampler gives each image to one process; a sampler that repeats images (``use_distributed_
+    sampler false``) gives each place several rows, of which one is kept: the place is the key.
     """
     parts = [folder / f"predictions_rank{rank}.csv" for rank in range(world_size)]
     table = pd.concat([_read(part) for part in parts], ignore_index=True)
-    table = table.sort_values(["dataloader", "sample_index"], kind="stable")
+    table = table.drop_duplicates(["dataloader", "sample_index"]).sort_values(["dataloader", "sample_index"])
     datasets = table.pop("dataset").tolist()
     for part in parts:
         part.unlink()

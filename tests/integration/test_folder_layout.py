@@ -91,7 +91,7 @@ def test_a_fit_after_a_test_trains_and_a_trained_model_tests_without_auxiliary_d
     engine.train(module, datamodule=data)
     assert len(data.train_data) == 12
     assert engine.trainer.global_step > 0
-    assert module.learning_type == LearningType.ZERO_SHOT  # Engine.test validates a zero-shot model first
+    assert module.learning_type == LearningType.ZERO_SHOT  # anomalib would validate it before testing; BayesPFL not
     without = _data(tmp_path / "nowhere", target, "mvtec")
     results, scored = _test(without, tmp_path / "zero_shot", module)
     assert len(scored.images) == 6

@@ -4,6 +4,7 @@
 """One rule for the category of an image that nothing names: predict's loose files and exported models alike."""
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 
@@ -39,6 +40,14 @@ def test_the_stored_category_never_replaces_one_the_data_names():
     names = image_categories(paths, 2, class_name=None, datamodule=None, stored_categories=["grain_plank"])
     assert [name.category for name in names] == ["screw", "grain_plank"]
     assert names[1].source == "the one category the checkpoint stores"
+
+
+def test_a_datamodule_s_images_without_a_category_never_take_the_checkpoint_s():
+    """anomalib's ``Folder`` has no category: its images are a product of their own, not the checkpoint's part."""
+    folder = SimpleNamespace(name="bottles", category="")
+    names = image_categories(["/data/bottles/good/1.png"], 1, class_name=None, datamodule=folder,
+                             stored_categories=["grain_plank"])  # fmt: skip
+    assert (names[0].dataset, names[0].category) == ("bottles", "object")
 
 
 def test_the_module_names_a_loose_image_by_its_checkpoints_one_category(tiny_clip_path):

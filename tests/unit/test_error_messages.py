@@ -7,6 +7,7 @@ The command line runs in this process (anomalib's ``AnomalibCLI``), as ``anomali
 """
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -179,5 +180,12 @@ def test_another_model_s_checkpoint_or_a_hand_made_file_is_named_by_export_and_e
 def test_the_engine_validates_bayes_pfl_before_testing_only_for_another_post_processor(monkeypatch):
     """anomalib validates zero-shot models before test and predict for adaptive thresholds; BayesPFL sets its own."""
     monkeypatch.setattr(BayesPFL, "learning_type", property(lambda self: LearningType.ZERO_SHOT))
-    assert not Engine._should_run_validation(BayesPFL(**TINY_ARGUMENTS), None)
-    assert Engine._should_run_validation(BayesPFL(**TINY_ARGUMENTS, post_processor=PostProcessor()), None)
+    own, another_post_processor = BayesPFL(**TINY_ARGUMENTS), BayesPFL(**TINY_ARGUMENTS, post_processor=PostProcessor())
+    patched = Engine._should_run_validation  # installed by the first model built, once only
+    assert not patched(own, None)
+    assert patched(another_post_processor, None)
+    BayesPFL(**TINY_ARGUMENTS)
+    assert Engine._should_run_validation is patched  # a model built later wraps it no further
+    another_zero_shot = SimpleNamespace(learning_type=LearningType.ZERO_SHOT, post_processor=PostProcessor())
+    assert Engine._should_run_validation(another_zero_shot, None)  # anomalib's rule for every other model
+    assert not Engine._should_run_validation(another_zero_shot, "model.ckpt")

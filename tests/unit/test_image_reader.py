@@ -84,6 +84,18 @@ def test_every_8_bit_mode_reads_as_anomalib_reads_it(pixels, tmp_path, mode, suf
     expected = read_image(path, as_tensor=True)
     assert torch.equal(read_image_file(path), expected)
     assert torch.equal(as_image_batch(path), expected.unsqueeze(0))
+    with Image.open(path) as opened:
+        assert torch.equal(as_image_batch(opened), expected.unsqueeze(0))  # a PIL image, as a user may hold one
+
+
+def test_a_16_bit_pil_image_is_refused_as_its_file():
+    with pytest.raises(ValueError, match=r"image \(a PIL image\) has I;16 pixels.*divide 16-bit values by 256"):
+        as_image_batch(Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)))
+
+
+def test_a_float_image_just_above_one_shows_the_digits_that_exceed_it():
+    with pytest.raises(ValueError, match=r"values in \[0, 1\.00000012\]"):
+        as_image_batch(np.array([[0.0, np.nextafter(np.float32(1), np.float32(2))]], dtype=np.float32))
 
 
 def test_a_missing_file_is_named(tmp_path):
@@ -153,5 +165,5 @@ def test_other_arrays_are_refused_naming_shape_dtype_and_fix(image, match):
 
 
 def test_other_types_are_refused():
-    with pytest.raises(TypeError, match="cannot read an image from list: give a file path, a numpy array"):
+    with pytest.raises(TypeError, match="cannot read an image from list: give a file path, a PIL image, a numpy array"):
         as_image_batch([[0.0]])

@@ -179,3 +179,5 @@ def test_an_export_of_a_class_name_without_a_calibrated_image_threshold_is_refus
     with pytest.raises(ValueError, match=r"no calibrated image threshold for class name 'bolt'.*--model.image_thr"):
         module.to_torch(tmp_path)
     assert not list(tmp_path.rglob("*.pt"))
+    with pytest.raises(RuntimeError, match=r"\['bolt'\] have no calibrated image threshold.*false_alarm_rate"):
+        module(torch.rand(1, 3, 64, 64))  # the model in Python labels as its export would, or not at all

@@ -63,12 +63,14 @@ MODULE = SimpleNamespace(
 )
 
 
-def test_two_processes_keep_every_image_in_the_dataset_s_order_even_with_shared_names(tmp_path):
-    """Rank r scores indices r, r + 2, ...: four rows, in the dataset's order, none merged or dropped."""
+@pytest.mark.parametrize("repeated", [False, True])
+def test_two_processes_keep_every_image_in_the_dataset_s_order_even_with_shared_names(tmp_path, repeated):
+    """Rank r scores indices r, r + 2, ...: four rows, in the dataset's order, none merged or dropped. A sampler that
+    gives every process every image (``use_distributed_sampler false``) still gives each place one row."""
     writers = {rank: PredictionTable(_settings) for rank in (0, 1)}
     for rank, writer in writers.items():
         writer.on_predict_start(_trainer(tmp_path, rank, 2), MODULE)
-        indices = [rank, rank + 2]
+        indices = [0, 1, 2, 3] if repeated else [rank, rank + 2]
         batch = _batch([PATHS[index] for index in indices], [0.1 * (index + 1) for index in indices])
         writer.write_on_batch_end(_trainer(tmp_path, rank, 2), None, batch, indices, batch, 0, 0)
     writers[1].on_predict_end(_trainer(tmp_path, 1, 2), None)

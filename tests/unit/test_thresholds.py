@@ -57,6 +57,21 @@ def test_scoring_a_class_name_without_its_calibrated_threshold_is_refused(tiny_m
     assert labelled.image_threshold.tolist() == [0.3, 0.3]
 
 
+def test_a_fit_s_validation_labels_before_calibration_with_the_fixed_thresholds(tiny_model):
+    """Validation precedes the test's calibration: it labels with the calibrated thresholds it finds, the fixed ones
+    elsewhere, and marks nothing for review, where a test refuses the uncalibrated class name."""
+    settings = BayesPFLSettings(false_alarm_rate=0.25, review_rate=0.25, image_threshold=0.4)
+    tiny_model.references.set("gear", CategoryReferences([], {}, image_threshold=0.3, pixel_threshold=0.35))
+    batch = ImageBatch(image=torch.rand(2, 3, 64, 64))
+    names = [ImageCategory("", "gear", "gear", "test"), ImageCategory("", "bolt", "bolt", "test")]
+    labelled = score_and_label(batch, tiny_model, settings, names, None, few_shot=False, validating=True)
+    assert labelled.image_threshold.tolist() == [0.3, 0.4]
+    assert labelled.review_threshold is None
+    assert labelled.needs_review is None
+    with pytest.raises(RuntimeError, match=r"\['bolt'\] have no calibrated image threshold"):
+        score_and_label(ImageBatch(image=torch.rand(2, 3, 64, 64)), tiny_model, settings, names, None)
+
+
 def test_the_paper_score_takes_the_top_k_of_the_category_not_of_the_prompt_word(tiny_model):
     """Item 5 of issue 33: a screw prompted as 'bolt' keeps the authors' k of screw (20, not 2000)."""
     settings = BayesPFLSettings(image_score="paper", class_name="bolt")
