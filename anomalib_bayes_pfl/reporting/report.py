@@ -46,6 +46,7 @@ from .page import Page
 from .plots import PLOTS_DIR, write_score_distribution
 from .review import grouped_review_flags
 from .table import row_names
+from .visualization import uncertainty_scale_position
 
 logger = logging.getLogger(__name__)
 
@@ -133,9 +134,7 @@ def entry_picture(entry: Entry, measure: str) -> Image.Image:
         anomaly = _coloured(entry.anomaly_map.float().clamp(0, 1).numpy(), "jet")
         panels.append(Image.blend(part, anomaly, 0.5))
     if entry.uncertainty_map is not None:
-        maximum = UNCERTAINTY_MAXIMUM[measure]
-        floor = maximum * 1e-4  # the visualizer's four decades
-        position = np.log10(np.clip(entry.uncertainty_map.float().numpy(), floor, maximum) / floor) / 4
+        position = uncertainty_scale_position(entry.uncertainty_map.float().numpy(), UNCERTAINTY_MAXIMUM[measure])
         panels.append(Image.blend(part.convert("L").convert("RGB"), _coloured(position, "inferno"), 0.5))
     canvas = Image.new("RGB", (THUMBNAIL_SIDE * len(panels), THUMBNAIL_SIDE))
     for position, panel in enumerate(panels):

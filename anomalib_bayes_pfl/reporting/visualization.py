@@ -48,8 +48,11 @@ PNG_COMPRESSION = 1  # zlib level: about 4 times faster to write than the defaul
 MEASURE_TITLES = {"std": "std of the probability", "mutual_information": "mutual information (bits)"}
 
 
-def _scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
-    """Position in [0, 1] of each value on the log colour scale that ends at ``maximum``."""
+def uncertainty_scale_position(values: np.ndarray, maximum: float) -> np.ndarray:
+    """Position in [0, 1] of each value on the log colour scale that ends at ``maximum``.
+
+    The one scale of every uncertainty picture: the visualiser's maps and colour bar, and the report's thumbnails.
+    """
     floor = maximum * 10.0**-DECADES
     return (np.log10(np.clip(values, floor, maximum) / floor) / DECADES).astype(np.float32)
 
@@ -71,7 +74,7 @@ def render_uncertainty(
     maximum = UNCERTAINTY_MAXIMUM[measure]
     colours = colormaps[COLOUR_MAP]
     values = uncertainty_map.detach().float().cpu().numpy()
-    positions = _scale_position(values, maximum)
+    positions = uncertainty_scale_position(values, maximum)
     panel = Image.fromarray((colours(positions)[..., :3] * 255).astype(np.uint8)).resize(
         size, Image.Resampling.BILINEAR
     )
@@ -89,7 +92,7 @@ def render_uncertainty(
     font = ImageFont.load_default(size=11)
     for decade in range(DECADES + 1):
         value = maximum * 10.0**-decade
-        y = bar_top + round((1 - float(_scale_position(np.array(value), maximum))) * (bar_height - 1))
+        y = bar_top + round((1 - float(uncertainty_scale_position(np.array(value), maximum))) * (bar_height - 1))
         draw.line([(width + 24, y), (width + 28, y)], fill="black")
         draw.text((width + 30, y - 6), f"{value:.0e}" if decade else f"{value:g}", fill="black", font=font)
     title_font = ImageFont.load_default(size=12)
