@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from anomalib.data.utils import TestSplitMode
 
-from anomalib_bayes_pfl.data.sources import image_files, normal_images
+from anomalib_bayes_pfl.data.image_lists import image_files, normal_images
 from anomalib_bayes_pfl.model.references import ReferenceMemory
 
 logger = logging.getLogger(__name__)

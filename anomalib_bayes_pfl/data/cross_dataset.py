@@ -25,8 +25,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 
-from .augmentation import MosaicDataset, SeededDraws, SeededItems
-from .sources import DEFAULT_ROOTS, DataModuleSource, DatasetFormat, DataSource, combine, move_datamodules
+from .layouts import DatasetFormat
+from .mosaic import MosaicDataset
+from .seeded_sampling import SeededDraws, SeededItems
+from .sources import DEFAULT_ROOTS, DataModuleSource, DataSource, combine, move_datamodules
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +58,12 @@ class ZeroShotCrossDataset(AnomalibDataModule):
         train_augmentations: Augmentations of the auxiliary training images (the paper configs set the authors',
             :class:`~anomalib_bayes_pfl.data.augmentation.AuthorsAugmentations`).
         mosaic_probability: Chance that a training item is replaced by a 2x2 mosaic of four anomalous images of its
-            category, masks pasted alike (:class:`~anomalib_bayes_pfl.data.augmentation.MosaicDataset`); the
+            category, masks pasted alike (:class:`~anomalib_bayes_pfl.data.mosaic.MosaicDataset`); the
             authors use 0.4 when MVTec AD is the auxiliary set, and none otherwise.
         auxiliary_datamodules: anomalib datamodules to train on instead of ``auxiliary_root`` and ``auxiliary_format``
-            (any anomalib image datamodule, one per category: ``class_path`` and ``init_args`` in a config), all
-            categories together; their test subsets are used, read as they are (never split, and downloaded only
-            with ``download``).
+            (any anomalib image datamodule but ``Tabular``, one per category: ``class_path`` and ``init_args`` in a
+            config), all categories together; their test subsets are used, read as they are (never split, and
+            downloaded only with ``download``).
         target_datamodules: The same for the target side; several datasets give the per-category table a ``dataset``
             column and a mean per dataset.
         val_augmentations: Augmentations of the validation images.

@@ -24,13 +24,13 @@ from anomalib_bayes_pfl.data.augmentation import (
     OPENCV_GAUSSIAN_TAPS,
     AuthorsAugmentations,
     GaussNoise,
-    MosaicDataset,
     RandomBrightnessContrast,
     RandomRotate90,
     ReflectedRotation,
     SeparableBlur,
     opencv_gaussian_blur,
 )
+from anomalib_bayes_pfl.data.mosaic import MosaicDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
 DRAWS = 400

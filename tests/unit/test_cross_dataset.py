@@ -13,7 +13,7 @@ from anomalib.data import MPDD, MVTecAD
 from lightning.pytorch.trainer.states import TrainerFn
 
 from anomalib_bayes_pfl import ZeroShotCrossDataset
-from anomalib_bayes_pfl.data.sources import EXPECTED_LAYOUTS, discover_categories
+from anomalib_bayes_pfl.data.layouts import EXPECTED_LAYOUTS, discover_categories
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
 
