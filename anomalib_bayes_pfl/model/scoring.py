@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Pure scoring functions: pixel logits, the aggregated anomaly map and the image probability.
+"""Pure scoring functions: pixel logits, the aggregated anomaly map, the image probability and the map's top-k score.
 
 Text embeddings come in two halves, normal first: normal item ``i`` pairs with abnormal item ``i + M``, where
 ``M = B`` in training and ``M = B * R`` at evaluation (authors: VPB.py L168-187).
@@ -9,6 +9,10 @@ Text embeddings come in two halves, normal first: normal item ``i`` pairs with a
 The anomaly map is the mean over layers and pairs of ``softmax(upsample(normal), upsample(abnormal))[abnormal]``
 (authors: test.py L158-165). The two-way softmax equals ``sigmoid(abnormal - normal)`` and bilinear upsampling is
 linear, so each pair is upsampled once, as a difference, instead of twice.
+
+The map's top-k score is the authors' second image score: the mean of the k largest values of the unsmoothed map,
+with k tuned per category by the authors (metric_and_visualization.py L161-189). ``reporting/paper_score.py`` fuses it
+with the image probability over a category's test set, for comparison with published numbers only.
 
 Shape legend: N images, M pairs, L patch tokens (a square grid g x g), D joint width, H x W output size.
 """
@@ -92,3 +96,26 @@ def smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = maps[:, rows][:, :, columns].unsqueeze(1)
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)
+
+
+# The authors' top-k for the map score: 20 for these categories, 2000 for all others.
+PAPER_SMALL_TOP_K_CATEGORIES = frozenset(
+    {"capsules", "macaroni1", "macaroni2", "pipe_fryum", "screw", "cashew", "chewinggum"}
+)
+
+
+def paper_top_k(category: str) -> int:
+    """The authors' k for ``category`` (tuned on the test categories, so for comparison with their numbers only)."""
+    return 20 if category in PAPER_SMALL_TOP_K_CATEGORIES else 2000
+
+
+def top_k_mean(maps: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` largest values of each map ``(N, H, W)`` (all values when a map is smaller)."""
+    flat = maps.flatten(1)
+    return flat.topk(min(k, flat.shape[1]), dim=1).values.mean(dim=1)
+
+
+def paper_map_scores(raw_maps: torch.Tensor, categories: list[str]) -> torch.Tensor:
+    """Each unsmoothed map's top-k mean, with the authors' k for its category."""
+    pairs = zip(raw_maps, categories, strict=True)
+    return torch.cat([top_k_mean(raw_map.unsqueeze(0), paper_top_k(name)) for raw_map, name in pairs])

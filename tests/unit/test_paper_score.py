@@ -6,7 +6,8 @@
 import pytest
 import torch
 
-from anomalib_bayes_pfl.reporting.paper_score import fuse_paper_scores, paper_top_k, top_k_mean
+from anomalib_bayes_pfl.model.scoring import paper_top_k, top_k_mean
+from anomalib_bayes_pfl.reporting.paper_score import fuse_paper_scores
 
 
 def test_top_k_mean_of_each_map_and_of_small_maps():
