@@ -6,10 +6,10 @@
 ``evaluator.py`` holds the metrics of a whole test run and the evaluator that computes them, ``metrics.py`` keeps
 per-category metrics, ``table.py`` makes the per-category table of a test run and ``plots.py`` its plots;
 ``predictions.py`` writes ``predictions.csv`` of a predict run; ``report.py`` writes a test run's ``report.html`` and a
-predict run's ``predictions.html`` (pages made by ``page.py``); ``comparison.py`` draws the side-by-side benchmark's
-chart and page; ``visualization.py`` draws each image's uncertainty and the review banners; ``review.py`` decides which
-images a person should see; ``paper_score.py`` is the authors' transductive image score, for comparison with published
-numbers.
+predict run's ``predictions.html`` (pages made by ``page.py``, galleries by ``gallery.py``); ``comparison.py`` draws
+the side-by-side benchmark's chart and page; ``visualization.py`` draws each image's uncertainty and the review
+banners; ``review.py`` decides which images a person should see; ``paper_score.py`` fuses the authors' transductive
+image score, for comparison with published numbers.
 """
 
 from .evaluator import ApplicableMetricsEvaluator, side_by_side_metrics, zero_shot_metrics

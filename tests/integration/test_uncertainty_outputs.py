@@ -16,7 +16,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomalib_bayes_pfl.reporting import CSV_NAME, PREDICTIONS_CSV, PREDICTIONS_HTML, REPORT_HTML, UncertaintyVisualizer
-from anomalib_bayes_pfl.reporting.report import GALLERY_SIZE
+from anomalib_bayes_pfl.reporting.gallery import GALLERY_SIZE
 
 from ..browser import render
 from ..helpers import cross_dataset, sparsification_by_hand, tiny_module

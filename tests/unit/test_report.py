@@ -14,7 +14,8 @@ from PIL import Image
 from anomalib_bayes_pfl.batch import BayesPFLBatch
 from anomalib_bayes_pfl.model.references import CategoryReferences
 from anomalib_bayes_pfl.reporting import REPORT_HTML, RunReport
-from anomalib_bayes_pfl.reporting.report import GALLERY_SIZE, PREDICTIONS_HTML, Gallery
+from anomalib_bayes_pfl.reporting.gallery import GALLERY_SIZE, Gallery
+from anomalib_bayes_pfl.reporting.report import PREDICTIONS_HTML
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
 SIZE = 8
