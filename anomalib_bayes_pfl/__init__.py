@@ -7,10 +7,10 @@ After ``pip install anomalib-bayes-pfl``, ``anomalib train --model BayesPFL ...`
 ``anomalib_bayes_pfl.BayesPFL`` is the full class path that needs no autoload hook.
 """
 
+from .adapter import BayesPFL
 from .data import ZeroShotCrossDataset
 from .deploy import BayesPFLInferencer
 from .model import BayesPFLConfig, BayesPFLModel, load_clip
-from .model.lightning_model import BayesPFL
 from .parser_errors import install as install_parser_summaries
 from .registration import register
 

@@ -28,10 +28,10 @@ from anomalib.engine import Engine
 from jsonargparse import CLI
 from lightning.pytorch import seed_everything
 
+from anomalib_bayes_pfl.adapter import BayesPFL
 from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
 from anomalib_bayes_pfl.data import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data.synthetic import write_tree
-from anomalib_bayes_pfl.model import BayesPFL
 from anomalib_bayes_pfl.reporting import CSV_NAME, MEAN_ROW, REPORT_HTML
 
 AUXILIARY_CATEGORIES = ("fabric", "wood_grain", "marble", "cork", "linen")

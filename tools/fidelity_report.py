@@ -34,7 +34,7 @@ MUTATIONS = {
         '("temperature_pixel", "image_head.logit_scale"),\n    ("temperature_image", "pixel_logit_scale"),',
     ),
     "textbook image-agnostic log-determinant": (
-        "model/lightning_model.py",
+        "adapter/lightning_model.py",
         "iad_log_det_per_batch: bool = True",
         "iad_log_det_per_batch: bool = False",
     ),

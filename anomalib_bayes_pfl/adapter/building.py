@@ -1,24 +1,27 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""What the Lightning module builds from its options: the pre-processor and the torch model.
+"""What the Lightning module builds from its options: the pre-processor, the torch model and the run's callbacks.
 
 The torch model is built at first use, once the options are known: ``anomalib test|predict --ckpt_path X`` then
 builds the CLIP and head that X was trained with, never the defaults of an unset command line.
 """
 
 import logging
+from collections.abc import Callable, Sequence
 
 import torch
 from anomalib.pre_processing import PreProcessor
+from lightning.pytorch import Callback
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize
+from torchvision.transforms.v2 import Compose, InterpolationMode, Normalize, Resize, Transform
 
+from anomalib_bayes_pfl import calibration, reporting
+from anomalib_bayes_pfl.data import DataCheck, DropSamplerPadding, ImageCategory
+from anomalib_bayes_pfl.model.backbone import load_clip
+from anomalib_bayes_pfl.model.reference_checkpoint import load_head_weights
+from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.settings import BayesPFLSettings
-
-from .backbone import load_clip
-from .reference_checkpoint import load_head_weights
-from .torch_model import BayesPFLModel
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +63,29 @@ def build_model(
             logger.info("Loaded trained Bayes-PFL head from %s; it is not trained again.", prompt_weights)
     model.few_shot = settings.k_shot > 0
     return model
+
+
+def run_callbacks(
+    model: Callable[[], BayesPFLModel],
+    settings: Callable[[], BayesPFLSettings],
+    image_categories: Callable[[Sequence[str]], list[ImageCategory]],
+    transform: Transform | None,
+    prepared: Callable[[], None],
+) -> tuple[list[Callback], list[Callback]]:
+    """The callbacks before anomalib's (data checks, then references and thresholds) and after them (the reports).
+
+    Args:
+        model: The torch model, built when first asked for.
+        settings: The options now (a loaded checkpoint may change them).
+        image_categories: Each image's dataset, category and class name.
+        transform: The pre-processor's, which reference images go through.
+        prepared: Called once references and thresholds are prepared (exported models label with them).
+    """
+
+    def class_names_of(image_paths: Sequence[str]) -> list[str]:
+        return [name.class_name for name in image_categories(image_paths)]
+
+    references = calibration.FewShotPreparation(model, settings, class_names_of, transform, prepared)
+    metrics = reporting.PerCategoryMetrics(image_categories, settings)
+    page = reporting.RunReport(settings, lambda: metrics.table, lambda: model().references.categories)
+    return [DataCheck(), DropSamplerPadding(), references], [metrics, reporting.PredictionTable(settings), page]

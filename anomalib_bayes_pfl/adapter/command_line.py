@@ -8,7 +8,7 @@ here), a file given as ``--ckpt_path`` that is not a checkpoint (Lightning's err
 or a checkpoint of another model, a run without ``--data``, results folders (a test or predict run writes to a folder
 of its own, never into the training run that ``latest`` points to; training says where its checkpoint is), and a
 ``--trainer.precision`` that Lightning changes (``16-mixed`` on a CPU) or that casts the head (``bf16-true``).
-:class:`CommandLineHooks` is a base of ``BayesPFL`` that holds the hooks for them.
+:class:`CommandLine` is what ``BayesPFL``'s hooks call for them.
 """
 
 import inspect
@@ -26,8 +26,8 @@ from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.trainer.states import TrainerFn
 
-from .checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
-from .post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.calibration.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.model.checkpoint_files import BAYES_PFL_CHECKPOINT, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def skip_validation_for_own_thresholds() -> None:
     ``predict`` without a checkpoint (with ``--model.prompt_weights``), only to collect its post-processor's adaptive
     thresholds and normalisation. BayesPFL's post-processor labels with probability thresholds and collects nothing,
     and that validation would read validation data a test does not need (loose files given to predict have none), and
-    save a checkpoint into the folder ``latest`` points to. Other models, and BayesPFL with another post-processor,
+    save a checkpoint into the folder ``latest`` points to. Models with another post-processor, BayesPFL among them,
     are validated as anomalib does.
     """
     from anomalib.engine import Engine  # not at import: the autoload hook imports this while anomalib.engine loads
@@ -112,7 +112,7 @@ def skip_validation_for_own_thresholds() -> None:
         return
 
     def should_run_validation(model: Any, ckpt_path: str | Path | None) -> bool:
-        if isinstance(model, CommandLineHooks) and isinstance(model.post_processor, ProbabilityPostProcessor):
+        if isinstance(getattr(model, "post_processor", None), ProbabilityPostProcessor):
             return False
         return original(model, ckpt_path)
 
@@ -181,6 +181,12 @@ def check_bayes_pfl_checkpoint(stored: Any, path: str | Path, option: str, expec
     raise ValueError(msg)
 
 
+def check_checkpoint_file(path: str | Path) -> None:
+    """Refuse a ``--ckpt_path`` file that is no BayesPFL checkpoint (unreadable, another format, another model)."""
+    stored = read_checkpoint(path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+    check_bayes_pfl_checkpoint(stored, path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+
+
 def new_results_folder(root: Path) -> Path:
     """A new ``v<n>`` folder beside ``root``, numbered after the highest; ``latest`` keeps pointing where it did.
 
@@ -198,13 +204,19 @@ def new_results_folder(root: Path) -> Path:
         return folder
 
 
-class CommandLineHooks:
-    """The hooks of ``BayesPFL`` that speak to a user of the command line."""
+class CommandLine:
+    """What ``BayesPFL`` tells a user of the command line, and the results folder its run writes to.
 
-    trainer: Trainer
-    post_processor: Any
+    The module's Lightning hooks call it with their trainer; it keeps only the folder this process writes to and the
+    checkpoint path it has printed, so that an exported module pickles without a trainer.
+    """
 
-    def check_precision(self) -> None:
+    def __init__(self) -> None:
+        self.own_results: Path | None = None  # the folder this process's fit or validation writes to
+        self.announced: str | None = None  # the checkpoint path already printed
+
+    @staticmethod
+    def check_precision(trainer: Trainer) -> None:
         """Refuse a ``--trainer.precision`` the run would not get or the head cannot take, before any image is read.
 
         Lightning runs no float16 autocast on a CPU: for ``16-mixed`` it runs ``bf16-mixed`` instead, with a warning
@@ -213,10 +225,10 @@ class CommandLineHooks:
         dtype``). Only the command line keeps what was asked: ``Engine(precision="16-mixed")`` on a CPU gets
         Lightning's swap and its warning.
         """
-        precision = self.trainer.precision
-        asked = _command_line_option(self.trainer, "trainer.precision")
+        precision = trainer.precision
+        asked = _command_line_option(trainer, "trainer.precision")
         if str(asked) in FLOAT16_MIXED and precision not in FLOAT16_MIXED:
-            device = self.trainer.strategy.root_device.type.upper()
+            device = trainer.strategy.root_device.type.upper()
             msg = (
                 f"--trainer.precision {asked}: float16 mixed precision needs a GPU, and this run is on the {device}, "
                 f"where Lightning would run {precision} instead. Pass --trainer.precision bf16-mixed on a CPU, or run "
@@ -231,24 +243,14 @@ class CommandLineHooks:
             )
             raise ValueError(msg)
 
-    def check_command_line_checkpoint(self) -> None:
+    @staticmethod
+    def check_checkpoint(trainer: Trainer) -> None:
         """Refuse a ``--ckpt_path`` that is no BayesPFL checkpoint; Lightning loads it after ``setup``, saying worse."""
-        checkpoint = command_line_checkpoint(self.trainer)
+        checkpoint = command_line_checkpoint(trainer)
         if checkpoint is not None:
-            stored = read_checkpoint(checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
-            check_bayes_pfl_checkpoint(stored, checkpoint, "--ckpt_path", BAYES_PFL_CHECKPOINT)
+            check_checkpoint_file(checkpoint)
 
-    @classmethod
-    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
-        """Load as anomalib does (``anomalib export --ckpt_path``), after checking that the file is a checkpoint."""
-        stored = read_checkpoint(checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
-        check_bayes_pfl_checkpoint(stored, checkpoint_path, "--ckpt_path", BAYES_PFL_CHECKPOINT)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
-
-    _own_results: Path | None = None  # the folder this process's fit or validation writes to
-    _announced: str | None = None  # the checkpoint path already printed
-
-    def prepare_data(self) -> None:
+    def prepare_results_folder(self, trainer: Trainer) -> None:
         """Give a test or predict run a results folder of its own, before anything is written (``config.yaml`` first).
 
         anomalib's Engine points test and predict at the folder ``latest`` links to, which after ``anomalib train`` is
@@ -258,49 +260,36 @@ class CommandLineHooks:
         there fails (``IsADirectoryError``). Lightning's ``prepare_data`` precedes every ``setup``; with several
         processes the first one decides and :meth:`share_results_folder` tells the others.
         """
-        root, stage = Path(self.trainer.default_root_dir), self.trainer.state.fn
+        root, stage = Path(trainer.default_root_dir), trainer.state.fn
         if stage in {TrainerFn.FITTING, TrainerFn.VALIDATING}:
-            self._own_results = root
-        first = self.trainer.is_global_zero  # prepare_data runs once per node: one folder for all of them
+            self.own_results = root
+        first = trainer.is_global_zero  # prepare_data runs once per node: one folder for all of them
         if first and root.name == "latest" and not root.exists() and not root.is_symlink():
-            self._own_results = create_versioned_dir(root.parent)
-            self.trainer._default_root_dir = str(self._own_results)  # Lightning has no setter
+            self.own_results = create_versioned_dir(root.parent)
+            trainer._default_root_dir = str(self.own_results)  # Lightning has no setter
             return
         earlier_run = VERSION_FOLDER.fullmatch(root.name) and (root.parent / "latest").is_symlink()
         evaluating = stage in {TrainerFn.TESTING, TrainerFn.PREDICTING}
-        if first and evaluating and earlier_run and root != self._own_results:
-            self._own_results = new_results_folder(root)
-            self.trainer._default_root_dir = str(self._own_results)
+        if first and evaluating and earlier_run and root != self.own_results:
+            self.own_results = new_results_folder(root)
+            trainer._default_root_dir = str(self.own_results)
             logger.info("Results of this run go to %s; %s, which latest points to, is left as it is.",
-                        self._own_results, root)  # fmt: skip
+                        self.own_results, root)  # fmt: skip
 
-    def share_results_folder(self) -> None:
-        """With several processes, every one writes where the first one's :meth:`prepare_data` decided."""
-        if self.trainer.world_size > 1:
-            folder = self.trainer.strategy.broadcast(str(self.trainer.default_root_dir), src=0)
-            self.trainer._default_root_dir = folder
-            self._own_results = Path(folder)
+    def share_results_folder(self, trainer: Trainer) -> None:
+        """With several processes, every one writes where the first one's :meth:`prepare_results_folder` decided."""
+        if trainer.world_size > 1:
+            folder = trainer.strategy.broadcast(str(trainer.default_root_dir), src=0)
+            trainer._default_root_dir = folder
+            self.own_results = Path(folder)
 
-    def say_where_the_checkpoint_is(self) -> None:
+    def say_where_the_checkpoint_is(self, trainer: Trainer) -> None:
         """Print the checkpoint a training run wrote, and the command that tests it (once per file)."""
-        callback = self.trainer.checkpoint_callback
+        callback = trainer.checkpoint_callback
         path = getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "")
-        if not path or not self.trainer.is_global_zero or path == self._announced:
+        if not path or not trainer.is_global_zero or path == self.announced:
             return
-        self._announced = path
+        self.announced = path
         shown = _relative(Path(path))
         print(f"Checkpoint written to {shown}: test it with anomalib test --model BayesPFL --ckpt_path {shown} "
               f"--data <data>")  # fmt: skip
-
-    def val_dataloader(self) -> Any:
-        """Only reached without ``--data``: say what to give."""
-        refuse_without_data("validation, which anomalib runs before testing a zero- or few-shot model without a "
-                            "checkpoint,")  # fmt: skip
-
-    def test_dataloader(self) -> Any:
-        """Only reached without ``--data``: say what to give."""
-        refuse_without_data("anomalib test")
-
-    def predict_dataloader(self) -> Any:
-        """Only reached without ``--data``: say what to give."""
-        refuse_without_data("anomalib predict")

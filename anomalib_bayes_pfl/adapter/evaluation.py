@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""One evaluation step: a batch of images in, the scored and labelled ``BayesPFLBatch`` out.
+"""The test and predict step: a batch of images in, the scored and labelled ``BayesPFLBatch`` out.
 
 Each image's dataset, category, class name and thresholds are set here, once, for everything that reports on it. The
 prompts, references and thresholds follow the class name; the authors' paper score, like the table, the category.
@@ -14,13 +14,12 @@ from anomalib.data import Batch
 from torch import nn
 
 from anomalib_bayes_pfl.batch import BayesPFLBatch
+from anomalib_bayes_pfl.calibration.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.calibration.thresholds import check_calibrated, thresholds_of
 from anomalib_bayes_pfl.data.class_names import ImageCategory
-from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.model.scoring import paper_map_scores
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
-from anomalib_bayes_pfl.reporting.paper_score import paper_map_scores
 from anomalib_bayes_pfl.settings import BayesPFLSettings
-
-from .thresholds import check_calibrated, thresholds_of
 
 
 def score_and_label(

@@ -1,22 +1,20 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Bayes-PFL as an anomalib model: it steers the training stages and composes the rooms that score and report.
+"""Bayes-PFL as an anomalib model: the Lightning hooks, which hand each job to the floor below that does it.
 
 Paper: Qin et al., "Bayesian Prompt Flow Learning for Zero-Shot Anomaly Detection", CVPR 2025, arXiv 2503.10080.
-
-``learning_type`` is ``ONE_CLASS`` while the head is untrained (so the Engine trains it) and ``ZERO_SHOT``
-(``FEW_SHOT`` with ``k_shot > 0``) once it is trained or loaded (so the Engine only evaluates). Options resolve once
-(``settings.py``); ``training.py`` computes the loss and the optimisers, ``calibration/`` prepares references and
-thresholds and labels each batch, ``reporting/`` writes what a run reports, ``deploy/`` exports. The README's
-"Faithfulness" section lists every deliberate difference from the authors' training.
+It holds its options (``options.py``), what it tells a command-line user (``command_line.py``) and its exporter
+(``deploy/export.py``); ``model/`` trains and scores, ``calibration/`` and ``reporting/`` are its callbacks.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
+import torch
 from anomalib import LearningType
-from anomalib.data import Batch
+from anomalib.data import AnomalibDataModule, Batch, InferenceBatch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule
 from anomalib.post_processing import PostProcessor
@@ -27,23 +25,27 @@ from lightning.pytorch import Callback
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.types import STEP_OUTPUT
 
-from anomalib_bayes_pfl import calibration, reporting
-from anomalib_bayes_pfl.batch import BayesPFLBatch
-from anomalib_bayes_pfl.data import DataCheck, DropSamplerPadding, SyntheticAnomalies
-from anomalib_bayes_pfl.deploy import ExportMixin
+from anomalib_bayes_pfl import reporting
+from anomalib_bayes_pfl.batch import BayesPFLBatch, BayesPFLInferenceBatch
+from anomalib_bayes_pfl.calibration import ProbabilityPostProcessor
+from anomalib_bayes_pfl.data import ImageCategory, SyntheticAnomalies
+from anomalib_bayes_pfl.deploy import BayesPFLExporter
+from anomalib_bayes_pfl.model import BayesPFLLoss, BayesPFLModel
+from anomalib_bayes_pfl.model.checkpoint_files import keep_head_only, put_back_clip
+from anomalib_bayes_pfl.model.training import TrainingStages, training_loss
+from anomalib_bayes_pfl.model.uncertainty import UncertaintyMeasure
 from anomalib_bayes_pfl.settings import AUTO, BayesPFLSettings, ReviewFraction, plain_number
 
-from .building import clip_pre_processor
-from .checkpoint_files import PROMPT_WEIGHTS, keep_head_only, put_back_clip, read_checkpoint
-from .command_line import CommandLineHooks, seed_from_command_line, skip_validation_for_own_thresholds
-from .loss import BayesPFLLoss
-from .post_processor import ProbabilityPostProcessor
-from .resolved_model import ResolvedModel
-from .training import stage_optimizers, training_loss
-from .uncertainty import UncertaintyMeasure
+from . import command_line
+from .building import clip_pre_processor, run_callbacks, set_image_size
+from .evaluation import score_and_label
+from .options import ResolvedOptions
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 
-class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
+class BayesPFL(AnomalibModule):
     """Bayes-PFL: zero-shot anomaly detection with prompt flows over a frozen CLIP.
 
     Train once on an annotated auxiliary dataset, then detect and segment defects in unseen categories. Every scoring
@@ -99,11 +101,6 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         post_processor: ``True``: labels from the probability thresholds.
         evaluator: ``True``: image AUROC / AUPR / F1Max and pixel AUROC / AUPRO.
         visualizer: ``True``: anomalib's image visualizer with each image's uncertainty map beside it.
-
-    Example:
-        >>> from anomalib_bayes_pfl.assets import TINY_CLIP_CONFIG
-        >>> BayesPFL(clip_model=TINY_CLIP_CONFIG, clip_pretrained=None, image_size=64).learning_type.value
-        'one_class'
     """
 
     def __init__(
@@ -156,36 +153,78 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
     ) -> None:
         arguments = {name: plain_number(value) for name, value in locals().items() if name != "self"}
         synthetic_anomalies = arguments["synthetic_anomalies"]  # plain numbers before anomalib saves the arguments
-        self._given_options = {name: arguments[name] for name in BayesPFLSettings.option_names()}
-        stored = read_checkpoint(prompt_weights, "--model.prompt_weights", PROMPT_WEIGHTS) if prompt_weights else None
-        hyper_parameters = stored.get("hyper_parameters") if isinstance(stored, Mapping) else None
-        settings = BayesPFLSettings.resolve(self._given_options, hyper_parameters, f"prompt weights {prompt_weights}")
+        given = {name: arguments[name] for name in BayesPFLSettings.option_names()}
+        options = ResolvedOptions(given, iad_log_det_per_batch=iad_log_det_per_batch, prompt_weights=prompt_weights)
         self._owns_pre_processor = pre_processor is True
+        settings = options.settings
         if pre_processor is True:
             pre_processor = self.configure_pre_processor((settings.image_size,) * 2)
         if post_processor is True:
             post_processor = ProbabilityPostProcessor(settings.image_threshold, settings.pixel_threshold)
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
-        skip_validation_for_own_thresholds()  # the Engine's validation before test and predict collects nothing here
-        if stage_one_epochs < 0 or stage_two_epochs < 0 or stage_one_epochs + stage_two_epochs == 0:
-            msg = f"stage_one_epochs={stage_one_epochs}, stage_two_epochs={stage_two_epochs}: both >= 0, one positive."
-            raise ValueError(msg)
+        command_line.skip_validation_for_own_thresholds()  # the Engine's validation before a test collects nothing here
+        learning_rates = {"prompts": prompt_learning_rate, "temperatures": temperature_learning_rate,
+                          "flows": flow_learning_rate, "other": learning_rate}  # fmt: skip
+        self.stages = TrainingStages(stage_one_epochs, stage_two_epochs, learning_rates, warmup_ratio)
+        self.options, self.command_line, self.exporter = options, command_line.CommandLine(), BayesPFLExporter()
         self.synthetic_anomalies = SyntheticAnomalies(synthetic_anomalies)
         self.loss = BayesPFLLoss(kl_weight=kl_weight, orthogonality=orthogonality_loss)
-        self.iad_log_det_per_batch, self.prompt_weights = iad_log_det_per_batch, prompt_weights
-        self.stage_one_epochs, self.stage_two_epochs = stage_one_epochs, stage_two_epochs
-        self.warmup_ratio = warmup_ratio
-        self.learning_rates = {"prompts": prompt_learning_rate, "temperatures": temperature_learning_rate,
-                               "flows": flow_learning_rate, "other": learning_rate}  # fmt: skip
         self.automatic_optimization = False
-        self._use_settings(settings)
+        self._apply_settings()
         if prompt_weights is not None:
             self._build()
 
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize to a square with bicubic interpolation (aspect ratio not kept) and apply CLIP's normalisation."""
-        return clip_pre_processor(image_size)
+    @property
+    def settings(self) -> BayesPFLSettings:
+        """The resolved options (``settings.py``); a loaded checkpoint may resolve them again."""
+        return self.options.settings
+
+    def current_settings(self) -> BayesPFLSettings:
+        """The options now: reporting components read them when a run uses them (a checkpoint may change them)."""
+        return self.options.settings
+
+    @property
+    def is_built(self) -> bool:
+        """Whether the CLIP and the head exist; they are built at first use, once the options are known."""
+        return "model" in self._modules
+
+    @property
+    def model(self) -> BayesPFLModel:
+        """The torch model, built from the resolved options at first use."""
+        if not self.is_built:
+            self._build()
+        return self._modules["model"]
+
+    def _build(self) -> None:
+        model = self.options.build_model()
+        self.model = model.to(self.device).train(self.training)  # built late: take the module's mode
+        self.apply_export_thresholds()
+
+    def _apply_settings(self) -> None:
+        """Follow the resolved options: checkpoints store them, the pre-processor resizes, exports label with them."""
+        self.hparams.update(self.settings.hyperparameters())
+        if self._owns_pre_processor and isinstance(self.pre_processor, PreProcessor):
+            set_image_size(self.pre_processor, self.settings.image_size)
+        if self.is_built:
+            self.model.few_shot = self.settings.k_shot > 0
+        self.apply_export_thresholds()
+
+    def apply_export_thresholds(self) -> None:
+        """Give an exported model its class name, and the post-processor, which labels it, that name's thresholds."""
+        self.exporter.label_exports(self.model if self.is_built else None, self.post_processor, self.settings)
+
+    def image_categories(
+        self, image_paths: Sequence[str | None] | None, count: int | None = None
+    ) -> list[ImageCategory]:
+        """Each image's dataset, category and class name, by the one rule (``data/class_names.py``)."""
+        trainer = self.trainer if self._trainer else None
+        return self.options.image_categories(image_paths, count, trainer, self.model if self.is_built else None)
+
+    def class_names_of(self, image_paths: Sequence[str]) -> list[str]:
+        """The word in each image's prompts."""
+        return [name.class_name for name in self.image_categories(image_paths)]
+
+    configure_pre_processor = staticmethod(clip_pre_processor)  # bicubic resize to a square, CLIP's normalisation
 
     def configure_post_processor(self) -> PostProcessor:
         """Label with probability thresholds (the paper's until options or a checkpoint set them)."""
@@ -203,68 +242,59 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
     @property
     def learning_type(self) -> LearningType:
         """``ZERO_SHOT`` (``FEW_SHOT`` with ``k_shot``) once trained or loaded, and not fitting; else ``ONE_CLASS``."""
-        trained = self.model.is_trained if self.is_built else self.prompt_weights is not None
+        trained = self.model.is_trained if self.is_built else self.options.prompt_weights is not None
         if not trained or (self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING):
             return LearningType.ONE_CLASS
         return LearningType.FEW_SHOT if self.settings.k_shot > 0 else LearningType.ZERO_SHOT
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
-        """Epochs are model arguments; no validation batches while training (nothing selects on validation data).
-
-        A zero- or few-shot model is only validated, so that anomalib's Engine writes its checkpoint: one batch.
-        """
+        """Epochs are model arguments; no validation in training; a trained model validates one batch (checkpoint)."""
         if self.learning_type in {LearningType.ZERO_SHOT, LearningType.FEW_SHOT}:
             return {"limit_val_batches": 1, "num_sanity_val_steps": 0}
-        epochs = self.stage_one_epochs + self.stage_two_epochs
-        return {"max_epochs": epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
+        return {"max_epochs": self.stages.epochs, "limit_val_batches": 0, "num_sanity_val_steps": 0}
 
     def configure_callbacks(self) -> list[Callback]:
         """Data checks, then references; synthetic anomalies after the pre-processor; reports, the page last."""
         transform = self.pre_processor.transform if self.pre_processor else None
-        references = calibration.FewShotPreparation(
-            lambda: self.model, self.current_settings, self.class_names_of, transform, self.apply_export_thresholds
-        )
-        metrics = reporting.PerCategoryMetrics(self.image_categories, self.current_settings)
-        page = reporting.RunReport(
-            self.current_settings, lambda: metrics.table, lambda: self.model.references.categories
-        )
-        reports = [metrics, reporting.PredictionTable(self.current_settings), page]
-        checks = [DataCheck(), DropSamplerPadding(), references]
-        return [*checks, *super().configure_callbacks(), self.synthetic_anomalies, *reports]
+        before, after = run_callbacks(lambda: self.model, self.current_settings, self.image_categories, transform,
+                                      self.apply_export_thresholds)  # fmt: skip
+        return [*before, *super().configure_callbacks(), self.synthetic_anomalies, *after]
 
     def configure_optimizers(self) -> tuple[list, list[dict[str, Any]]]:
         """Stage 1: Adam over four learning-rate groups with a warm-up cosine schedule; stage 2: the classifier."""
-        steps = int(self.trainer.estimated_stepping_batches)
-        return stage_optimizers(self.model, self.learning_rates, self.warmup_ratio, steps)
+        return self.stages.optimizers(self.model, int(self.trainer.estimated_stepping_batches))
+
+    def prepare_data(self) -> None:
+        """Give a test or predict run a results folder of its own, before anything is written (``command_line.py``)."""
+        self.command_line.prepare_results_folder(self.trainer)
 
     def setup(self, stage: str) -> None:
         """Refuse contradicting options, a ``--ckpt_path`` that is no checkpoint, a bad precision, before any image."""
         del stage
-        self.share_results_folder()
-        self.check_precision()
-        self.settings.check_labels()
-        calibration.check_calibration(self.settings)
-        self.check_command_line_checkpoint()
+        self.command_line.share_results_folder(self.trainer)
+        self.command_line.check_precision(self.trainer)
+        self.options.check()
+        self.command_line.check_checkpoint(self.trainer)
 
     def configure_model(self) -> None:
         """Before training: seed as the command line asks, then build the model (before DDP wraps it)."""
         if self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING and not self.is_built:
-            seed_from_command_line(self.trainer)
+            command_line.seed_from_command_line(self.trainer)
             self._build()
 
     def on_fit_end(self) -> None:
         """Say where the trained checkpoint is, and how to test it."""
-        self.say_where_the_checkpoint_is()
+        self.command_line.say_where_the_checkpoint_is(self.trainer)
 
     def on_validation_end(self) -> None:
         """Say where the checkpoint is that anomalib writes when it validates a trained model (``anomalib train``)."""
         if not self.trainer.sanity_checking:
-            self.say_where_the_checkpoint_is()
+            self.command_line.say_where_the_checkpoint_is(self.trainer)
 
     def on_train_epoch_start(self) -> None:
         """Switch the image head to the epoch's stage; stage 2 frees stage 1's Adam moments (checkpoints shrink)."""
-        self.model.image_head_stage = 1 if self.current_epoch < self.stage_one_epochs else 2
+        self.model.image_head_stage = self.stages.stage(self.current_epoch)
         if self.model.image_head_stage == 2:
             self.optimizers()[0].optimizer.state.clear()
 
@@ -281,22 +311,17 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         if stage == 1:
             self.lr_schedulers().step()
         self.log("train_loss", terms.total, prog_bar=True, batch_size=len(batch.image))
-        for name, value in terms._asdict().items():
-            if name != "total":
-                self.log(f"train_loss_{name}", value, batch_size=len(batch.image))
+        parts = {f"train_loss_{name}": value for name, value in terms._asdict().items() if name != "total"}
+        self.log_dict(parts, batch_size=len(batch.image))
         return {"loss": terms.total.detach()}
 
     def _evaluate(self, batch: Batch, *, validating: bool = False) -> BayesPFLBatch:
         names = self.image_categories(batch.image_path, len(batch))
-        labelled = calibration.score_and_label
-        return labelled(batch, self.model, self.settings, names, self.post_processor, few_shot=not validating,
-                        uncertainty=not validating, validating=validating)  # fmt: skip
+        return score_and_label(batch, self.model, self.settings, names, self.post_processor, few_shot=not validating,
+                               uncertainty=not validating, validating=validating)  # fmt: skip
 
     def validation_step(self, batch: Batch, *_: Any) -> STEP_OUTPUT:
-        """Score nothing unless validation metrics or another post-processor read the scores (zero-shot, then).
-
-        A trained model is validated only so that the Engine writes its checkpoint; labels never come from validation.
-        """
+        """Score only for validation metrics or another post-processor (the Engine validates to write checkpoints)."""
         read = not isinstance(self.post_processor, ProbabilityPostProcessor) or (
             self.evaluator and self.evaluator.val_metrics
         )
@@ -310,15 +335,64 @@ class BayesPFL(ExportMixin, CommandLineHooks, ResolvedModel, AnomalibModule):
         """Score and label the prediction batch."""
         return self._evaluate(batch)
 
+    def val_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        before_test = "validation, which anomalib runs before testing a zero- or few-shot model without a checkpoint,"
+        command_line.refuse_without_data(before_test)
+
+    def test_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        command_line.refuse_without_data("anomalib test")
+
+    def predict_dataloader(self) -> Any:
+        """Only reached without ``--data``: say what to give."""
+        command_line.refuse_without_data("anomalib predict")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the checkpoint head-only: the frozen CLIP is rebuilt from ``clip_model`` / ``clip_pretrained``."""
         super().on_save_checkpoint(checkpoint)
         keep_head_only(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Score as the run that wrote the checkpoint: its stored options fill every option left unset."""
+        """Score as the run that wrote the checkpoint: its stored options fill every option left unset (rebuilt)."""
         if self._owns_pre_processor:  # resized in place from the stored image size instead
             checkpoint.pop("anomalib_pre_processor_config", None)
         super().on_load_checkpoint(checkpoint)
-        self._apply_checkpoint_options(checkpoint)
+        rebuild = self.options.take_checkpoint(checkpoint, self._trainer, type(self))
+        self._apply_settings()
+        self.options.check()
+        if rebuild or not self.is_built:
+            self._build()
         put_back_clip(checkpoint, self.model.clip.state_dict())
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load the state, then label exported models with the thresholds it holds (a checkpoint's references)."""
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self.apply_export_thresholds()
+        return result
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """Load as anomalib does (``anomalib export --ckpt_path``), after checking that the file is a checkpoint."""
+        command_line.check_checkpoint_file(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def forward(self, batch: torch.Tensor, *_args: Any, **_kwargs: Any) -> InferenceBatch | BayesPFLInferenceBatch:
+        """What an exported model computes (``deploy/export.py``): anomalib's fields, and optionally the uncertainty."""
+        return self.exporter.forward(self, self.settings, batch)
+
+    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+        """Export as anomalib does, with the file's ``metadata``; refused first for what it could not score."""
+        return self.exporter.to_torch(self, self.settings, export_root, model_file_name)
+
+    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+        """Export as anomalib does, at opset 18 with a resize every ONNX runtime computes alike."""
+        return self.exporter.to_onnx(self, self.settings, *args, **kwargs)
+
+    def to_openvino(self, *args: Any, **kwargs: Any) -> Path:
+        """Export as anomalib does, INT8 calibrated on training images (arguments: ``BayesPFLExporter.to_openvino``)."""
+        return self.exporter.to_openvino(self, self.settings, *args, **kwargs)
+
+    def _post_training_quantization_ov(self, model: "ov.Model", _datamodule: AnomalibDataModule) -> "ov.Model":
+        """Calibrate INT8 on the training images the export chose, never on the datamodule's test images."""
+        return self.exporter.quantize(model)

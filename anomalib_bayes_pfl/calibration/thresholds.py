@@ -124,6 +124,30 @@ def export_class_name(references: ReferenceMemory | None, settings: BayesPFLSett
     return fallback_category(settings.class_name, stored)[0]
 
 
+class ExportThresholds(NamedTuple):
+    """The class name an exported model scores, and the thresholds its post-processor labels it with."""
+
+    class_name: str
+    image: float
+    pixel: float
+    review: float | None
+
+
+def export_thresholds(references: ReferenceMemory | None, settings: BayesPFLSettings) -> ExportThresholds:
+    """The export's class name (:func:`export_class_name`) and its thresholds (:func:`thresholds_of`).
+
+    A class name not calibrated (yet) gets the options' fixed thresholds here, which no export ships: the export
+    refuses it (``deploy/export.py``).
+    """
+    name = export_class_name(references, settings)
+    thresholds = thresholds_of(references, settings, [name])
+    image, pixel = float(thresholds.image), float(thresholds.pixel)
+    if math.isnan(image):
+        image, pixel = settings.image_threshold, settings.pixel_threshold
+    review = float(thresholds.review) if thresholds.review is not None else math.nan
+    return ExportThresholds(name, image, pixel, None if math.isnan(review) else review)
+
+
 def reference_settings(settings: BayesPFLSettings) -> dict[str, Any]:
     """The options that a category's stored references and thresholds must have been made under to be reused.
 

@@ -9,14 +9,14 @@ pre-processor's resize so that every runtime computes it alike, ``openvino.py`` 
 calibration images and precision.
 """
 
-from .export import ExportMixin, check_exportable
+from .export import BayesPFLExporter, check_exportable
 from .inferencer import BayesPFLInferencer, BayesPFLPrediction
 from .resize import MatrixResize, resize_by_matrices
 
 __all__ = [
+    "BayesPFLExporter",
     "BayesPFLInferencer",
     "BayesPFLPrediction",
-    "ExportMixin",
     "MatrixResize",
     "check_exportable",
     "resize_by_matrices",

@@ -14,13 +14,13 @@ whatever it returns, in its last log lines and in its file (the torch file's ``m
 which OpenVINO keeps in the IR's ``rt_info`` under ``framework``); an export that leaves out the review mark of a
 checkpoint calibrated for review says so last.
 
-:class:`ExportMixin` is a base of ``BayesPFL`` before anomalib's module, whose exports it wraps: it uses the
-module's ``model``, ``is_built``, ``settings``, ``pre_processor`` and ``post_processor``, and keeps the
-post-processor, which labels exported models, at the exported class name's thresholds.
+:class:`BayesPFLExporter` is the exporter a ``BayesPFL`` module holds: its export methods hand it the module, whose
+exports it wraps (anomalib's own implementations, on the module's ``model``, ``pre_processor`` and
+``post_processor``), and the module's settings. The module keeps its post-processor, which labels exported models,
+at the exported class name's thresholds (``calibration/thresholds.py``).
 """
 
 import logging
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +29,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from anomalib.data import AnomalibDataModule, InferenceBatch
 from anomalib.deploy import CompressionType, ExportType
+from anomalib.models.components import AnomalibModule
 
 from anomalib_bayes_pfl.batch import BayesPFLInferenceBatch
-from anomalib_bayes_pfl.calibration.thresholds import check_calibrated, export_class_name, thresholds_of, uncalibrated
-from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.calibration.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.calibration.thresholds import (
+    check_calibrated,
+    export_class_name,
+    export_thresholds,
+    uncalibrated,
+)
 from anomalib_bayes_pfl.model.torch_model import BayesPFLModel
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
@@ -182,93 +188,101 @@ def _add_onnx_metadata(path: Path, metadata: Mapping[str, str]) -> None:
     onnx.save(model, str(path))
 
 
-class ExportMixin:
-    """Exports as anomalib makes them, checked first; ONNX and OpenVINO with a resize every runtime reproduces."""
+class BayesPFLExporter:
+    """anomalib's exports of a ``BayesPFL`` module, checked first; ONNX and OpenVINO with a resize every runtime runs.
 
-    _int8_calibration_paths: list[Path]
-    _exporting_openvino = False  # the ONNX file made on the way is no export of its own
+    The module's ``forward``, ``to_torch``, ``to_onnx``, ``to_openvino`` and ``_post_training_quantization_ov``, which
+    anomalib calls, hand it the module and its settings. It calls anomalib's own implementations on the module, and
+    keeps only what one export needs between those calls (the INT8 images, whether an OpenVINO export is under way).
+    """
 
-    def apply_export_thresholds(self) -> None:
-        """Give an exported model its class name, and the post-processor, which labels it, that name's thresholds."""
-        references = self.model.references if self.is_built else None
-        name = export_class_name(references, self.settings)
-        if self.is_built:
-            self.model.default_class_name = name
-        if isinstance(self.post_processor, ProbabilityPostProcessor):
-            thresholds = thresholds_of(references, self.settings, [name])
-            review = float(thresholds.review) if thresholds.review is not None else math.nan
-            image, pixel = float(thresholds.image), float(thresholds.pixel)
-            if math.isnan(image):  # not calibrated (yet): the export refuses it (check_exportable)
-                image, pixel = self.settings.image_threshold, self.settings.pixel_threshold
-            self.post_processor.set_thresholds(image, pixel, None if math.isnan(review) else review)
+    def __init__(self) -> None:
+        self.int8_calibration_paths: list[Path] = []
+        self.exporting_openvino = False  # the ONNX file made on the way is no export of its own
 
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load the state, then label exported models with the thresholds it holds (a checkpoint's references)."""
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        self.apply_export_thresholds()
-        return result
+    @staticmethod
+    def label_exports(model: BayesPFLModel | None, post_processor: Any, settings: BayesPFLSettings) -> None:
+        """Give ``model`` the class name an export scores, and ``post_processor``, which labels it, its thresholds.
 
-    def _check_exportable(self) -> None:
-        check_exportable(self.model, self.settings, getattr(self.post_processor, "thresholds", None),
-                         getattr(self.post_processor, "review_threshold", None))  # fmt: skip
+        Called whenever the options, the references or the thresholds change (``model`` is ``None`` until built).
+        """
+        thresholds = export_thresholds(model.references if model is not None else None, settings)
+        if model is not None:
+            model.default_class_name = thresholds.class_name
+        if isinstance(post_processor, ProbabilityPostProcessor):
+            post_processor.set_thresholds(thresholds.image, thresholds.pixel, thresholds.review)
 
-    def forward(self, batch: torch.Tensor, *args: Any, **kwargs: Any) -> InferenceBatch | BayesPFLInferenceBatch:
+    @staticmethod
+    def check(module: AnomalibModule, settings: BayesPFLSettings) -> None:
+        """Refuse, before anything is written, an export that could not score as the checkpoint does."""
+        check_exportable(module.model, settings, getattr(module.post_processor, "thresholds", None),
+                         getattr(module.post_processor, "review_threshold", None))  # fmt: skip
+
+    @staticmethod
+    def forward(
+        module: AnomalibModule, settings: BayesPFLSettings, batch: torch.Tensor
+    ) -> InferenceBatch | BayesPFLInferenceBatch:
         """What an exported model computes: anomalib's fields, and with ``export_uncertainty`` the uncertainty too.
 
         The uncertainty comes from the same pass as the scores, which are the same bit for bit (``torch_model.py``).
         A model loaded in Python and called refuses, as its export does, a class name without the thresholds the run
         calibrates: the post-processor would otherwise label with the fixed ones.
         """
-        reviews = self.settings.export_uncertainty and self.settings.review_rate is not None
-        if self.is_built:
-            check_calibrated(self.model.references, self.settings, [self.model.default_class_name], review=reviews)
-        if not self.settings.export_uncertainty:
-            return super().forward(batch, *args, **kwargs)
-        images = self.pre_processor(batch) if self.pre_processor else batch
-        scores = self.model.score(images, uncertainty=self.settings.uncertainty)
+        model: BayesPFLModel = module.model
+        reviews = settings.export_uncertainty and settings.review_rate is not None
+        check_calibrated(model.references, settings, [model.default_class_name], review=reviews)
+        if not settings.export_uncertainty:
+            return AnomalibModule.forward(module, batch)
+        images = module.pre_processor(batch) if module.pre_processor else batch
+        scores = model.score(images, uncertainty=settings.uncertainty)
         labelled = InferenceBatch(pred_score=scores.pred_score, anomaly_map=scores.anomaly_map)
-        labelled = self.post_processor(labelled) if self.post_processor else labelled
-        review = getattr(self.post_processor, "review_threshold", None)
+        labelled = module.post_processor(labelled) if module.post_processor else labelled
+        review = getattr(module.post_processor, "review_threshold", None)
         needs_review = ProbabilityPostProcessor.review(scores.uncertainty, review) if review is not None else None
         return BayesPFLInferenceBatch(
             *labelled, uncertainty=scores.uncertainty, uncertainty_map=scores.uncertainty_map, needs_review=needs_review
         )
 
-    def _metadata(self) -> dict[str, str]:
-        review = getattr(self.post_processor, "review_threshold", None) is not None
-        return export_metadata(self.settings, self.model.default_class_name, review)
+    @staticmethod
+    def _metadata(module: AnomalibModule, settings: BayesPFLSettings) -> dict[str, str]:
+        review = getattr(module.post_processor, "review_threshold", None) is not None
+        return export_metadata(settings, module.model.default_class_name, review)
 
-    def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
+    def to_torch(
+        self, module: AnomalibModule, settings: BayesPFLSettings, export_root: Path | str, model_file_name: str
+    ) -> Path:
         """Export as anomalib does (``{"model": module}``, which its ``TorchInferencer`` reads), with ``metadata``.
 
         Refused at once for a class name without references or calibrated thresholds.
         """
-        self._check_exportable()
+        self.check(module, settings)
         folder = Path(export_root) / "weights" / ExportType.TORCH.value
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{model_file_name}.pt"
-        torch.save({"model": self, "metadata": self._metadata()}, path)
-        say_how_to_load(path, self.settings)
+        torch.save({"model": module, "metadata": self._metadata(module, settings)}, path)
+        say_how_to_load(path, settings)
         return path
 
-    def to_onnx(self, *args: Any, **kwargs: Any) -> Path:
+    def to_onnx(self, module: AnomalibModule, settings: BayesPFLSettings, *args: Any, **kwargs: Any) -> Path:
         """Export as anomalib does, with a resize that every ONNX runtime computes alike, at opset 18.
 
         Opset 18, because the positional-embedding resize is antialiased, which the exporter cannot convert to
         anomalib's default opset 14 (it would log a failed conversion and keep 18). The optimiser's info lines are
         left out; the file names its inferencer in ``metadata_props``.
         """
-        self._check_exportable()
+        self.check(module, settings)
         kwargs.setdefault("opset_version", ONNX_OPSET)
-        with resize_by_matrices(self.pre_processor), quiet_onnx_optimizer():
-            path = super().to_onnx(*args, **kwargs)
-        _add_onnx_metadata(path, self._metadata())
-        if not self._exporting_openvino:
-            say_how_to_load(path, self.settings)
+        with resize_by_matrices(module.pre_processor), quiet_onnx_optimizer():
+            path = AnomalibModule.to_onnx(module, *args, **kwargs)
+        _add_onnx_metadata(path, self._metadata(module, settings))
+        if not self.exporting_openvino:
+            say_how_to_load(path, settings)
         return path
 
     def to_openvino(
         self,
+        module: AnomalibModule,
+        settings: BayesPFLSettings,
         export_root: Path | str,
         model_file_name: str = "model",
         input_size: tuple[int, int] | None = None,
@@ -278,26 +292,25 @@ class ExportMixin:
         int8_calibration_images: int = INT8_CALIBRATION_IMAGES,
         **kwargs: Any,
     ) -> Path:
-        """Export as anomalib does, through :meth:`to_onnx`, with INT8 calibrated on training images.
+        """Export as anomalib does, through the module's ``to_onnx``, with INT8 calibrated on training images.
 
         Without ``input_size`` the IR takes images of any size, as the checkpoint does. ``int8_calibration_images``
         caps the training images that ``INT8_PTQ`` calibrates on (``anomalib export`` keeps NNCF's 300).
         """
         check_openvino_export(compression_type, datamodule)  # the exportability check runs in to_onnx
         if compression_type == CompressionType.INT8_PTQ:  # a wrong --data stops before the export, not after
-            self._int8_calibration_paths = calibration_image_paths(datamodule, int8_calibration_images)
-        self._exporting_openvino = True
+            self.int8_calibration_paths = calibration_image_paths(datamodule, int8_calibration_images)
+        self.exporting_openvino = True
         try:
-            path = super().to_openvino(
-                export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
+            path = AnomalibModule.to_openvino(
+                module, export_root, model_file_name, input_size, compression_type, datamodule, *args, **kwargs
             )
         finally:
-            self._exporting_openvino = False
+            self.exporting_openvino = False
         warn_if_cpu_lowers_precision()
-        say_how_to_load(path, self.settings)
+        say_how_to_load(path, settings)
         return path
 
-    def _post_training_quantization_ov(self, model: "ov.Model", datamodule: AnomalibDataModule) -> "ov.Model":
+    def quantize(self, model: "ov.Model") -> "ov.Model":
         """Calibrate INT8 on the training (auxiliary) images that :meth:`to_openvino` chose: never on test images."""
-        del datamodule  # its images were chosen before the export
-        return quantize(model, self._int8_calibration_paths)
+        return quantize(model, self.int8_calibration_paths)

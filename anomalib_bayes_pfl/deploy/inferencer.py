@@ -86,7 +86,17 @@ class BayesPFLInferencer:
                     f"hold no code and need no opt-in."
                 )
                 raise ValueError(msg)
-            self._torch = torch.load(self.path, map_location="cpu", weights_only=False)["model"].eval()
+            try:
+                self._torch = torch.load(self.path, map_location="cpu", weights_only=False)["model"].eval()
+            except ModuleNotFoundError as error:  # a pickle names the module of each class it holds
+                if not (error.name or "").startswith("anomalib_bayes_pfl"):
+                    raise
+                msg = (
+                    f"{self.path} was exported by an earlier anomalib-bayes-pfl, whose module {error.name} this "
+                    f"version does not have. Export it again from its checkpoint: anomalib export --model BayesPFL "
+                    f"--ckpt_path <model.ckpt> --export_type torch (ONNX and OpenVINO exports do not depend on it)."
+                )
+                raise ValueError(msg) from error
             return
         if self.path.suffix not in {".onnx", ".xml"}:
             msg = f"{self.path}: BayesPFLInferencer reads model.pt, model.onnx or model.xml exports."

@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""Training: one step's loss, and the two stages' optimisers (authors: train.py).
+"""Training: one step's loss, and the two stages' epochs and optimisers (authors: train.py).
 
 Stage 1 trains every head parameter with Adam over four learning-rate groups and a warm-up cosine schedule; stage 2
 trains the image classifier alone at a constant rate. Like the authors' schedule, warm-up and cosine span every
@@ -11,6 +11,7 @@ cosine drifts from the closed form by rounding.
 """
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -93,3 +94,41 @@ def stage_optimizers(
         return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
     return [stage_one, stage_two], [{"scheduler": LambdaLR(stage_one, warmup_cosine), "interval": "step"}]
+
+
+@dataclass(frozen=True)
+class TrainingStages:
+    """The two stages of training: their epochs, the learning rates by group and the warm-up share.
+
+    Args:
+        stage_one_epochs: Epochs of stage 1 (all losses, all head parameters).
+        stage_two_epochs: Epochs of stage 2 (classification loss, image classifier only); 0 skips stage 2.
+        learning_rates: By group, as :func:`stage_optimizers` takes them.
+        warmup_ratio: Share of all steps with a linear warm-up from 0.
+    """
+
+    stage_one_epochs: int
+    stage_two_epochs: int
+    learning_rates: dict[str, float]
+    warmup_ratio: float
+
+    def __post_init__(self) -> None:
+        if self.stage_one_epochs < 0 or self.stage_two_epochs < 0 or self.epochs == 0:
+            msg = (
+                f"stage_one_epochs={self.stage_one_epochs}, stage_two_epochs={self.stage_two_epochs}: both >= 0, one "
+                f"positive."
+            )
+            raise ValueError(msg)
+
+    @property
+    def epochs(self) -> int:
+        """Epochs of the whole training."""
+        return self.stage_one_epochs + self.stage_two_epochs
+
+    def stage(self, epoch: int) -> int:
+        """The stage of ``epoch`` (0-based): 1, then 2."""
+        return 1 if epoch < self.stage_one_epochs else 2
+
+    def optimizers(self, model: BayesPFLModel, total_steps: int) -> tuple[list[Adam], list[dict[str, Any]]]:
+        """Both stages' optimisers and stage 1's schedule over ``total_steps`` (:func:`stage_optimizers`)."""
+        return stage_optimizers(model, self.learning_rates, self.warmup_ratio, total_steps)

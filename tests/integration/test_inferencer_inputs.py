@@ -4,6 +4,8 @@
 """BayesPFLInferencer: a model.pt only with anomalib's opt-in, and every image read as anomalib reads its file."""
 
 import re
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -38,6 +40,20 @@ def test_a_model_pt_is_not_unpickled_without_the_trust_remote_code_opt_in(tmp_pa
     assert str(error.value).endswith(
         "ONNX and OpenVINO exports (model.onnx, model.xml) hold no code and need no opt-in."
     )
+
+
+def test_a_model_pt_of_an_earlier_layout_says_to_export_it_again(tmp_path, monkeypatch):
+    """A pickle names its classes' modules: one this version lacks is named, with the command that exports again."""
+    old = types.ModuleType("anomalib_bayes_pfl.model.lightning_model")
+    old.BayesPFL = type("BayesPFL", (), {"__module__": old.__name__})
+    monkeypatch.setitem(sys.modules, old.__name__, old)
+    torch.save({"model": old.BayesPFL()}, tmp_path / "model.pt")
+    monkeypatch.delitem(sys.modules, old.__name__)
+    monkeypatch.setenv("TRUST_REMOTE_CODE", "1")
+    with pytest.raises(ValueError, match=r"earlier anomalib-bayes-pfl, whose module anomalib_bayes_pfl\.model\.light"):
+        BayesPFLInferencer(tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=r"anomalib export --model BayesPFL --ckpt_path <model\.ckpt> --export_type"):
+        BayesPFLInferencer(tmp_path / "model.pt")
 
 
 def test_inputs_of_every_kind_score_as_their_files_or_are_refused_by_name(tiny_clip_path, tmp_path, monkeypatch):

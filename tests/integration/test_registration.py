@@ -48,7 +48,7 @@ print(type(by_name).__module__, type(by_dict).__name__)
 """
     result = run_python(code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[-4:] == ["True", "True", "anomalib_bayes_pfl.model.lightning_model", "BayesPFL"]
+    assert result.stdout.split()[-4:] == ["True", "True", "anomalib_bayes_pfl.adapter.lightning_model", "BayesPFL"]
 
 
 def test_environment_variable_switches_the_hook_off():

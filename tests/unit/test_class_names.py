@@ -62,11 +62,12 @@ def test_the_module_names_a_loose_image_by_its_checkpoints_one_category(tiny_cli
 def test_the_log_says_where_the_class_name_came_from(tiny_clip_path, caplog):
     """Item 14 of issue 33: a class name stored in the checkpoint is not credited to the command line."""
     module = tiny_module(tiny_clip_path)
-    module.settings = BayesPFLSettings.resolve({}, {"class_name": "gear"}, "checkpoint line.ckpt")
+    module.options.settings = BayesPFLSettings.resolve({}, {"class_name": "gear"}, "checkpoint line.ckpt")
     with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
         log_categories(module.image_categories(["upload/part.png"]))
     assert "(category from the class_name stored in checkpoint line.ckpt)" in caplog.text
-    module.settings = BayesPFLSettings.resolve({"class_name": "gear"}, {"class_name": "bolt"}, "checkpoint line.ckpt")
+    given, stored = {"class_name": "gear"}, {"class_name": "bolt"}
+    module.options.settings = BayesPFLSettings.resolve(given, stored, "checkpoint line.ckpt")
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="anomalib_bayes_pfl"):
         log_categories(module.image_categories(["upload/part.png"]))

@@ -24,11 +24,12 @@ from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
 from anomalib_bayes_pfl import BayesPFL
+from anomalib_bayes_pfl.adapter import lightning_model
 from anomalib_bayes_pfl.calibration import preparation, prepare_references, reference_settings, thresholds_of
+from anomalib_bayes_pfl.calibration.post_processor import ProbabilityPostProcessor
 from anomalib_bayes_pfl.data import DataCheck, synthetic_anomalies
 from anomalib_bayes_pfl.deploy.resize import resize_by_matrices
-from anomalib_bayes_pfl.model import BayesPFLModel, lightning_model, load_clip, training
-from anomalib_bayes_pfl.model.post_processor import ProbabilityPostProcessor
+from anomalib_bayes_pfl.model import BayesPFLModel, load_clip, training
 from anomalib_bayes_pfl.model.references import CategoryReferences, memory_tokens
 
 from ..fake_cuda import CudaHarness
@@ -104,7 +105,7 @@ def attach_optimisers(module: BayesPFL, cuda: CudaHarness, monkeypatch: pytest.M
     (``int(torch.randint(...))``), and which masks are known (``known_masks`` reads ``bool(known.all())``; it runs
     up to that read, then answers "all", true of the harness's batches).
     """
-    optimizers, (schedule,) = training.stage_optimizers(module.model, module.learning_rates, module.warmup_ratio, 10)
+    optimizers, (schedule,) = module.stages.optimizers(module.model, 10)
     wrapped = [ManualOptimizer(optimizer) for optimizer in optimizers]
     monkeypatch.setattr(module, "optimizers", lambda: wrapped)
     monkeypatch.setattr(module, "lr_schedulers", lambda: schedule["scheduler"])

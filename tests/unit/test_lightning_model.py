@@ -91,7 +91,7 @@ def test_one_rule_names_category_and_class_name_of_every_image(tiny_clip_path, m
         ("BTech", "metal1", "metal1"),  # anomalib's BTech, by the authors' names, in the table as in the prompts
         ("BTech", "wood", "wood"),
     ]
-    module.settings = BayesPFLSettings(class_name="gear box")
+    module.options.settings = BayesPFLSettings(class_name="gear box")
     module._trainer = None
     names = module.image_categories(batch.image_path, 3)
     assert module.class_names_of(batch.image_path) == ["gear box"] * 3
@@ -146,7 +146,7 @@ def test_command_line_seed_is_applied_and_true_draws_a_new_one(monkeypatch):
     """anomalib's CLI parses --seed_everything but never applies it; BayesPFL does, before building its head."""
     from lightning.pytorch.cli import SaveConfigCallback
 
-    from anomalib_bayes_pfl.model.command_line import seed_from_command_line
+    from anomalib_bayes_pfl.adapter.command_line import seed_from_command_line
 
     def initial_seed_after(seed) -> int:
         callback = SaveConfigCallback.__new__(SaveConfigCallback)

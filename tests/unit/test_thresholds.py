@@ -11,10 +11,11 @@ import pytest
 import torch
 from anomalib.data import ImageBatch
 
-from anomalib_bayes_pfl.calibration import prepare_references, reference_settings, score_and_label, thresholds_of
+from anomalib_bayes_pfl.adapter.evaluation import score_and_label
+from anomalib_bayes_pfl.calibration import prepare_references, reference_settings, thresholds_of
 from anomalib_bayes_pfl.data.class_names import ImageCategory
 from anomalib_bayes_pfl.model.references import CategoryReferences, ReferenceMemory
-from anomalib_bayes_pfl.reporting.paper_score import top_k_mean
+from anomalib_bayes_pfl.model.scoring import top_k_mean
 from anomalib_bayes_pfl.settings import BayesPFLSettings
 
 from ..helpers import tiny_module
