@@ -1,80 +1,192 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""The package's import graph: no cycle, and nothing below the Lightning module imports it.
+"""The package's floors: each room imports only rooms on lower floors, by any kind of import, and nothing circles.
 
-Edges are the imports a module runs when it is imported (module-level ``import`` and ``from`` statements, not those
-inside functions), with the ``__init__`` of every other sub-package on the way (a module's own packages are already
-imported when it runs). The root package's ``__init__`` is the package's face, which re-exports ``BayesPFL`` for
-``--model BayesPFL``: importing any module runs it first, so it is left out.
+A room is a folder of the package, or a module at its top. Every import counts, wherever it stands: at module
+level, inside a function (a lazy import, ``__getattr__``'s included), under ``TYPE_CHECKING``, relative or absolute,
+and ``importlib.import_module`` / ``__import__`` of a literal name. The package's face (its ``__init__``) re-exports
+``BayesPFL`` for ``--model BayesPFL``; importing any module of the package runs it first, which is Python's doing,
+not an import of the face. The planted-violation tests show that the check fails on each kind.
 """
 
 import ast
+import shutil
 from pathlib import Path
+
+import pytest
 
 PACKAGE_ROOT = Path(__file__).parents[2] / "anomalib_bayes_pfl"
 PACKAGE = "anomalib_bayes_pfl"
-LIGHTNING_MODULE = f"{PACKAGE}.model.lightning_model"
-# Entry points above the Lightning module: they may use it.
-ABOVE = {PACKAGE, f"{PACKAGE}.demo", f"{PACKAGE}.benchmark", f"{PACKAGE}.benchmark.__main__"}
+FACE = "__init__"
+# Floor by floor, from the ground up: a room may import its own modules and any room on a floor below.
+FLOORS = (
+    {"assets", "batch", "data", "parser_errors", "registration"},  # contracts, files and data, no method
+    {"model"},  # the Bayes-PFL method in torch
+    {"settings"},  # the options that decide the scores, resolved
+    {"calibration", "reporting"},  # references and thresholds that label; what a run reports
+    {"deploy"},  # exports and the inferencer that reads them
+    {"adapter"},  # the anomalib module that composes the floors below
+    {"benchmark", "demo", FACE},  # entry points and the package's face
+)
+IMPORTERS = ("import_module", "__import__")
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE_ROOT.parent).with_suffix("").parts
+def _module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _graph() -> dict[str, set[str]]:
-    modules = {_module_name(path): path for path in PACKAGE_ROOT.rglob("*.py")}
+def _imported_names(tree: ast.Module, package: str) -> set[str]:
+    """Every module name ``tree`` imports, anywhere in it; ``package`` anchors relative imports."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = parts[: len(parts) - (node.level - 1)]
+                base = ".".join([*anchor, base] if base else anchor)
+            names |= {f"{base}.{alias.name}" for alias in node.names} | {base}
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+            function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if function in IMPORTERS and isinstance(node.args[0].value, str):
+                names.add(node.args[0].value)
+    return names
+
+
+def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
+    """Each module of the package under ``root``, and the package's modules it imports (in any way)."""
+    modules = {_module_name(path, root): path for path in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        targets: set[str] = set()
-        for node in ast.parse(path.read_text()).body:  # module level only: imports in functions run later
-            if isinstance(node, ast.Import):
-                targets |= {alias.name for alias in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
-                    base = ".".join([*anchor, base] if base else anchor)
-                for alias in node.names:
-                    targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
-        edges = set()
-        for target in targets:
-            if target.split(".")[0] != PACKAGE:
-                continue
-            parts = target.split(".")
-            edges |= {".".join(parts[:end]) for end in range(2, len(parts) + 1)}  # sub-packages on the way
-        own_packages = {".".join(name.split(".")[:end]) for end in range(1, len(name.split(".")) + 1)}
-        graph[name] = {edge for edge in edges if edge in modules and edge not in own_packages}
+        imported = _imported_names(ast.parse(path.read_text()), package)
+        # ``from package import name`` names a module where one exists, else the package that defines the name
+        graph[name] = {each for each in imported if each in modules and each != name}
+        graph[name] -= {each.rpartition(".")[0] for each in graph[name] if each.rpartition(".")[0] in graph[name]}
     return graph
 
 
-def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for target in graph[todo.pop()]:
-            if target not in seen:
-                seen.add(target)
-                todo.append(target)
-    return seen
+def room_of(module: str) -> str:
+    """The room a module stands in: its folder under the package, or itself at the top; the face is ``__init__``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else FACE
 
 
-def test_the_import_graph_has_no_cycle():
-    graph = _graph()
-    circles = sorted(name for name in graph if name in _reaches(graph, name))
-    assert not circles, f"modules on an import cycle: {circles}"
+def floor_of(room: str) -> int:
+    """The floor of ``room``, counted from 1 at the ground."""
+    return next(level for level, rooms in enumerate(FLOORS, start=1) if room in rooms)
 
 
-def test_nothing_below_the_lightning_module_imports_it():
-    graph = _graph()
-    importers = {name for name in graph if LIGHTNING_MODULE in _reaches(graph, name)}
-    assert importers <= ABOVE, f"import the Lightning module: {sorted(importers - ABOVE)}"
+def unplaced_rooms(graph: dict[str, set[str]]) -> list[str]:
+    """Rooms on no floor: a new folder or top-level module must be given one."""
+    placed = set().union(*FLOORS)
+    return sorted({room_of(module) for module in graph} - placed)
 
 
-def test_the_check_sees_imports():
-    """The graph is not empty: the check would catch a cycle (the torch model imports its layers)."""
-    graph = _graph()
+def imports_up_or_across(graph: dict[str, set[str]]) -> list[str]:
+    """Every import of a room on the same floor or a higher one, as ``importer -> imported``."""
+    found = []
+    for module, targets in graph.items():
+        for target in targets:
+            room, other = room_of(module), room_of(target)
+            if room != other and floor_of(other) >= floor_of(room):
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def circles(graph: dict[str, set[str]]) -> list[str]:
+    """The modules that reach themselves through their imports."""
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph[todo.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        return seen
+
+    return sorted(module for module in graph if module in reaches(module))
+
+
+def test_every_room_stands_on_a_floor_and_says_its_job():
+    graph = import_graph()
+    assert not unplaced_rooms(graph), f"rooms on no floor (add them to FLOORS): {unplaced_rooms(graph)}"
+    for folder in (path.parent for path in PACKAGE_ROOT.glob("*/__init__.py")):
+        docstring = ast.get_docstring(ast.parse((folder / "__init__.py").read_text()))
+        assert docstring, f"{folder.name}/__init__.py says nothing of its job"
+
+
+def test_every_import_runs_down_the_floors():
+    assert imports_up_or_across(import_graph()) == []
+
+
+def test_no_import_circle():
+    assert circles(import_graph()) == []
+
+
+def test_the_check_reads_the_house():
+    """Not empty: the method's own imports, the adapter's composition and the face's re-export are all seen."""
+    graph = import_graph()
     assert f"{PACKAGE}.model.flows" in graph[f"{PACKAGE}.model.torch_model"]
-    assert LIGHTNING_MODULE in graph[PACKAGE]
+    assert f"{PACKAGE}.deploy" in graph[f"{PACKAGE}.adapter.lightning_model"]
+    assert f"{PACKAGE}.adapter" in graph[PACKAGE]
+
+
+PLANTED = {
+    "module level": "from anomalib_bayes_pfl.calibration.thresholds import thresholds_of\n",
+    "inside a function": "def _late():\n    from anomalib_bayes_pfl.deploy import export\n    return export\n",
+    "lazy __getattr__": (
+        "def __getattr__(name):\n    from ..adapter.lightning_model import BayesPFL\n\n    return BayesPFL\n"
+    ),
+    "under TYPE_CHECKING": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .. import reporting\n",
+    "import_module": "import importlib\n_settings = importlib.import_module('anomalib_bayes_pfl.settings')\n",
+    "plain import": "import anomalib_bayes_pfl.reporting.table\n",
+    "the package's face": "from anomalib_bayes_pfl import BayesPFL\n",
+}
+EXPECTED = {
+    "module level": "calibration.thresholds",
+    "inside a function": "deploy.export",
+    "lazy __getattr__": "adapter.lightning_model",
+    "under TYPE_CHECKING": "reporting",
+    "import_module": "settings",
+    "plain import": "reporting.table",
+    "the package's face": "",
+}
+
+
+@pytest.mark.parametrize("kind", PLANTED)
+def test_a_planted_import_up_is_caught(kind, tmp_path):
+    """Each kind of import, planted in the torch method (``model/scoring.py``) of a copy of the package, fails."""
+    copy = tmp_path / PACKAGE
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "*.json", "*.md"))
+    scoring = copy / "model" / "scoring.py"
+    scoring.write_text(scoring.read_text() + "\n\n" + PLANTED[kind])
+    graph = import_graph(copy)
+    expected = f"{PACKAGE}.{EXPECTED[kind]}".rstrip(".")
+    assert imports_up_or_across(graph) == [f"{PACKAGE}.model.scoring -> {expected}"]
+
+
+def test_a_planted_import_across_a_floor_and_a_circle_are_caught(tmp_path):
+    """Two rooms of one floor may not lean on each other; two modules of one room may not import each other."""
+    copy = tmp_path / PACKAGE
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "*.json", "*.md"))
+    table = copy / "reporting" / "table.py"
+    table.write_text(table.read_text() + "\nfrom anomalib_bayes_pfl.calibration import conformal\n")
+    flows = copy / "model" / "flows.py"
+    flows.write_text(flows.read_text() + "\ndef _late():\n    from . import torch_model\n")
+    graph = import_graph(copy)
+    assert imports_up_or_across(graph) == [f"{PACKAGE}.reporting.table -> {PACKAGE}.calibration.conformal"]
+    assert {f"{PACKAGE}.model.flows", f"{PACKAGE}.model.torch_model"} <= set(circles(graph))
+
+
+def test_a_new_room_must_be_given_a_floor(tmp_path):
+    copy = tmp_path / PACKAGE
+    shutil.copytree(PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__", "*.json", "*.md"))
+    (copy / "service").mkdir()
+    (copy / "service" / "__init__.py").write_text('"""Serves exports over HTTP."""\n')
+    assert unplaced_rooms(import_graph(copy)) == ["service"]
