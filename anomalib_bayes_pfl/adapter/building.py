@@ -65,7 +65,7 @@ def build_model(
     return model
 
 
-def run_callbacks(
+def build_callbacks(
     model: Callable[[], BayesPFLModel],
     settings: Callable[[], BayesPFLSettings],
     image_categories: Callable[[Sequence[str]], list[ImageCategory]],

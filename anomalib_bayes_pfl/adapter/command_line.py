@@ -102,8 +102,9 @@ def skip_validation_for_own_thresholds() -> None:
     ``predict`` without a checkpoint (with ``--model.prompt_weights``), only to collect its post-processor's adaptive
     thresholds and normalisation. BayesPFL's post-processor labels with probability thresholds and collects nothing,
     and that validation would read validation data a test does not need (loose files given to predict have none), and
-    save a checkpoint into the folder ``latest`` points to. Models with another post-processor, BayesPFL among them,
-    are validated as anomalib does.
+    save a checkpoint into the folder ``latest`` points to. So any model whose post-processor is BayesPFL's skips it
+    (that post-processor collects nothing, whichever model holds it); models with another post-processor, BayesPFL
+    among them, are validated as anomalib does.
     """
     from anomalib.engine import Engine  # not at import: the autoload hook imports this while anomalib.engine loads
 

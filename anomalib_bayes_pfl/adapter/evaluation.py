@@ -1,7 +1,7 @@
 # Copyright (C) 2026 anomalib-bayes-pfl contributors
 # SPDX-License-Identifier: Apache-2.0
 
-"""The test and predict step: a batch of images in, the scored and labelled ``BayesPFLBatch`` out.
+"""The evaluation step (validation, test, predict): a batch of images in, the scored and labelled ``BayesPFLBatch`` out.
 
 Each image's dataset, category, class name and thresholds are set here, once, for everything that reports on it. The
 prompts, references and thresholds follow the class name; the authors' paper score, like the table, the category.

@@ -37,7 +37,7 @@ from anomalib_bayes_pfl.model.uncertainty import UncertaintyMeasure
 from anomalib_bayes_pfl.settings import AUTO, BayesPFLSettings, ReviewFraction, plain_number
 
 from . import command_line
-from .building import clip_pre_processor, run_callbacks, set_image_size
+from .building import build_callbacks, clip_pre_processor, set_image_size
 from .evaluation import score_and_label
 from .options import ResolvedOptions
 
@@ -162,7 +162,7 @@ class BayesPFL(AnomalibModule):
         if post_processor is True:
             post_processor = ProbabilityPostProcessor(settings.image_threshold, settings.pixel_threshold)
         super().__init__(pre_processor, post_processor, evaluator, visualizer)
-        command_line.skip_validation_for_own_thresholds()  # the Engine's validation before a test collects nothing here
+        command_line.skip_validation_for_own_thresholds()  # the Engine's validation before test / predict: nothing here
         learning_rates = {"prompts": prompt_learning_rate, "temperatures": temperature_learning_rate,
                           "flows": flow_learning_rate, "other": learning_rate}  # fmt: skip
         self.stages = TrainingStages(stage_one_epochs, stage_two_epochs, learning_rates, warmup_ratio)
@@ -257,8 +257,8 @@ class BayesPFL(AnomalibModule):
     def configure_callbacks(self) -> list[Callback]:
         """Data checks, then references; synthetic anomalies after the pre-processor; reports, the page last."""
         transform = self.pre_processor.transform if self.pre_processor else None
-        before, after = run_callbacks(lambda: self.model, self.current_settings, self.image_categories, transform,
-                                      self.apply_export_thresholds)  # fmt: skip
+        before, after = build_callbacks(lambda: self.model, self.current_settings, self.image_categories, transform,
+                                        self.apply_export_thresholds)  # fmt: skip
         return [*before, *super().configure_callbacks(), self.synthetic_anomalies, *after]
 
     def configure_optimizers(self) -> tuple[list, list[dict[str, Any]]]:
@@ -360,7 +360,7 @@ class BayesPFL(AnomalibModule):
         super().on_load_checkpoint(checkpoint)
         rebuild = self.options.take_checkpoint(checkpoint, self._trainer, type(self))
         self._apply_settings()
-        self.options.check()
+        self.settings.check_labels()  # calibration is checked in setup: an export loaded alone calibrates nothing
         if rebuild or not self.is_built:
             self._build()
         put_back_clip(checkpoint, self.model.clip.state_dict())
@@ -379,7 +379,7 @@ class BayesPFL(AnomalibModule):
 
     def forward(self, batch: torch.Tensor, *_args: Any, **_kwargs: Any) -> InferenceBatch | BayesPFLInferenceBatch:
         """What an exported model computes (``deploy/export.py``): anomalib's fields, and optionally the uncertainty."""
-        return self.exporter.forward(self, self.settings, batch)
+        return self.exporter.forward(self, self.settings, batch, refuse_uncalibrated=self.is_built)
 
     def to_torch(self, export_root: Path | str, model_file_name: str = "model") -> Path:
         """Export as anomalib does, with the file's ``metadata``; refused first for what it could not score."""
@@ -393,6 +393,7 @@ class BayesPFL(AnomalibModule):
         """Export as anomalib does, INT8 calibrated on training images (arguments: ``BayesPFLExporter.to_openvino``)."""
         return self.exporter.to_openvino(self, self.settings, *args, **kwargs)
 
-    def _post_training_quantization_ov(self, model: "ov.Model", _datamodule: AnomalibDataModule) -> "ov.Model":
-        """Calibrate INT8 on the training images the export chose, never on the datamodule's test images."""
+    def _post_training_quantization_ov(self, model: "ov.Model", datamodule: AnomalibDataModule) -> "ov.Model":
+        """Calibrate INT8 on the training images the export chose, never on ``datamodule``'s test images."""
+        del datamodule
         return self.exporter.quantize(model)

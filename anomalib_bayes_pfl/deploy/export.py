@@ -220,17 +220,19 @@ class BayesPFLExporter:
 
     @staticmethod
     def forward(
-        module: AnomalibModule, settings: BayesPFLSettings, batch: torch.Tensor
+        module: AnomalibModule, settings: BayesPFLSettings, batch: torch.Tensor, *, refuse_uncalibrated: bool = True
     ) -> InferenceBatch | BayesPFLInferenceBatch:
         """What an exported model computes: anomalib's fields, and with ``export_uncertainty`` the uncertainty too.
 
         The uncertainty comes from the same pass as the scores, which are the same bit for bit (``torch_model.py``).
         A model loaded in Python and called refuses, as its export does, a class name without the thresholds the run
-        calibrates: the post-processor would otherwise label with the fixed ones.
+        calibrates: the post-processor would otherwise label with the fixed ones. ``refuse_uncalibrated`` is ``False``
+        for a module whose head is built by this call: it holds no references yet.
         """
-        model: BayesPFLModel = module.model
         reviews = settings.export_uncertainty and settings.review_rate is not None
-        check_calibrated(model.references, settings, [model.default_class_name], review=reviews)
+        model: BayesPFLModel = module.model
+        if refuse_uncalibrated:
+            check_calibrated(model.references, settings, [model.default_class_name], review=reviews)
         if not settings.export_uncertainty:
             return AnomalibModule.forward(module, batch)
         images = module.pre_processor(batch) if module.pre_processor else batch

@@ -7,6 +7,7 @@ import pickle
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning
 import pytest
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
@@ -135,3 +136,17 @@ def test_the_exporter_refuses_a_class_name_without_calibrated_thresholds(tiny_mo
     tiny_model.default_class_name = "bolt"
     with pytest.raises(RuntimeError, match="no calibrated image threshold"):
         BayesPFLExporter.forward(module, settings, torch.zeros(1, 3, 64, 64))
+
+
+def test_a_checkpoint_loaded_alone_is_not_held_to_a_calibration_it_will_not_run(tiny_clip_path, tmp_path):
+    """``anomalib export --ckpt_path`` loads alone: it calibrates nothing, so calibration is checked only in setup."""
+    module = tiny_module(tiny_clip_path)
+    assert not module.model.is_trained  # built now: its head goes into the checkpoint
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                  "pytorch-lightning_version": lightning.__version__}  # fmt: skip
+    module.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, tmp_path / "model.ckpt")
+    loaded = BayesPFL.load_from_checkpoint(tmp_path / "model.ckpt", false_alarm_rate=0.01)  # needs 99 images to run
+    assert loaded.settings.false_alarm_rate == 0.01
+    with pytest.raises(ValueError, match="needs at least 99 calibration images"):
+        loaded.options.check()
