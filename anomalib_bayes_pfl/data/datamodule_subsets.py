@@ -102,5 +102,12 @@ SUBSETS: dict[type[AnomalibDataModule], DatamoduleSubsets] = {
 
 
 def subsets_of(datamodule: AnomalibDataModule) -> DatamoduleSubsets | None:
-    """How ``datamodule`` builds its subsets, by its class or the nearest it derives from (``None``: unknown)."""
-    return next((SUBSETS[kind] for kind in type(datamodule).__mro__ if kind in SUBSETS), None)
+    """How ``datamodule`` builds its subsets: by its class, or the one it derives from without building its own.
+
+    ``None`` for an unknown class, and for a subclass that builds its subsets its own way (it defines ``_setup``,
+    which only anomalib calls): reading it as its parent would read other images.
+    """
+    kind = next((kind for kind in type(datamodule).__mro__ if kind in SUBSETS), None)
+    if kind is None or getattr(type(datamodule), "_setup", None) is not getattr(kind, "_setup", None):
+        return None
+    return SUBSETS[kind]

@@ -263,7 +263,7 @@ class DataModuleSource:
         datamodule = self.datamodules[index]
         try:
             return subsets_of(datamodule).read(datamodule, split)
-        except (FileNotFoundError, RuntimeError, ValueError) as error:
+        except (AttributeError, FileNotFoundError, RuntimeError, ValueError) as error:
             what = f"category {datamodule.category!r}" if getattr(datamodule, "category", None) else "its data"
             msg = (
                 f"{self.option}[{index}] ({type(datamodule).__name__}): {what} cannot be read under "
@@ -309,5 +309,8 @@ def move_datamodules(datamodules: list[AnomalibDataModule], root: str, option: s
         )
         raise ValueError(msg)
     for datamodule in datamodules:
-        datamodule.root = Path(root)
+        previous, datamodule.root = Path(datamodule.root), Path(root)
+        split_root = getattr(datamodule, "split_root", None)  # VisA reads its processed tree, below the root
+        if split_root is not None and Path(split_root).is_relative_to(previous):
+            datamodule.split_root = Path(root) / Path(split_root).relative_to(previous)
     logger.info("%s: the %d datamodules read %s (the config said %s).", option, len(datamodules), root, roots)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from anomalib.data import MVTecAD, Tabular
+from anomalib.data import MVTecAD, Tabular, Visa
 
 from anomalib_bayes_pfl import ZeroShotCrossDataset
 from anomalib_bayes_pfl.data import sources
@@ -16,26 +16,50 @@ from anomalib_bayes_pfl.data.sources import DataModuleSource, DataSource
 from anomalib_bayes_pfl.data.synthetic import write_tree
 
 
-class _WithoutSetup(MVTecAD):
-    """MVTecAD whose own set-up (private ``_setup``, which the public ``setup`` calls) fails."""
-
-    def _setup(self, _stage=None):
-        msg = "the datamodule's own set-up was called"
-        raise AssertionError(msg)
+def _refuse_set_up(_datamodule, _stage=None) -> None:
+    msg = "the datamodule's own set-up was called"
+    raise AssertionError(msg)
 
 
-def test_datamodules_are_read_as_on_disk_without_their_set_up_and_left_untouched(mvtec_tree):
-    """A subclass reads as its anomalib datamodule: every test image in path order, unsplit, training normals too."""
-    datamodule = _WithoutSetup(root=mvtec_tree, category="tile_b", num_workers=0)
-    source = DataModuleSource(side="target", datamodules=[datamodule])
-    [(category, _, dataset)] = source.datasets(source.resolve())
-    assert category == "tile_b"
-    test = mvtec_tree / "tile_b" / "test"
-    paths = dataset.samples.image_path.tolist()
-    assert paths == [str(path) for path in sorted(test.rglob("*.png"))]
-    assert dataset.samples.label_index.tolist() == [int(Path(path).parent.name != "good") for path in paths]
-    assert source.normal_training_images("tile_b") == sorted((mvtec_tree / "tile_b" / "train" / "good").glob("*.png"))
-    assert not any(hasattr(datamodule, subset) for subset in ("train_data", "val_data", "test_data"))
+class _Renamed(MVTecAD):
+    """A user's MVTecAD under another name: it builds its subsets as MVTecAD does."""
+
+
+class _OwnSetUp(MVTecAD):
+    """A user's MVTecAD that builds its subsets its own way."""
+
+    def _setup(self, _stage=None) -> None:
+        _refuse_set_up(self)
+
+
+def test_datamodules_are_read_as_on_disk_without_their_set_up_and_left_untouched(mvtec_tree, monkeypatch):
+    """Every test image in path order, unsplit, training normals too; anomalib's private set-up is never called."""
+    monkeypatch.setattr(MVTecAD, "_setup", _refuse_set_up)  # the public setup() calls it
+    for kind in (MVTecAD, _Renamed):
+        datamodule = kind(root=mvtec_tree, category="tile_b", num_workers=0)
+        source = DataModuleSource(side="target", datamodules=[datamodule])
+        [(category, _, dataset)] = source.datasets(source.resolve())
+        assert category == "tile_b"
+        test = mvtec_tree / "tile_b" / "test"
+        paths = dataset.samples.image_path.tolist()
+        assert paths == [str(path) for path in sorted(test.rglob("*.png"))]
+        assert dataset.samples.label_index.tolist() == [int(Path(path).parent.name != "good") for path in paths]
+        train = sorted((mvtec_tree / "tile_b" / "train" / "good").glob("*.png"))
+        assert source.normal_training_images("tile_b") == train
+        assert not any(hasattr(datamodule, subset) for subset in ("train_data", "val_data", "test_data"))
+
+
+def test_a_subclass_with_its_own_set_up_is_refused_not_read_as_its_parent(mvtec_tree):
+    named = r"target_datamodules\[0\] \(_OwnSetUp\) cannot be read as it is on disk"
+    with pytest.raises(ValueError, match=named):
+        ZeroShotCrossDataset(target_datamodules=[_OwnSetUp(root=mvtec_tree, category="tile_b")])
+
+
+def test_a_new_root_moves_visa_s_processed_tree_with_it(tmp_path):
+    """``--data.target_root`` with VisA datamodules: their images are read below the new root, not the config's."""
+    datamodules = [Visa(root=tmp_path / "config_root", category=name) for name in ("candle", "pcb1")]
+    sources.move_datamodules(datamodules, str(tmp_path / "given"), "--data.target_root")
+    assert [datamodule.split_root for datamodule in datamodules] == [tmp_path / "given" / "visa_pytorch"] * 2
 
 
 def test_a_datamodule_that_cannot_be_read_as_it_is_is_named_at_once(tmp_path):
