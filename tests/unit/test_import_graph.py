@@ -37,36 +37,64 @@ def _module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imported_names(tree: ast.Module, package: str) -> set[str]:
-    """Every module name ``tree`` imports, anywhere in it; ``package`` anchors relative imports."""
+def _nearest_module(name: str, modules: set[str]) -> str | None:
+    """``name`` if it is a module of the package, else the nearest package above it that is (``None``: none)."""
+    parts = name.split(".")
+    return next((".".join(parts[:end]) for end in range(len(parts), 0, -1) if ".".join(parts[:end]) in modules), None)
+
+
+def _absolute(name: str, level: int, package: str) -> str:
+    """The absolute module name of a relative import of ``level`` dots from ``package``."""
+    if not level:
+        return name
+    parts = package.split(".")
+    anchor = parts[: len(parts) - (level - 1)]
+    return ".".join([*anchor, name] if name else anchor)
+
+
+def _import_module_calls(tree: ast.Module, package: str) -> set[str]:
+    """The literal names given to ``importlib.import_module`` / ``__import__``, under any name they are bound to."""
+    bound = set(IMPORTERS)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "importlib":
+            bound |= {alias.asname or alias.name for alias in node.names if alias.name in IMPORTERS}
+    names = set()
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        arguments = [*node.args[:1], *(keyword.value for keyword in node.keywords if keyword.arg == "name")]
+        if function not in bound or not arguments or not isinstance(arguments[0], ast.Constant):
+            continue
+        name = str(arguments[0].value)
+        level = len(name) - len(name.lstrip("."))
+        names.add(_absolute(name[level:], level, package))  # relative: from the module's own package
+    return names
+
+
+def _imported_modules(tree: ast.Module, package: str, modules: set[str]) -> set[str]:
+    """Every module of the package that ``tree`` imports, anywhere in it; ``package`` anchors relative imports.
+
+    ``from package import name`` imports the module ``package.name`` where there is one, else the package itself.
+    """
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = package.split(".")
-                anchor = parts[: len(parts) - (node.level - 1)]
-                base = ".".join([*anchor, base] if base else anchor)
-            names |= {f"{base}.{alias.name}" for alias in node.names} | {base}
-        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
-            function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-            if function in IMPORTERS and isinstance(node.args[0].value, str):
-                names.add(node.args[0].value)
-    return names
+            base = _absolute(node.module or "", node.level, package)
+            names |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+    names |= _import_module_calls(tree, package)
+    return {found for found in (_nearest_module(name, modules) for name in names) if found}
 
 
 def import_graph(root: Path = PACKAGE_ROOT) -> dict[str, set[str]]:
     """Each module of the package under ``root``, and the package's modules it imports (in any way)."""
-    modules = {_module_name(path, root): path for path in root.rglob("*.py")}
+    paths = {_module_name(path, root): path for path in root.rglob("*.py")}
     graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
+    for name, path in paths.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        imported = _imported_names(ast.parse(path.read_text()), package)
-        # ``from package import name`` names a module where one exists, else the package that defines the name
-        graph[name] = {each for each in imported if each in modules and each != name}
-        graph[name] -= {each.rpartition(".")[0] for each in graph[name] if each.rpartition(".")[0] in graph[name]}
+        graph[name] = _imported_modules(ast.parse(path.read_text()), package, set(paths)) - {name}
     return graph
 
 
@@ -147,6 +175,12 @@ PLANTED = {
     "import_module": "import importlib\n_settings = importlib.import_module('anomalib_bayes_pfl.settings')\n",
     "plain import": "import anomalib_bayes_pfl.reporting.table\n",
     "the package's face": "from anomalib_bayes_pfl import BayesPFL\n",
+    "the face beside a room below": "from anomalib_bayes_pfl import BayesPFL, assets\n",
+    "import_module by keyword": "import importlib\n_m = importlib.import_module(name='anomalib_bayes_pfl.deploy')\n",
+    "import_module under another name": (
+        "from importlib import import_module as load\n_report = load('anomalib_bayes_pfl.reporting.report')\n"
+    ),
+    "relative import_module": "import importlib\n_adapter = importlib.import_module('..adapter', __package__)\n",
 }
 EXPECTED = {
     "module level": "calibration.thresholds",
@@ -156,6 +190,10 @@ EXPECTED = {
     "import_module": "settings",
     "plain import": "reporting.table",
     "the package's face": "",
+    "the face beside a room below": "",
+    "import_module by keyword": "deploy",
+    "import_module under another name": "reporting.report",
+    "relative import_module": "adapter",
 }
 
 
