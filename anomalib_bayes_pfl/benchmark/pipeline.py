@@ -133,7 +133,6 @@ class ZeroShotCapableBenchmark(Benchmark):
         # Microseconds: two runs started in the same second must not share a folder.
         folder = Path("runs") / "benchmark" / datetime.now().strftime("%Y-%m-%d-%H_%M_%S_%f")
         folder.mkdir(parents=True)
-        table = ResultsTable(folder)
         accelerators = pipeline_args["accelerator"]
         accelerators = accelerators if isinstance(accelerators, list) else [accelerators]
         job_args = pipeline_args.get("benchmark") or {}
@@ -142,6 +141,7 @@ class ZeroShotCapableBenchmark(Benchmark):
             BenchmarkJob(index, accelerator, config["seed"], config, args.metrics)
             for index, (accelerator, config) in enumerate((a, c) for a in accelerators for c in configs)
         ]
+        table = ResultsTable(folder, planned=len(jobs))
         print(f"{len(jobs)} benchmark jobs; results.csv is written as each one finishes: {table.path}", flush=True)
         for accelerator in accelerators:
             devices = _devices(accelerator)

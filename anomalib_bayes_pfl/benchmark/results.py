@@ -90,8 +90,9 @@ class ResultsTable:
     then renamed), so that a reader, or a run killed while writing, never sees half of it.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, planned: int | None = None) -> None:
         self.path = folder / "results.csv"
+        self.planned = planned  # the run's jobs: the chart counts those without a row as not run
         self.rows: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -103,7 +104,7 @@ class ResultsTable:
             partial = self.path.with_suffix(".csv.partial")
             frame.to_csv(partial, index=False)
             partial.replace(self.path)
-            write_comparison(frame, *models_and_categories(frame), self.path.parent)
+            write_comparison(frame, *models_and_categories(frame), self.path.parent, self.planned)
 
     def frame(self) -> pd.DataFrame:
         """One row per finished job, in grid order, :data:`LAST_COLUMNS` last; a metric a job lacks is empty."""

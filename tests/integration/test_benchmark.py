@@ -5,6 +5,7 @@
 
 import html
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -271,6 +272,10 @@ def test_a_run_killed_part_way_keeps_every_finished_row(tmp_path, mvtec):
     assert results["error"].isna().all()
     assert results["image_AUROC"].between(0, 1).all()
     assert list(results["data.init_args.category"]) == (["bottle", "metal_nut"] * 3)[: len(results)]
+    page = next(table.rglob("results.html")).read_text()  # drawn after the CSV: the kill may fall in between
+    [(drawn, not_run)] = re.findall(r"(\d) of 6 benchmark jobs finished: 0 failed, (\d) not run", page)
+    assert int(drawn) in {len(results) - 1, len(results)}
+    assert int(drawn) + int(not_run) == 6
 
 
 def test_a_job_over_the_memory_limit_is_stopped_and_named_once_in_the_log(tmp_path, mvtec):

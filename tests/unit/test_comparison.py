@@ -5,11 +5,14 @@
 
 import math
 
+import matplotlib.text
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from anomalib_bayes_pfl.benchmark import models_and_categories
 from anomalib_bayes_pfl.reporting.comparison import (
+    DPI,
     MEAN,
     RESULTS_HTML,
     RESULTS_PNG,
@@ -50,9 +53,33 @@ def test_each_bar_is_the_value_in_results_csv_and_each_missing_one_says_why(resu
     assert heights["BayesPFL"] == pytest.approx([0.9, 0.7, 0.8])
     assert heights["Padim"] == pytest.approx([0.6, 0, 0])  # no bar: a failed job, and so no mean
     labels = [text.get_text() for text in axis.texts]
-    assert labels == ["0.90", "0.70", "0.80", "0.60", "failed", "n/a"]
+    assert labels == ["0.90", "0.70", "0.80", "0.60", "failed", "no\nmean"]
     pro = next(axis for axis in figure.axes if axis.get_title() == "pixel_AUPRO")
-    assert [text.get_text() for text in pro.texts] == ["0.40", "0.20", "0.30", "n/a", "failed", "n/a"]
+    assert [text.get_text() for text in pro.texts] == ["0.40", "0.20", "0.30", "not\ncomputed", "failed", "no\nmean"]
+
+
+def test_a_run_that_ended_early_counts_and_names_the_jobs_it_did_not_run(results, tmp_path):
+    """A killed run: the chart counts the jobs never run, and their bars say so, not "not computed"."""
+    finished = results.drop(index=3)  # Padim on cable never ran
+    figure = comparison_figure(finished, *models_and_categories(finished), planned=6)
+    assert figure.legends[0].get_title().get_text() == "3 of 6 benchmark jobs finished: 0 failed, 3 not run"
+    axis = next(axis for axis in figure.axes if axis.get_title() == "image_AUROC")
+    assert [text.get_text() for text in axis.texts] == ["0.90", "0.70", "0.80", "0.60", "not\nrun", "no\nmean"]
+    assert (
+        "3 of 6 benchmark jobs finished: 0 failed, 3 not run"
+        in write_comparison(finished, *models_and_categories(finished), tmp_path, planned=6).read_text()
+    )
+
+
+def test_every_text_of_the_saved_chart_is_at_least_10_pixels_high_and_the_legend_is_on_top(results):
+    figure = comparison_figure(results, *models_and_categories(results))
+    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_text()]
+    assert texts
+    assert min(text.get_fontsize() * DPI / 72 for text in texts) >= 10
+    [legend] = figure.legends
+    FigureCanvasAgg(figure).draw()
+    box = legend.get_window_extent()
+    assert all(box.y0 >= axis.get_tightbbox().y1 for axis in figure.axes if axis.axison)  # above titles and labels
 
 
 def test_the_mean_is_over_all_categories_or_not_given(results):
