@@ -69,6 +69,7 @@ def build_callbacks(
     model: Callable[[], BayesPFLModel],
     settings: Callable[[], BayesPFLSettings],
     image_categories: Callable[[Sequence[str]], list[ImageCategory]],
+    class_names_of: Callable[[Sequence[str]], list[str]],
     transform: Transform | None,
     prepared: Callable[[], None],
 ) -> tuple[list[Callback], list[Callback]]:
@@ -78,13 +79,10 @@ def build_callbacks(
         model: The torch model, built when first asked for.
         settings: The options now (a loaded checkpoint may change them).
         image_categories: Each image's dataset, category and class name.
+        class_names_of: Each image's class name, the word in its prompts.
         transform: The pre-processor's, which reference images go through.
         prepared: Called once references and thresholds are prepared (exported models label with them).
     """
-
-    def class_names_of(image_paths: Sequence[str]) -> list[str]:
-        return [name.class_name for name in image_categories(image_paths)]
-
     references = calibration.FewShotPreparation(model, settings, class_names_of, transform, prepared)
     metrics = reporting.PerCategoryMetrics(image_categories, settings)
     page = reporting.RunReport(settings, lambda: metrics.table, lambda: model().references.categories)

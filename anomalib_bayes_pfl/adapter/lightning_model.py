@@ -257,8 +257,8 @@ class BayesPFL(AnomalibModule):
     def configure_callbacks(self) -> list[Callback]:
         """Data checks, then references; synthetic anomalies after the pre-processor; reports, the page last."""
         transform = self.pre_processor.transform if self.pre_processor else None
-        before, after = build_callbacks(lambda: self.model, self.current_settings, self.image_categories, transform,
-                                        self.apply_export_thresholds)  # fmt: skip
+        before, after = build_callbacks(lambda: self.model, self.current_settings, self.image_categories,
+                                        self.class_names_of, transform, self.apply_export_thresholds)  # fmt: skip
         return [*before, *super().configure_callbacks(), self.synthetic_anomalies, *after]
 
     def configure_optimizers(self) -> tuple[list, list[dict[str, Any]]]:
